@@ -1,0 +1,60 @@
+"""cot-proxy: an OpenAI-compatible reverse proxy. `create_app` builds it.
+
+    request -> request_id -> blueprint (family) -> relay: validate -> route
+            -> transforms.request -> upstream -> transforms.response_* -> client
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+
+from . import api, errors, probes, request_id
+from .config import Config
+from .probes import HealthCheck
+from .relay import Relay
+from .routing import Router
+from .transforms import build_pipeline
+from .upstream import Upstream
+
+log = logging.getLogger("cot_proxy")
+
+
+def configure_logging(config: Config) -> None:
+    root = logging.getLogger("cot_proxy")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+        )
+        handler.addFilter(request_id.RequestIdFilter())
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(logging.DEBUG if config.debug else logging.INFO)
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the app. `config=None` reads the environment (and `.env`)."""
+    config = config or Config.from_env()
+    app = Flask("cot_proxy")
+    app.config["COT"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    app.json.sort_keys = False
+    configure_logging(config)
+
+    router = Router(config)
+    upstream = Upstream()
+    app.extensions["cot_proxy.relay"] = Relay(config, router, upstream, build_pipeline(config))
+
+    request_id.init_app(app)
+    errors.register(app)
+    probes.init_app(app, HealthCheck(config, router, upstream))
+    api.init_app(app)
+
+    if config.echo_mode:
+        log.warning("ECHO MODE: no TARGET_BASE_URL or BACKEND_URL set; answering locally, nothing is forwarded")
+    else:
+        log.info("relaying /v1/* to %s", router.default.origin if router.default else "?")
+    return app

@@ -1,0 +1,63 @@
+"""Noticing a client that hung up while we wait on the upstream.
+
+WSGI only reports a gone client when a write fails, which never happens while
+we wait for the upstream's first byte, and happens late on a slow stream. Under
+Gunicorn's gevent worker we watch the client socket instead: once the request
+body is read, the socket turns readable only when the client closes it. The
+watcher then raises `ClientDisconnected` into the request's greenlet, which
+unwinds the upstream read, and the upstream connection is closed, so
+vLLM/llama.cpp stop generating.
+
+Elsewhere (dev server, gthread) this is a no-op and the failed write is the
+signal, as in any WSGI app.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from .errors import ClientDisconnected
+
+
+def _gevent_active() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("socket")
+
+
+class DisconnectWatch:
+    """Start after the request body is consumed; always `stop()` before returning."""
+
+    def __init__(self) -> None:
+        self._greenlet: Any = None
+
+    @classmethod
+    def start(cls, environ: dict[str, Any]) -> "DisconnectWatch":
+        watch = cls()
+        sock = environ.get("gunicorn.socket")
+        if sock is not None and _gevent_active():
+            import gevent
+
+            watch._greenlet = gevent.spawn(_watch, sock, gevent.getcurrent())
+        return watch
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+
+def _watch(sock: socket.socket, request_greenlet: Any) -> None:
+    import gevent
+    from gevent.socket import wait_read
+
+    try:
+        wait_read(sock.fileno())
+        gone = sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        gone = True
+    if gone:
+        gevent.kill(request_greenlet, ClientDisconnected)

@@ -1,0 +1,130 @@
+"""Errors the proxy raises, and how they become OpenAI-style responses.
+
+    ProxyError                      any failure we answer for ourselves
+    ├── ClientError                 the request is at fault (4xx)
+    │   ├── InvalidRequest          400 invalid_request_error; `param` names the field
+    │   ├── NotFound                404
+    │   ├── MethodNotAllowed        405
+    │   └── PayloadTooLarge         413
+    └── UpstreamError               the upstream is at fault (5xx)
+        ├── UpstreamUnavailable     502 cannot connect, TLS failure
+        ├── UpstreamBadResponse     502 garbage where JSON was promised, broken framing
+        └── UpstreamTimeout         504 no byte within the timeout
+
+`ClientDisconnected` is not a `ProxyError`: nobody is left to answer.
+Foreign exceptions (`requests`) are mapped to this tree in one place,
+`app.upstream.map_requests_error`. `register(app)` installs the single handler
+that renders every one of them as `{"error": {message, type, param, code}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+
+class ProxyError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def envelope(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+class ClientError(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidRequest(ClientError):
+    status = 400
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamBadResponse(UpstreamError):
+    code = "upstream_bad_response"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ClientDisconnected(Exception):
+    """The client hung up; raised into the request's greenlet to stop waiting."""
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(error: ProxyError) -> Response:
+    return Response(json.dumps(error.envelope()), status=error.status, mimetype="application/json")
+
+
+_HTTP_TYPES = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge}
+
+
+def _from_http_exception(exc: HTTPException) -> ProxyError:
+    cls = _HTTP_TYPES.get(exc.code or 500)
+    if cls is NotFound:
+        return NotFound("Unknown route; the API is served under /v1/.", code="unknown_url")
+    if cls is MethodNotAllowed:
+        return MethodNotAllowed("Method not allowed on this route.")
+    if cls is PayloadTooLarge:
+        return PayloadTooLarge("Request body is larger than MAX_REQUEST_BYTES.")
+    if exc.code and exc.code < 500:
+        err = ClientError(exc.description or exc.name)
+        err.status = exc.code
+        return err
+    return ProxyError("Internal error.")
+
+
+def register(app: Flask) -> None:
+    """Install the one handler that renders every error as an OpenAI envelope."""
+
+    @app.errorhandler(ProxyError)
+    def _proxy_error(exc: ProxyError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return error_response(_from_http_exception(exc))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return error_response(ProxyError("Internal error in the proxy."))

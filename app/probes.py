@@ -1,0 +1,71 @@
+"""Liveness and readiness probes.
+
+`/healthz`, `/livez`: the process runs. `/health`, `/readyz`: the upstream
+answers at all (any HTTP status counts, as in cot_proxy). Upstream checks are
+cached for `health_cache_seconds`, so probes stay cheap under load.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify
+
+from .config import Config
+from .errors import ProxyError
+from .routing import Router
+from .upstream import Upstream, map_requests_error
+
+bp = Blueprint("probes", __name__)
+PROBE_TIMEOUT = 5.0
+
+
+class HealthCheck:
+    def __init__(self, config: Config, router: Router, upstream: Upstream) -> None:
+        self.ttl = config.health_cache_seconds
+        self.router = router
+        self.upstream = upstream
+        self._lock = threading.Lock()
+        self._checked_at = -1e9
+        self._result: tuple[int, dict[str, Any]] = (200, {})
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        target = self.router.default
+        if target is None:
+            return 200, {"status": "healthy", "target_url": None, "mode": "echo"}
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked_at < self.ttl:
+                return self._result
+        try:
+            timeout = min(PROBE_TIMEOUT, target.connect_timeout or PROBE_TIMEOUT)
+            resp = self.upstream.session.get(target.base_url, timeout=(timeout, PROBE_TIMEOUT), stream=True)
+            resp.close()
+            result = (200, {"status": "healthy", "target_url": target.origin})
+        except Exception as exc:  # any failure to get an answer means unhealthy
+            error: ProxyError = map_requests_error(exc, target)
+            result = (503, {"status": "unhealthy", "error": f"Health check failed: {error.message}"})
+        with self._lock:
+            self._checked_at, self._result = time.monotonic(), result
+        return result
+
+
+@bp.get("/healthz")
+@bp.get("/livez")
+def live() -> Response:
+    return jsonify(status="ok")
+
+
+@bp.get("/health")
+@bp.get("/readyz")
+def ready() -> tuple[Response, int]:
+    check: HealthCheck = current_app.extensions["cot_proxy.health"]
+    status, body = check.status()
+    return jsonify(body), status
+
+
+def init_app(app: Flask, check: HealthCheck) -> None:
+    app.extensions["cot_proxy.health"] = check
+    app.register_blueprint(bp)

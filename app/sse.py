@@ -1,0 +1,166 @@
+"""Incremental Server-Sent Events parsing that keeps each event's exact bytes.
+
+Upstream TCP chunks do not line up with events: one event may arrive in many
+chunks and one chunk may hold many events. `SSEDecoder.feed` returns every
+event completed by the bytes so far and keeps only the incomplete rest, so an
+event is passed on the moment its blank line arrives. Lines may end in `\\n`,
+`\\r\\n` or `\\r` (the SSE spec, and the `openai` SDK's decoder, accept all three);
+a lone `\\r` at the end of a chunk completes its line at once, and a `\\n` that
+follows in the next chunk is recognised as the rest of that line break.
+
+An untouched event is re-emitted byte for byte (`Event.raw`); only an event a
+transform changed is re-serialised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_EOL = (b"\n", b"\r")
+
+
+class Event:
+    """One SSE event: its raw bytes, with fields and JSON parsed on demand."""
+
+    __slots__ = ("_raw", "_lines", "_json", "_parsed")
+
+    def __init__(self, raw: bytes, lines: list[bytes] | None = None) -> None:
+        self._raw = raw
+        self._lines = lines
+        self._json: Any = None
+        self._parsed = False
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Event":
+        event = cls(b"data: " + orjson.dumps(obj) + b"\n\n")
+        event._json, event._parsed = obj, True
+        return event
+
+    @classmethod
+    def from_data(cls, data: str) -> "Event":
+        return cls(b"data: " + data.encode() + b"\n\n")
+
+    @property
+    def raw(self) -> bytes:
+        return self._raw
+
+    def _field_lines(self) -> list[bytes]:
+        if self._lines is None:
+            self._lines = self._raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        return self._lines
+
+    def field(self, name: bytes) -> str | None:
+        """Value of the last `name:` line (`data` joins all its lines with `\\n`)."""
+        values = []
+        prefix = name + b":"
+        for line in self._field_lines():
+            if line == name or line.startswith(prefix):
+                value = line[len(prefix):] if line != name else b""
+                values.append(value[1:] if value.startswith(b" ") else value)
+        if not values:
+            return None
+        if name == b"data":
+            return b"\n".join(values).decode("utf-8", "replace")
+        return values[-1].decode("utf-8", "replace")
+
+    @property
+    def data(self) -> str | None:
+        return self.field(b"data")
+
+    @property
+    def name(self) -> str | None:
+        """The `event:` field, if any."""
+        return self.field(b"event")
+
+    @property
+    def is_done(self) -> bool:
+        data = self.data
+        return data is not None and data.startswith("[DONE]")
+
+    @property
+    def is_comment(self) -> bool:
+        return all(not line or line.startswith(b":") for line in self._field_lines())
+
+    def json(self) -> Any:
+        """The `data` as JSON, or None when it is absent or not JSON (cached)."""
+        if not self._parsed:
+            self._parsed = True
+            data = self.data
+            if data is not None and data[:1] in ("{", "["):
+                try:
+                    self._json = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    self._json = None
+        return self._json
+
+    def set_json(self, obj: Any) -> None:
+        """Replace the data with `obj`; other fields of the event are dropped."""
+        self._raw = b"data: " + orjson.dumps(obj) + b"\n\n"
+        self._lines = None
+        self._json, self._parsed = obj, True
+
+
+class SSEDecoder:
+    """Turns a byte stream into complete `Event`s; holds back only the incomplete rest."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._event_start = 0   # where the current event begins in _buf
+        self._scan = 0          # where to look for the next line end
+        self._line_start = 0    # where the current line begins
+        self._skip_lf = False   # last chunk ended in \r: a leading \n belongs to it
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        if not chunk:
+            return []
+        buf = self._buf
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                if self._event_start == len(buf):
+                    # The \r closed an event; its \n is a stray byte of the terminator.
+                    chunk = chunk[1:]
+                else:
+                    buf += b"\n"
+                    chunk = chunk[1:]
+                    self._scan = self._line_start = len(buf)
+        buf += chunk
+        events: list[Event] = []
+        n = len(buf)
+        i = self._scan
+        while True:
+            j = _find_eol(buf, i, n)
+            if j < 0:
+                self._scan = n
+                break
+            end = j + 1
+            if buf[j] == 13:  # \r
+                if end < n:
+                    if buf[end] == 10:
+                        end += 1
+                else:
+                    self._skip_lf = True
+            if j == self._line_start:  # empty line: the event is complete
+                if j > self._event_start:
+                    events.append(Event(bytes(buf[self._event_start:end])))
+                self._event_start = end
+            self._line_start = end
+            i = end
+        if self._event_start:
+            del buf[: self._event_start]
+            self._scan -= self._event_start
+            self._line_start -= self._event_start
+            self._event_start = 0
+        return events
+
+    def pending(self) -> bytes:
+        """Bytes of an event not yet terminated (lost if the stream ends here)."""
+        return bytes(self._buf)
+
+
+def _find_eol(buf: bytearray, start: int, end: int) -> int:
+    lf = buf.find(b"\n", start, end)
+    cr = buf.find(b"\r", start, lf if lf >= 0 else end)
+    return cr if cr >= 0 else lf

@@ -1,0 +1,19 @@
+"""Request and response fixes, each a small `Transform`; `build_pipeline` orders them.
+
+To add a step: write a `Transform` subclass in its own module and put it in
+the list below. The relay never needs to change.
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from .base import Transform
+from .headers import HeaderScrub
+from .pipeline import BoundPipeline, Pipeline
+
+__all__ = ["Transform", "Pipeline", "BoundPipeline", "build_pipeline"]
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    """The ordered list of steps; order matters (request hooks run first to last)."""
+    return Pipeline([HeaderScrub()])

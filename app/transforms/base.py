@@ -1,0 +1,49 @@
+"""The transform contract: small objects with optional hooks, called in order.
+
+A transform overrides only the hooks it needs; the relay calls nothing else.
+Hooks run in list order on the way out (`request`) and on the way back
+(`response_headers`, `response_json`, `stream_event`, `stream_end`).
+Per-request state goes in `exchange.state[self.name]`: one transform object
+serves every request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..exchange import Exchange
+from ..sse import Event
+
+
+class Transform:
+    name = "transform"
+
+    def applies(self, ex: Exchange) -> bool:
+        """Whether this transform takes part in `ex` at all (checked once per request)."""
+        return True
+
+    def request(self, ex: Exchange) -> None:
+        """Edit `ex.body` / `ex.headers` before they go upstream."""
+
+    def response_headers(self, ex: Exchange, status: int, headers: dict[str, str]) -> None:
+        """Edit the headers going back to the client (keys are lower-case)."""
+
+    def wants_json(self, ex: Exchange) -> bool:
+        """True if `response_json` must see a non-streamed body (it is then read whole)."""
+        return type(self).response_json is not Transform.response_json
+
+    def response_json(self, ex: Exchange, data: Any) -> Any:
+        """Return the (possibly new) decoded JSON body of a successful answer."""
+        return data
+
+    def stream_event(self, ex: Exchange, event: Event) -> Iterable[Event]:
+        """Return the events to send in place of `event`: itself, none, or several."""
+        return (event,)
+
+    def stream_end(self, ex: Exchange) -> Iterable[Event]:
+        """Events to send after the last upstream event (before `[DONE]`)."""
+        return ()
+
+
+def overrides(transform: Transform, hook: str) -> bool:
+    return getattr(type(transform), hook) is not getattr(Transform, hook)

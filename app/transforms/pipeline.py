@@ -1,0 +1,72 @@
+"""`Pipeline`: the ordered transforms of one request, and the only caller of hooks."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from ..exchange import Exchange
+from ..sse import Event
+from .base import Transform, overrides
+
+
+class Pipeline:
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def bind(self, ex: Exchange) -> "BoundPipeline":
+        return BoundPipeline(ex, [t for t in self.transforms if t.applies(ex)])
+
+
+class BoundPipeline:
+    """The transforms that apply to one exchange, with hooks pre-sorted."""
+
+    def __init__(self, ex: Exchange, transforms: list[Transform]) -> None:
+        self.ex = ex
+        self.transforms = transforms
+        self._stream = [t for t in transforms if overrides(t, "stream_event") or overrides(t, "stream_end")]
+
+    def request(self) -> None:
+        for t in self.transforms:
+            t.request(self.ex)
+
+    def response_headers(self, status: int, headers: dict[str, str]) -> None:
+        for t in self.transforms:
+            t.response_headers(self.ex, status, headers)
+
+    @property
+    def wants_json(self) -> bool:
+        return any(t.wants_json(self.ex) for t in self.transforms)
+
+    def response_json(self, data: Any) -> Any:
+        for t in self.transforms:
+            data = t.response_json(self.ex, data)
+        return data
+
+    @property
+    def touches_stream(self) -> bool:
+        return bool(self._stream)
+
+    def stream_event(self, event: Event) -> list[Event]:
+        events = [event]
+        for t in self._stream:
+            out: list[Event] = []
+            for e in events:
+                out.extend(t.stream_event(self.ex, e))
+            events = out
+            if not events:
+                break
+        return events
+
+    def stream_end(self) -> list[Event]:
+        """Flush every transform; what one flushes still passes the later ones."""
+        events: list[Event] = []
+        for i, t in enumerate(self._stream):
+            flushed = list(t.stream_end(self.ex))
+            for later in self._stream[i + 1:]:
+                flushed = [o for e in flushed for o in later.stream_event(self.ex, e)]
+            events.extend(flushed)
+        return events
+
+
+def chain(events: Iterable[Event]) -> bytes:
+    return b"".join(e.raw for e in events)

@@ -1,0 +1,122 @@
+"""Talking to upstream servers: one pooled `requests.Session` per worker.
+
+`map_requests_error` is the one place where `requests`/`urllib3` exceptions
+become our own (`app.errors`). Messages name the upstream by scheme, host and
+port only: never a path, query or header, which may carry a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO, Iterator
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
+
+from .errors import ProxyError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+
+READ_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one request goes: a base URL ending in `/` that `/v1/<rest>` maps under."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    name: str = "default"
+
+    def url(self, path: str, query: str = "") -> str:
+        return self.base_url + path + ("?" + query if query else "")
+
+    @property
+    def origin(self) -> str:
+        """scheme://host:port: safe to show in messages and logs."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def map_requests_error(exc: BaseException, target: Target) -> ProxyError:
+    """Translate a `requests`/`urllib3`/socket failure into our exception tree."""
+    where = target.origin
+    if isinstance(exc, (requests.exceptions.Timeout, ReadTimeoutError, TimeoutError)) or _wraps(exc, ReadTimeoutError):
+        return UpstreamTimeout(f"Upstream {where} did not answer within the timeout.")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return UpstreamUnavailable(f"TLS handshake with upstream {where} failed.")
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+                        ProtocolError, DecodeError)) or _wraps(exc, ProtocolError):
+        return UpstreamBadResponse(f"Upstream {where} broke off or sent a malformed response.")
+    if isinstance(exc, (requests.exceptions.ConnectionError, OSError)):
+        return UpstreamUnavailable(f"Cannot connect to upstream {where}.")
+    return UpstreamBadResponse(f"Request to upstream {where} failed ({type(exc).__name__}).")
+
+
+def _wraps(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 5:
+        if isinstance(cur, kind) or any(isinstance(a, kind) for a in getattr(cur, "args", ())):
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
+
+
+class Upstream:
+    """The worker's HTTP client. `trust_env=False`: proxy settings are not looked up per request."""
+
+    def __init__(self, pool_size: int = 1024) -> None:
+        session = requests.Session()
+        session.trust_env = False
+        session.headers.clear()
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        self.session = session
+
+    def send(
+        self,
+        target: Target,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | IO[bytes] | Iterator[bytes] | None,
+        read_timeout: float | None = None,
+    ) -> requests.Response:
+        """Send and return the response with its body unread (`stream=True`)."""
+        timeout = (target.connect_timeout, read_timeout if read_timeout is not None else target.read_timeout)
+        try:
+            return self.session.request(
+                method, url, headers=headers, data=body, stream=True, timeout=timeout, allow_redirects=False
+            )
+        except requests.RequestException as exc:
+            raise map_requests_error(exc, target) from None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def iter_decoded(resp: requests.Response) -> Iterator[bytes]:
+    """Body bytes (content-decoded) as they arrive, whatever the framing.
+
+    `iter_content(None)` only yields per chunk for chunked bodies; for a body
+    with a Content-Length or one delimited by close it would wait for the end.
+    """
+    raw = resp.raw
+    if raw.chunked and raw.supports_chunked_reads():
+        yield from raw.stream(None, decode_content=True)
+        return
+    while True:
+        data = raw.read1(READ_SIZE)
+        if not data:
+            return
+        yield data
+
+
+def iter_raw(resp: requests.Response) -> Iterator[bytes]:
+    """Body bytes exactly as sent (still content-encoded), for pass-through."""
+    yield from resp.raw.stream(READ_SIZE, decode_content=False)

@@ -1,0 +1,50 @@
+"""Gunicorn settings, read from the environment.
+
+Do not import `requests`, `app` or anything that imports `ssl` here: the gevent
+worker monkey-patches at worker start, and modules imported earlier (in the
+master) would keep their blocking versions.
+"""
+
+import multiprocessing
+import os
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"cot-proxy: configuration error: {name}={raw!r}: not an integer") from None
+
+
+bind = f"{_env('HOST', '0.0.0.0')}:{_int('PORT', 5000)}"
+
+# gevent: a stream is one greenlet blocked on a socket, so one worker holds
+# thousands of slow SSE streams (bench/: 1,000 streams on 2 cores, no errors).
+# A sync worker would hold one stream per process; gthread one per thread, with
+# far slower time-to-first-chunk under load (shared/reference/baseline.md).
+worker_class = _env("GUNICORN_WORKER_CLASS", "gevent")
+# One worker per core: the proxy is I/O-bound and gevent multiplexes inside a worker.
+workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count())
+# Open connections per gevent worker; above it new clients wait in the accept backlog.
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 2000)
+# Used only with GUNICORN_WORKER_CLASS=gthread.
+threads = _int("GUNICORN_THREADS", 64)
+# Heartbeat timeout. Async workers beat independently of requests, so long
+# streams are safe; only a worker stuck on CPU this long is restarted.
+timeout = _int("GUNICORN_TIMEOUT", 120)
+# Time for in-flight streams to finish on reload or shutdown.
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+keepalive = _int("GUNICORN_KEEPALIVE", 5)
+backlog = _int("GUNICORN_BACKLOG", 2048)
+
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = "debug" if _env("DEBUG", "false").lower() == "true" else "info"
+# No preload: each worker builds its own app (and HTTP pool) after gevent patched.
+preload_app = False
