@@ -48,3 +48,5 @@ errorlog = "-"
 loglevel = "debug" if _env("DEBUG", "false").lower() == "true" else "info"
 # No preload: each worker builds its own app (and HTTP pool) after gevent patched.
 preload_app = False
+# Gunicorn's control socket is unused; off, so several instances never clash over it.
+control_socket_disable = True

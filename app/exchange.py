@@ -25,6 +25,8 @@ class Exchange:
     """Parsed JSON body (mutable), or None for non-JSON bodies."""
     client_model: str | None = None
     """The model name the client asked for, before any alias."""
+    target: Any = None
+    """The `upstream.Target` chosen by the router (None in echo mode)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Per-request scratch space, keyed by transform name."""
 

@@ -67,6 +67,7 @@ class Relay:
                     code="echo_mode",
                 )
             return family.echo(ex)
+        ex.target = target
         bound = self.pipeline.bind(ex)
         bound.request()
         return self._forward(family, ex, bound, target)
