@@ -5,8 +5,11 @@ worker monkey-patches at worker start, and modules imported earlier (in the
 master) would keep their blocking versions.
 """
 
+import importlib.util
 import multiprocessing
 import os
+import sys
+from pathlib import Path
 
 
 def _env(name: str, default: str) -> str:
@@ -21,6 +24,22 @@ def _int(name: str, default: int) -> int:
     except ValueError:
         raise SystemExit(f"cot-proxy: configuration error: {name}={raw!r}: not an integer") from None
 
+
+def _check_app_config() -> None:
+    """Validate the app's environment once, in the master: a bad value stops
+    start-up with one line instead of workers failing over and over.
+    app/config.py is loaded on its own (stdlib only), not through the package."""
+    spec = importlib.util.spec_from_file_location("_cot_proxy_config", Path(__file__).with_name("app") / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    try:
+        module.Config.from_env()
+    except module.ConfigError as exc:
+        raise SystemExit(f"cot-proxy: configuration error: {exc}") from None
+
+
+_check_app_config()
 
 bind = f"{_env('HOST', '0.0.0.0')}:{_int('PORT', 5000)}"
 

@@ -1,7 +1,8 @@
 """Configuration, read once at start from the environment (and `.env`).
 
 `Config.from_env()` is the only place that reads variables; everything else
-receives the typed object. A bad value raises `ConfigError` with one line
+receives the typed object. Keep this module standard-library only (plus the
+lazy `dotenv` import): gunicorn.conf.py loads it in the master to validate. A bad value raises `ConfigError` with one line
 naming the variable, so start-up stops with a message a person can act on.
 """
 

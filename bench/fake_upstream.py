@@ -30,7 +30,8 @@ MODEL = "bench-model"
 MAX_CHUNKS = 100_000
 MAX_INTERVAL_MS = 10_000.0
 CREATED = int(time.time())
-ANSWER_WORDS = "The quick brown fox jumps over the lazy dog and keeps running far away".split()
+ANSWER_WORDS = ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "keeps", "running",
+                "far", "away"]
 
 
 def _completion_bytes() -> bytes:

@@ -256,16 +256,21 @@ class FakeUpstream:
                     fake._mark_disconnected()
                     self.close_connection = True
 
-            def _wait_for_close(self) -> None:
-                deadline = time.monotonic() + MAX_WAIT
-                while time.monotonic() < deadline:
-                    ready, _, _ = select.select([self.connection], [], [], 0.05)
+            def _peer_closed_within(self, seconds: float) -> bool:
+                """Wait up to `seconds`; True as soon as the proxy closes the connection."""
+                deadline = time.monotonic() + seconds
+                while (left := deadline - time.monotonic()) > 0:
+                    ready, _, _ = select.select([self.connection], [], [], min(left, 0.05))
                     if ready:
                         try:
                             if self.connection.recv(1, socket.MSG_PEEK) == b"":
-                                break
+                                return True
                         except OSError:
-                            break
+                            return True
+                return False
+
+            def _wait_for_close(self) -> None:
+                self._peer_closed_within(MAX_WAIT)
                 fake._mark_disconnected()
                 self.close_connection = True
 
@@ -293,8 +298,10 @@ class FakeUpstream:
                         self.connection.shutdown(socket.SHUT_RDWR)
                         self.close_connection = True
                         return
-                    if i and reply.delay:
-                        time.sleep(reply.delay)
+                    if i and reply.delay and self._peer_closed_within(reply.delay):
+                        fake._mark_disconnected()
+                        self.close_connection = True
+                        return
                     part = parts[i]
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if reply.chunked else part)
                     self.wfile.flush()

@@ -1,0 +1,771 @@
+"""cot-proxy benchmark: the proxy under real Gunicorn vs the fake upstream called directly.
+
+    python bench/run.py [--quick] [--streams N] [--env KEY=VAL ...] [--think]
+
+Starts `bench/fake_upstream.py` and `gunicorn -c gunicorn.conf.py cot_proxy:app` on free
+127.0.0.1 ports, then measures, proxy vs direct in the same run: added latency at c=1,
+req/s at c=32, N concurrent SSE streams (time to first chunk, inter-chunk gaps), the
+proxy's RSS (idle and peak) and CPU per relayed chunk. Prints a summary with the targets
+and writes it to bench/results/latest.json. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import importlib.metadata
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import aiohttp
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+HOST = "127.0.0.1"
+CHAT_PATH = "/v1/chat/completions"
+JSON_HEADERS = {"content-type": "application/json", "authorization": "Bearer bench"}
+SEQ_RE = re.compile(rb'"bench_seq":\s*(\d+)')
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGETS = {
+    "added_p50_ms": ("<=", 1.0),
+    "rps_ratio": (">=", 0.25),
+    "streams_completed": ("==", None),  # all of --streams
+    "extra_gap_p99_ms": ("<=", 25.0),
+    "idle_rss_mb": ("<=", 150.0),
+}
+
+
+def _chat_body(**extra: Any) -> bytes:
+    """A ~1 KB chat request."""
+    prompt = " ".join(f"word{i}" for i in range(130))
+    body = {
+        "model": "bench-model",
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant used for benchmarking."},
+            {"role": "user", "content": prompt},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 256,
+        **extra,
+    }
+    return orjson.dumps(body)
+
+
+CHAT_BODY = _chat_body()
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on (a process died, a port never answered)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of each test."""
+
+    latency_n: int  # sequential requests per target
+    latency_block: int  # requests per block; blocks alternate direct/proxy (ABBA)
+    rps_seconds: float  # per round and target
+    rps_rounds: int
+    rps_concurrency: int
+    streams: int
+    chunks: int
+    interval_ms: float
+    warmup_n: int
+
+
+FULL = Plan(2000, 100, 4.0, 2, 32, 1000, 20, 50.0, 300)
+QUICK = Plan(300, 50, 1.5, 1, 32, 200, 20, 50.0, 100)
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit; children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Proc:
+    """A child in its own process group; `stop()` ends it (and any child it left)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = RESULTS / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # the group we created: leftovers only
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+def http_ok(port: int, path: str) -> bool:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def wait_ready(proc: Proc, port: int, path: str, timeout: float, workers: int = 0) -> None:
+    """Poll `path` until 200 (and, for Gunicorn, until `workers` children run); bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise BenchError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        if http_ok(port, path) and len(children(proc.pid)) >= workers:
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{proc.name} not ready on port {port} within {timeout:.0f} s:\n{proc.log_tail()}")
+
+
+def start_upstream() -> tuple[Proc, int]:
+    port = free_port()
+    proc = Proc("upstream", [sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port", str(port)],
+                dict(os.environ))
+    wait_ready(proc, port, "/v1/models", 20)
+    return proc, port
+
+
+def proxy_env(up_port: int, extra: dict[str, str]) -> tuple[dict[str, str], int]:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(TARGET_BASE_URL=f"http://{HOST}:{up_port}/v1/", PORT=str(port), HOST=HOST)
+    env.update(extra)
+    return env, port
+
+
+def gunicorn_settings(env: dict[str, str]) -> dict[str, Any]:
+    """Worker class, workers and threads as gunicorn.conf.py resolves them under `env`."""
+    code = (
+        "import json, runpy; c = runpy.run_path('gunicorn.conf.py'); "
+        "print(json.dumps({k: c.get(k) for k in ('worker_class', 'workers', 'threads', 'worker_connections')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=30, check=True)
+    return dict(json.loads(out.stdout))
+
+
+def start_proxy(name: str, env: dict[str, str], port: int, workers: int) -> Proc:
+    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"]
+    proc = Proc(name, argv, env)
+    try:
+        wait_ready(proc, port, "/healthz", 60, workers)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+# -- /proc ----------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid`."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return []
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mb(master: int) -> float:
+    """RSS of the Gunicorn master plus its workers, MiB."""
+    return (rss_kb(master) + sum(rss_kb(c) for c in children(master))) / 1024
+
+
+def workers_cpu_s(master: int) -> float:
+    """utime + stime of the master's children (the workers), seconds."""
+    ticks = 0
+    for pid in children(master):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+class RssSampler:
+    """Samples the proxy's RSS every `period` s in a thread; `peak` after `stop()`."""
+
+    def __init__(self, master: int, period: float = 0.1) -> None:
+        self.master = master
+        self.period = period
+        self.peak = 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(self.master))
+            self.samples += 1
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# -- statistics -------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no data."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 3)
+
+
+def diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+# -- a. latency at c=1 ----------------------------------------------------------
+
+
+class KeepAliveClient:
+    """Sequential POSTs over one kept-alive connection."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = self._connect()
+        self.reconnects = 0
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def post(self) -> float:
+        """One chat POST; seconds from send to last body byte."""
+        for attempt in (0, 1):
+            try:
+                start = time.perf_counter()
+                self.conn.request("POST", CHAT_PATH, CHAT_BODY, JSON_HEADERS)
+                resp = self.conn.getresponse()
+                resp.read()
+                elapsed = time.perf_counter() - start
+            except (ConnectionError, http.client.HTTPException):
+                if attempt:
+                    raise
+                self.conn.close()
+                self.conn = self._connect()
+                self.reconnects += 1
+                continue
+            if resp.status != 200:
+                raise BenchError(f"port {self.port}: HTTP {resp.status} on {CHAT_PATH}")
+            return elapsed
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def measure_latency(ports: dict[str, int], n: int, block: int, budget_s: float = 180.0) -> dict[str, Any]:
+    """`n` sequential POSTs per target, in blocks alternating ABBA; p50/p99 per target."""
+    clients = {name: KeepAliveClient(port) for name, port in ports.items()}
+    samples: dict[str, list[float]] = {name: [] for name in ports}
+    names = list(ports)
+    deadline = time.monotonic() + budget_s
+    try:
+        for b in range(math.ceil(n / block)):
+            for name in names if b % 2 == 0 else names[::-1]:
+                client = clients[name]
+                samples[name].extend(client.post() for _ in range(min(block, n - len(samples[name]))))
+            if time.monotonic() > deadline:
+                break
+    finally:
+        for client in clients.values():
+            client.close()
+    out: dict[str, Any] = {}
+    for name, values in samples.items():
+        out[name] = {"n": len(values), "p50_ms": ms(pct(values, 50)), "p99_ms": ms(pct(values, 99)),
+                     "mean_ms": ms(sum(values) / len(values)), "reconnects": clients[name].reconnects}
+    return out
+
+
+# -- b. req/s at c=32 ------------------------------------------------------------
+
+
+async def _rps_round(port: int, concurrency: int, seconds: float, max_requests: int = 2_000_000) -> tuple[int, int, float]:
+    """Closed-loop load for `seconds`: (ok, errors, elapsed)."""
+    counts = Counter[str]()
+    url = f"http://{HOST}:{port}{CHAT_PATH}"
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline and counts.total() < max_requests:
+                try:
+                    async with session.post(url, data=CHAT_BODY, headers=JSON_HEADERS) as resp:
+                        await resp.read()
+                        counts["ok" if resp.status == 200 else "error"] += 1
+                except (TimeoutError, aiohttp.ClientError):
+                    counts["error"] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return counts["ok"], counts["error"], elapsed
+
+
+def measure_rps(ports: dict[str, int], plan: Plan) -> dict[str, Any]:
+    """Alternating rounds per target; req/s = all ok / all elapsed."""
+    totals = {name: [0, 0, 0.0] for name in ports}
+    names = list(ports)
+    for r in range(plan.rps_rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            ok, errors, elapsed = asyncio.run(_rps_round(ports[name], plan.rps_concurrency, plan.rps_seconds))
+            totals[name][0] += ok
+            totals[name][1] += errors
+            totals[name][2] += elapsed
+    return {name: {"ok": int(t[0]), "errors": int(t[1]), "seconds": round(t[2], 2),
+                   "rps": round(t[0] / t[2], 1) if t[2] else 0.0} for name, t in totals.items()}
+
+
+# -- c. concurrent streams ----------------------------------------------------------
+
+
+@dataclass
+class StreamRun:
+    """What N concurrent streams saw."""
+
+    streams: int
+    completed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    ttfc: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    """Arrival time between consecutive chunks (by `bench_seq`)."""
+    excess: list[float] = field(default_factory=list)
+    """Each gap minus its nominal spacing (interval x chunks apart)."""
+    events: int = 0
+    wall_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "completed": self.completed,
+            "errors": sum(self.errors.values()),
+            "error_kinds": dict(self.errors.most_common(5)),
+            "events_received": self.events,
+            "ttfc_p50_ms": ms(pct(self.ttfc, 50)),
+            "ttfc_p99_ms": ms(pct(self.ttfc, 99)),
+            "gap_p50_ms": ms(pct(self.gaps, 50)),
+            "gap_p99_ms": ms(pct(self.gaps, 99)),
+            "gap_minus_nominal_p99_ms": ms(pct(self.excess, 99)),
+            "wall_s": round(self.wall_s, 2),
+        }
+
+
+async def _one_stream(session: aiohttp.ClientSession, url: str, body: bytes, interval: float,
+                      expect: int | None, run: StreamRun) -> None:
+    start = time.perf_counter()
+    first: float | None = None
+    done = False
+    seqs: list[tuple[float, int]] = []
+    try:
+        async with session.post(url, data=body, headers=JSON_HEADERS) as resp:
+            if resp.status != 200:
+                await resp.read()
+                run.errors[f"HTTP {resp.status}"] += 1
+                return
+            buf = b""
+            async for data in resp.content.iter_any():
+                now = time.perf_counter()
+                buf += data.replace(b"\r\n", b"\n") if b"\r" in data else data
+                *events, buf = buf.split(b"\n\n")
+                for event in events:
+                    if not event.strip():
+                        continue
+                    run.events += 1
+                    if first is None:
+                        first = now - start
+                    if event.startswith(b"data: [DONE]"):
+                        done = True
+                    elif m := SEQ_RE.search(event):
+                        seqs.append((now, int(m.group(1))))
+                    elif b'"error"' in event:
+                        run.errors["in-band error event"] += 1
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        run.errors[type(exc).__name__] += 1
+        return
+    if first is not None:
+        run.ttfc.append(first)
+    for (t0, s0), (t1, s1) in itertools.pairwise(seqs):
+        run.gaps.append(t1 - t0)
+        run.excess.append(t1 - t0 - interval * (s1 - s0))
+    if not done:
+        run.errors["no [DONE]"] += 1
+    elif expect is not None and len(seqs) != expect:
+        run.errors["chunks missing"] += 1
+    else:
+        run.completed += 1
+
+
+async def _streams(port: int, n: int, chunks: int, interval_ms: float, think: bool, expect_all: bool) -> StreamRun:
+    run = StreamRun(streams=n)
+    extra: dict[str, Any] = {"stream": True, "bench_chunks": chunks, "bench_interval_ms": interval_ms}
+    if think:
+        extra["bench_think"] = True
+    body = _chat_body(**extra)
+    budget = 60 + 2 * chunks * interval_ms / 1000
+    connector = aiohttp.TCPConnector(limit=max(n, 1000), limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=budget, sock_connect=30)
+    url = f"http://{HOST}:{port}{CHAT_PATH}"
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        tasks = [_one_stream(session, url, body, interval_ms / 1000, chunks if expect_all else None, run)
+                 for _ in range(n)]
+        await asyncio.wait_for(asyncio.gather(*tasks), budget + 10)
+        run.wall_s = time.perf_counter() - start
+    return run
+
+
+def measure_streams(port: int, plan: Plan, n: int, think: bool = False, expect_all: bool = True,
+                    master: int | None = None) -> dict[str, Any]:
+    """N concurrent streams; for a proxy (`master`), also peak RSS and worker CPU per upstream chunk."""
+    if master is None:
+        return asyncio.run(_streams(port, n, plan.chunks, plan.interval_ms, think, expect_all)).summary()
+    cpu_before = workers_cpu_s(master)
+    with RssSampler(master) as sampler:
+        run = asyncio.run(_streams(port, n, plan.chunks, plan.interval_ms, think, expect_all))
+    cpu = workers_cpu_s(master) - cpu_before
+    out = run.summary()
+    upstream_chunks = run.completed * plan.chunks
+    out.update(peak_rss_mb=round(sampler.peak, 1), rss_samples=sampler.samples, worker_cpu_s=round(cpu, 2),
+               cpu_us_per_chunk=round(cpu / upstream_chunks * 1e6, 1) if upstream_chunks else None)
+    return out
+
+
+# -- orchestration ------------------------------------------------------------------
+
+
+def warm_up(ports: dict[str, int], plan: Plan) -> None:
+    """Connections, pools and code paths warm on every target before anything is measured."""
+    measure_latency(ports, plan.warmup_n, plan.warmup_n, budget_s=60)
+    for port in ports.values():
+        asyncio.run(_rps_round(port, plan.rps_concurrency, 1.0))
+        asyncio.run(_streams(port, 50, 5, 0.0, False, True))
+
+
+def log_problems(proc: Proc, limit: int = 5) -> dict[str, Any]:
+    """Error-looking lines in a proxy log (tracebacks, worker timeouts, ERROR/WARNING records)."""
+    pattern = re.compile(r"Traceback|ERROR|CRITICAL|WARNING|WORKER TIMEOUT|Exception|Error:")
+    hits = [line for line in proc.log_path.read_text(errors="replace").splitlines() if pattern.search(line)]
+    return {"count": len(hits), "first": list(dict.fromkeys(hits))[:limit], "log": str(proc.log_path)}
+
+
+def machine_info(settings: dict[str, Any], nofile: int) -> dict[str, Any]:
+    def version(pkg: str) -> str:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return "?"
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                            timeout=10, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "app", "cot_proxy.py", "gunicorn.conf.py"],
+                           cwd=REPO, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gunicorn": settings,
+        "versions": {p: version(p) for p in ("gunicorn", "gevent", "flask", "requests", "aiohttp")},
+        "git": commit + ("+dirty" if dirty else ""),
+        "nofile": nofile,
+    }
+
+
+def verdict(key: str, value: float | None, streams: int) -> tuple[str, str]:
+    """(target text, 'met'|'MISSED'|'n/a') for one figure."""
+    op, bound = TARGETS[key]
+    limit = float(streams) if bound is None else bound
+    text = f"{op} {limit:g}"
+    if value is None:
+        return text, "n/a"
+    ok = {"<=": value <= limit, ">=": value >= limit, "==": value == limit}[op]
+    return text, "met" if ok else "MISSED"
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def summarize(res: dict[str, Any], n_streams: int) -> dict[str, Any]:
+    """Headline figures, the target verdicts, and the table rows."""
+    lat, rps, st, idle = res["latency"], res["rps"], res["streams"], res["idle_rss_mb"]
+    head = {
+        "added_p50_ms": diff(lat["proxy"]["p50_ms"], lat["direct"]["p50_ms"]),
+        "added_p99_ms": diff(lat["proxy"]["p99_ms"], lat["direct"]["p99_ms"]),
+        "rps_ratio": round(rps["proxy"]["rps"] / rps["direct"]["rps"], 3) if rps["direct"]["rps"] else None,
+        "streams_completed": st["proxy"]["completed"],
+        "extra_gap_p99_ms": diff(st["proxy"]["gap_p99_ms"], st["direct"]["gap_p99_ms"]),
+        "idle_rss_mb": idle,
+        "peak_rss_mb": st["proxy"].get("peak_rss_mb"),
+    }
+    verdicts = {k: verdict(k, head[k], n_streams) for k in TARGETS}
+
+    def row(label: str, d: Any, p: Any, delta: Any = None, key: str | None = None) -> tuple[str, ...]:
+        target, status = verdicts[key] if key else ("", "")
+        return (label, fmt(d), fmt(p), fmt(delta), target, status)
+
+    sd, sp = st["direct"], st["proxy"]
+    rows = [
+        ("figure", "direct", "proxy", "proxy-direct", "target", ""),
+        row("latency p50 c=1 (ms)", lat["direct"]["p50_ms"], lat["proxy"]["p50_ms"], head["added_p50_ms"],
+            "added_p50_ms"),
+        row("latency p99 c=1 (ms)", lat["direct"]["p99_ms"], lat["proxy"]["p99_ms"], head["added_p99_ms"]),
+        row("req/s c=32 (ratio in delta col)", rps["direct"]["rps"], rps["proxy"]["rps"], head["rps_ratio"],
+            "rps_ratio"),
+        row(f"streams completed (of {n_streams})", sd["completed"], sp["completed"], None, "streams_completed"),
+        row("stream errors", sd["errors"], sp["errors"]),
+        row("TTFC p50 (ms)", sd["ttfc_p50_ms"], sp["ttfc_p50_ms"], diff(sp["ttfc_p50_ms"], sd["ttfc_p50_ms"])),
+        row("TTFC p99 (ms)", sd["ttfc_p99_ms"], sp["ttfc_p99_ms"], diff(sp["ttfc_p99_ms"], sd["ttfc_p99_ms"])),
+        row("inter-chunk gap p99 (ms)", sd["gap_p99_ms"], sp["gap_p99_ms"], head["extra_gap_p99_ms"],
+            "extra_gap_p99_ms"),
+        row("gap - 50 ms, p99 (ms)", sd["gap_minus_nominal_p99_ms"], sp["gap_minus_nominal_p99_ms"]),
+        row("idle RSS, master+workers (MiB)", None, idle, None, "idle_rss_mb"),
+        row("peak RSS during streams (MiB)", None, head["peak_rss_mb"]),
+        row("worker CPU per chunk (us)", None, sp.get("cpu_us_per_chunk")),
+    ]
+    return {"headline": head, "targets": {k: {"target": t, "status": s} for k, (t, s) in verdicts.items()},
+            "rows": rows}
+
+
+def think_section(up_port: int, plan: Plan, n: int, extra_env: dict[str, str], workers: int,
+                  procs: list[Proc]) -> dict[str, Any]:
+    """The think-heavy stream test: direct, then proxies with THINK_MODE=keep and =strip."""
+    out: dict[str, Any] = {"direct": measure_streams(up_port, plan, n, think=True, expect_all=True)}
+    for mode in ("keep", "strip"):
+        env, port = proxy_env(up_port, {**extra_env, "THINK_MODE": mode})
+        proxy = start_proxy(f"proxy-think-{mode}", env, port, workers)
+        procs.append(proxy)
+        try:
+            asyncio.run(_streams(port, 50, 5, 0.0, True, False))
+            res = measure_streams(port, plan, n, think=True, expect_all=(mode == "keep"), master=proxy.pid)
+            res["extra_gap_minus_nominal_p99_ms"] = diff(res["gap_minus_nominal_p99_ms"],
+                                                         out["direct"]["gap_minus_nominal_p99_ms"])
+            res["log_problems"] = log_problems(proxy)
+            out[mode] = res
+        finally:
+            proxy.stop()
+    return out
+
+
+def print_think(think: dict[str, Any]) -> None:
+    print("\nthink-heavy streams (bench_think; THINK_MODE per proxy)")
+    rows: list[tuple[str, ...]] = [("figure", "direct", "keep", "strip")]
+    for label, key in [("completed", "completed"), ("errors", "errors"), ("events received", "events_received"),
+                       ("TTFC p50 (ms)", "ttfc_p50_ms"), ("gap - nominal p99 (ms)", "gap_minus_nominal_p99_ms"),
+                       ("extra gap p99 vs direct (ms)", "extra_gap_minus_nominal_p99_ms"),
+                       ("worker CPU per upstream chunk (us)", "cpu_us_per_chunk"), ("peak RSS (MiB)", "peak_rss_mb")]:
+        rows.append((label, *(fmt(think[m].get(key)) for m in ("direct", "keep", "strip"))))
+    print_table(rows)
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env {pair!r}: expected KEY=VAL")
+        env[key] = value
+    return env
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller counts (~30 s smoke run)")
+    parser.add_argument("--streams", type=int, help="concurrent streams (default 1000, quick 200)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VAL", help="proxy environment (repeatable)")
+    parser.add_argument("--think", action="store_true", help="also the think-heavy stream test, THINK_MODE keep/strip")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    n_streams = args.streams if args.streams is not None else plan.streams
+    if not 1 <= n_streams <= 10_000:
+        raise SystemExit("--streams must be within 1..10000")
+    extra_env = parse_env(args.env)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the children
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    nofile = raise_nofile()
+    procs: list[Proc] = []
+    started = time.monotonic()
+    try:
+        upstream, up_port = start_upstream()
+        procs.append(upstream)
+        env, port = proxy_env(up_port, extra_env)
+        settings = gunicorn_settings(env)
+        info = machine_info(settings, nofile)
+        print(f"machine: nproc={info['nproc']} python={info['python']} load={info['loadavg_at_start']} "
+              f"git={info['git']}")
+        print(f"gunicorn: worker_class={settings['worker_class']} workers={settings['workers']} "
+              f"threads={settings['threads']} worker_connections={settings['worker_connections']}"
+              + (f"  env={extra_env}" if extra_env else ""))
+        proxy = start_proxy("proxy", env, port, settings["workers"])
+        procs.append(proxy)
+        ports = {"direct": up_port, "proxy": port}
+
+        print("warming up ...", flush=True)
+        warm_up(ports, plan)
+        time.sleep(1.0)
+        res: dict[str, Any] = {"idle_rss_mb": round(tree_rss_mb(proxy.pid), 1)}
+        print(f"a. latency c=1: {plan.latency_n} sequential POSTs per target ...", flush=True)
+        res["latency"] = measure_latency(ports, plan.latency_n, plan.latency_block)
+        print(f"b. req/s c={plan.rps_concurrency}: {plan.rps_rounds} x {plan.rps_seconds:g} s per target ...",
+              flush=True)
+        res["rps"] = measure_rps(ports, plan)
+        print(f"c. {n_streams} concurrent streams x {plan.chunks} chunks, {plan.interval_ms:g} ms apart ...",
+              flush=True)
+        res["streams"] = {"direct": measure_streams(up_port, plan, n_streams)}
+        res["streams"]["proxy"] = measure_streams(port, plan, n_streams, master=proxy.pid)
+        res["rss_after_streams_mb"] = round(tree_rss_mb(proxy.pid), 1)
+        res["log_problems"] = log_problems(proxy)
+        proxy.stop()
+
+        if args.think:
+            print(f"think: {n_streams} think-heavy streams, direct / THINK_MODE=keep / THINK_MODE=strip ...",
+                  flush=True)
+            res["think"] = think_section(up_port, plan, n_streams, extra_env, settings["workers"], procs)
+
+        summary = summarize(res, n_streams)
+        print(f"\nsummary (proxy vs direct, same run; {time.monotonic() - started:.0f} s)")
+        print_table(summary["rows"])
+        if "think" in res:
+            print_think(res["think"])
+        problems = res["log_problems"]
+        print(f"\nproxy log: {problems['count']} error-looking lines ({problems['log']})")
+        for line in problems["first"]:
+            print(f"  {line[:200]}")
+        met = sum(1 for t in summary["targets"].values() if t["status"] == "met")
+        print(f"targets met: {met}/{len(TARGETS)}")
+
+        report = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv[1:],
+            "plan": {**asdict(plan), "streams": n_streams},
+            "proxy_env": extra_env,
+            "machine": info,
+            "headline": summary["headline"],
+            "targets": summary["targets"],
+            "results": res,
+        }
+        out = RESULTS / "latest.json"
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out.relative_to(REPO)}")
+        return 0
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

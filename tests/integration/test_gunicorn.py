@@ -1,0 +1,142 @@
+"""Real Gunicorn with gunicorn.conf.py, in front of the real fake upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import openai
+import pytest
+import requests
+
+from tests.fakes.openai_upstream import FakeUpstream, Reply, chat_chunk, sse_reply
+
+ROOT = Path(__file__).resolve().parents[2]
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gunicorn:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        full_env = {k: v for k, v in os.environ.items() if k not in ("TARGET_BASE_URL", "BACKEND_URL")}
+        full_env.update({"HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": "2", **env})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"],
+            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("gunicorn exited: " + self.proc.stdout.read().decode())
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)  # polling for start-up, not synchronising a test
+        self.stop()
+        raise RuntimeError("gunicorn did not start within 30 s")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def module_upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gunicorn(module_upstream: FakeUpstream) -> Iterator[Gunicorn]:
+    g = Gunicorn({"TARGET_BASE_URL": module_upstream.base_url, "REQUEST_TIMEOUT_SECONDS": "20"})
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def up(module_upstream: FakeUpstream) -> FakeUpstream:
+    module_upstream.reset()
+    return module_upstream
+
+
+def test_sdk_streams_through_gunicorn(gunicorn, up):
+    sdk = openai.OpenAI(base_url=gunicorn.url + "/v1", api_key="k", max_retries=0)
+    chunks = list(sdk.chat.completions.create(model="m", messages=MSG, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello from upstream"
+    out = sdk.chat.completions.create(model="m", messages=MSG)
+    assert out.choices[0].message.content == "Hello from upstream"
+
+
+def _open_stream(url: str) -> socket.socket:
+    port = int(url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    body = json.dumps({"model": "m", "messages": MSG, "stream": True}).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return sock
+
+
+def test_client_gone_mid_stream_closes_upstream_within_1s(gunicorn, up):
+    # A slow upstream: one event every 5 s, so only the proxy noticing the client can end it fast.
+    up.enqueue(sse_reply([chat_chunk("tick")], done=False, delay=5.0, endless=True))
+    sock = _open_stream(gunicorn.url)
+    got = b""
+    while b"tick" not in got:
+        got += sock.recv(4096)
+    closed_at = time.monotonic()
+    sock.close()
+    assert up.disconnected.wait(5), "upstream connection was never closed"
+    assert up.disconnected_at - closed_at < 1.0
+
+
+def test_client_gone_before_first_byte_closes_upstream_within_1s(gunicorn, up):
+    up.enqueue(Reply(hang=True))
+    sock = _open_stream(gunicorn.url)
+    assert up.arrived.wait(10)
+    closed_at = time.monotonic()
+    sock.close()
+    assert up.disconnected.wait(5), "upstream connection was never closed"
+    assert up.disconnected_at - closed_at < 1.0
+
+
+def test_echo_mode_under_gunicorn():
+    g = Gunicorn({})
+    try:
+        sdk = openai.OpenAI(base_url=g.url + "/v1", api_key="k", max_retries=0)
+        out = sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+        assert out.choices[0].message.content == "Echo: hello"
+    finally:
+        log = g.stop()
+    assert "ECHO MODE" in log
+
+
+def test_bad_config_stops_startup_naming_variable():
+    env = {k: v for k, v in os.environ.items() if k != "TARGET_BASE_URL"}
+    env.update(PORT=str(free_port()), HOST="127.0.0.1", TARGET_BASE_URL="not a url")
+    proc = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "TARGET_BASE_URL" in proc.stdout + proc.stderr
