@@ -9,8 +9,8 @@ naming the variable, so start-up stops with a message a person can act on.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import urlsplit
 
 
@@ -85,7 +85,7 @@ class Config:
         return self.target_base_url is None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """Read the environment (loading `.env` first when reading the real one)."""
         if env is None:
             from dotenv import load_dotenv

@@ -35,7 +35,7 @@ class DisconnectWatch:
         self._greenlet: Any = None
 
     @classmethod
-    def start(cls, environ: dict[str, Any]) -> "DisconnectWatch":
+    def start(cls, environ: dict[str, Any]) -> DisconnectWatch:
         watch = cls()
         sock = environ.get("gunicorn.socket")
         if sock is not None and _gevent_active():

@@ -11,7 +11,8 @@ import hashlib
 import math
 import struct
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 from flask import Response
@@ -49,7 +50,8 @@ def _sse(events: Iterator[dict[str, Any]]) -> Response:
             yield Event.from_json(event).raw
         yield b"data: [DONE]\n\n"
 
-    return Response(body(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(body(), mimetype="text/event-stream", headers=headers)
 
 
 def chat(ex: Exchange) -> Response:
@@ -126,7 +128,8 @@ def embeddings(ex: Exchange) -> Response:
             embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     words = sum(_words(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 1 for x in inputs)
-    return _json({"object": "list", "data": data, "model": MODEL, "usage": {"prompt_tokens": words, "total_tokens": words}})
+    usage = {"prompt_tokens": words, "total_tokens": words}
+    return _json({"object": "list", "data": data, "model": MODEL, "usage": usage})
 
 
 def models(ex: Exchange) -> Response:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 from urllib.parse import quote
 
 import orjson
@@ -277,7 +278,7 @@ def read_json_object() -> dict[str, Any]:
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise InvalidRequest(
-            f"Content-Type must be application/json (got {mimetype or 'none'}).", param=None, code="invalid_content_type"
+            f"Content-Type must be application/json (got {mimetype or 'none'}).", code="invalid_content_type"
         )
     raw = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413 from werkzeug
     try:

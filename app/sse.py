@@ -33,13 +33,13 @@ class Event:
         self._parsed = False
 
     @classmethod
-    def from_json(cls, obj: Any) -> "Event":
+    def from_json(cls, obj: Any) -> Event:
         event = cls(b"data: " + orjson.dumps(obj) + b"\n\n")
         event._json, event._parsed = obj, True
         return event
 
     @classmethod
-    def from_data(cls, data: str) -> "Event":
+    def from_data(cls, data: str) -> Event:
         return cls(b"data: " + data.encode() + b"\n\n")
 
     @property

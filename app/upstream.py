@@ -7,8 +7,9 @@ port only: never a path, query or header, which may carry a secret.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO
 from urllib.parse import urlsplit
 
 import requests

@@ -134,7 +134,7 @@ def test_error_messages_never_contain_secrets(upstream):
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "GET", "POST"])
 def test_catch_all_methods_and_query(client, upstream, method):
-    resp = client.open(f"/v1/files/abc?purpose=x&n=1", method=method, data=b"raw bytes" if method != "GET" else None)
+    resp = client.open("/v1/files/abc?purpose=x&n=1", method=method, data=b"raw bytes" if method != "GET" else None)
     assert resp.status_code == 200
     assert upstream.last.method == method and upstream.last.path == "/v1/files/abc?purpose=x&n=1"
 
@@ -154,7 +154,8 @@ def test_multipart_upload_unchanged(client, upstream):
 
 def test_binary_response_streams_through(client, upstream):
     blob = bytes(range(256)) * 4096  # 1 MiB
-    upstream.enqueue(Reply(headers={"Content-Type": "audio/mpeg"}, parts=[blob[i:i + 65536] for i in range(0, len(blob), 65536)]))
+    parts = [blob[i:i + 65536] for i in range(0, len(blob), 65536)]
+    upstream.enqueue(Reply(headers={"Content-Type": "audio/mpeg"}, parts=parts))
     resp = client.post("/v1/audio/speech", json={"model": "tts", "input": "hi"})
     assert resp.is_streamed
     assert resp.headers["Content-Type"] == "audio/mpeg"

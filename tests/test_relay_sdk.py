@@ -79,8 +79,8 @@ def test_garbage_is_502(live, upstream):
 
 
 def test_timeout_is_504(app, upstream):
-    from tests.conftest import LiveServer, proxy_config
     from app import create_app
+    from tests.conftest import LiveServer, proxy_config
 
     server = LiveServer(create_app(proxy_config(upstream, read_timeout=0.3)))
     try:
@@ -104,10 +104,11 @@ def test_mid_stream_failure_raises_api_error(live, upstream):
 
 
 def test_connection_refused_is_502():
-    from tests.conftest import LiveServer
+    import socket
+
     from app import create_app
     from app.config import Config
-    import socket
+    from tests.conftest import LiveServer
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -9,7 +9,8 @@ serves every request.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..exchange import Exchange
 from ..sse import Event

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..exchange import Exchange
 from ..sse import Event
@@ -13,7 +14,7 @@ class Pipeline:
     def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
 
-    def bind(self, ex: Exchange) -> "BoundPipeline":
+    def bind(self, ex: Exchange) -> BoundPipeline:
         return BoundPipeline(ex, [t for t in self.transforms if t.applies(ex)])
 
 

@@ -17,9 +17,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 MAX_WAIT = 30.0  # every blocking fault gives up after this long
 
@@ -76,7 +77,7 @@ def sse_reply(events: list[Any], *, splits: list[int] | None = None, done: bool 
         parts = _split_events(raw)
     else:
         cuts = [0, *sorted(splits), len(raw)]
-        parts = [raw[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+        parts = [raw[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
     headers = {"Content-Type": "text/event-stream"}
     headers.update(kw.pop("headers", {}))
     return Reply(headers=headers, parts=parts, **kw)
@@ -137,8 +138,10 @@ def _default_reply(rec: Recorded) -> Reply:
     if path.endswith("/completions") and isinstance(body, dict):
         if body.get("stream"):
             base = {"id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": "fake-model"}
-            return sse_reply([{**base, "choices": [{"index": 0, "text": "Hi", "logprobs": None, "finish_reason": None}]},
-                              {**base, "choices": [{"index": 0, "text": "!", "logprobs": None, "finish_reason": "stop"}]}])
+            return sse_reply([
+                {**base, "choices": [{"index": 0, "text": "Hi", "logprobs": None, "finish_reason": None}]},
+                {**base, "choices": [{"index": 0, "text": "!", "logprobs": None, "finish_reason": "stop"}]},
+            ])
         return json_reply({"id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": "fake-model",
                            "choices": [{"index": 0, "text": "Hi!", "logprobs": None, "finish_reason": "stop"}],
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
@@ -186,7 +189,7 @@ class FakeUpstream:
     def base_url(self) -> str:
         return self.root + "/v1/"
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         self._thread.start()
         return self
 
