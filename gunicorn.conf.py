@@ -5,10 +5,11 @@ worker monkey-patches at worker start, and modules imported earlier (in the
 master) would keep their blocking versions.
 """
 
-import importlib.util
+import importlib
 import multiprocessing
 import os
 import sys
+import types
 from pathlib import Path
 
 
@@ -28,20 +29,37 @@ def _int(name: str, default: int) -> int:
 def _check_app_config() -> None:
     """Validate the app's environment once, in the master: a bad value stops
     start-up with one line instead of workers failing over and over.
-    app/config.py is loaded on its own (stdlib only), not through the package."""
-    spec = importlib.util.spec_from_file_location("_cot_proxy_config", Path(__file__).with_name("app") / "config.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+
+    app/config.py (standard library only, as are the modules it imports) is
+    loaded under a throwaway package name without running app/__init__.py,
+    then forgotten, so workers import the app fresh after gevent patched."""
+    name = "_cot_proxy_config_check"
+    package = types.ModuleType(name)
+    package.__path__ = [str(Path(__file__).with_name("app"))]
+    sys.modules[name] = package
     try:
-        module.Config.from_env()
-    except module.ConfigError as exc:
-        raise SystemExit(f"cot-proxy: configuration error: {exc}") from None
+        module = importlib.import_module(name + ".config")
+        try:
+            module.Config.from_env()
+        except module.ConfigError as exc:
+            raise SystemExit(f"cot-proxy: configuration error: {exc}") from None
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
 
 
 _check_app_config()
 
-bind = f"{_env('HOST', '0.0.0.0')}:{_int('PORT', 5000)}"
+def _bind() -> str:
+    host, port = _env("HOST", ""), _env("PORT", "")
+    addr = _env("PROXY_ADDR", "")  # the Livepeer gateway proxy's name: ":8090" or "host:port"
+    if addr and not (host or port):
+        addr_host, _, addr_port = addr.rpartition(":")
+        host, port = addr_host.strip("[]"), addr_port
+    return f"{host or '0.0.0.0'}:{port or 5000}"
+
+
+bind = _bind()
 
 # gevent: a stream is one greenlet blocked on a socket, so one worker holds
 # thousands of slow SSE streams (bench/: 1,000 streams on 2 cores, no errors).

@@ -53,8 +53,12 @@ def create_app(config: Config | None = None) -> Flask:
     probes.init_app(app, HealthCheck(config, router, upstream))
     api.init_app(app)
 
-    if config.echo_mode:
+    if config.livepeer is not None:
+        log.info("Livepeer gateway routes go to %s", config.livepeer.gateway_url)
+    if router.default is not None:
+        log.info("relaying /v1/* to %s", router.default.origin)
+    elif config.livepeer is None:
         log.warning("ECHO MODE: no TARGET_BASE_URL or BACKEND_URL set; answering locally, nothing is forwarded")
     else:
-        log.info("relaying /v1/* to %s", router.default.origin if router.default else "?")
+        log.warning("ECHO MODE for routes the gateway does not serve (no TARGET_BASE_URL or BACKEND_URL set)")
     return app

@@ -1,9 +1,11 @@
 """Configuration, read once at start from the environment (and `.env`).
 
 `Config.from_env()` is the only place that reads variables; everything else
-receives the typed object. Keep this module standard-library only (plus the
-lazy `dotenv` import): gunicorn.conf.py loads it in the master to validate. A bad value raises `ConfigError` with one line
+receives the typed object. A bad value raises `ConfigError` with one line
 naming the variable, so start-up stops with a message a person can act on.
+
+Keep this module, and what it imports, standard-library only (plus the lazy
+`dotenv` import): gunicorn.conf.py loads it in the master to validate.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from .livepeer.settings import LivepeerConfigError, LivepeerSettings, listen_address
+from .model_params import THINK_MODES, ModelTable, ParamsError, parse_llm_params
+
+REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
 
 
 class ConfigError(ValueError):
@@ -63,6 +70,29 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name}={raw!r}: use one of {', '.join(choices)}")
+    return raw.lower()
+
+
+def _llm_params(raw: str | None, think_tag: str, think_end_tag: str) -> ModelTable:
+    """Parse LLM_PARAMS; also refuse equal start and end tags, which could never pair up."""
+    try:
+        table = parse_llm_params(raw)
+    except ParamsError as exc:
+        raise ConfigError(f"LLM_PARAMS: {exc}") from None
+    if think_tag == think_end_tag:
+        raise ConfigError(f"THINK_END_TAG={think_end_tag!r}: must differ from THINK_TAG")
+    for group in table.groups():
+        if (group.think_start or think_tag) == (group.think_end or think_end_tag):
+            raise ConfigError(f"LLM_PARAMS: model={group.name}: think_tag_start and think_tag_end are equal")
+    return table
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the app needs to know, typed. Build with `from_env()`."""
@@ -77,6 +107,16 @@ class Config:
     read_timeout: float = 600.0
     max_request_bytes: int = 32 * 1024 * 1024
     health_cache_seconds: float = 2.0
+    livepeer: LivepeerSettings | None = None
+    """Livepeer gateway routes (`GATEWAY_URL` set), else None."""
+    think_mode: str = "strip"
+    """`strip`, `separate` or `keep` reasoning, unless the model's LLM_PARAMS group says otherwise."""
+    think_tag: str = "<think>"
+    think_end_tag: str = "</think>"
+    reasoning_field: str = "reasoning_content"
+    """Where `separate` puts reasoning: `reasoning_content`, `reasoning` or `both`."""
+    llm_params: ModelTable = field(default_factory=ModelTable)
+    """Per-model overrides and think settings from `LLM_PARAMS`."""
     extra: dict[str, str] = field(default_factory=dict, repr=False)
     """The raw environment, for subsystems that read their own variables once at init."""
 
@@ -100,12 +140,26 @@ class Config:
             base = backend.rstrip("/") + "/v1/"
         else:
             base = None
+        try:
+            livepeer = LivepeerSettings.from_env(env)
+            proxy_addr = listen_address(env)
+        except LivepeerConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        host = _get(env, "HOST") or (proxy_addr[0] if proxy_addr else "0.0.0.0")
+        port = int(_number(env, ("PORT",), proxy_addr[1] if proxy_addr else 5000, integer=True))
+        think_tag, think_end_tag = _get(env, "THINK_TAG") or "<think>", _get(env, "THINK_END_TAG") or "</think>"
         return cls(
             target_base_url=base,
+            think_mode=_choice(env, "THINK_MODE", THINK_MODES, "strip"),
+            think_tag=think_tag,
+            think_end_tag=think_end_tag,
+            reasoning_field=_choice(env, "REASONING_FIELD", REASONING_FIELDS, "reasoning_content"),
+            llm_params=_llm_params(_get(env, "LLM_PARAMS"), think_tag, think_end_tag),
+            livepeer=livepeer,
             upstream_api_key=_get(env, "UPSTREAM_API_KEY"),
             debug=_bool(env, "DEBUG", False),
-            host=_get(env, "HOST") or "0.0.0.0",
-            port=int(_number(env, ("PORT",), 5000, integer=True)),
+            host=host,
+            port=port,
             connect_timeout=_number(env, ("CONNECT_TIMEOUT_SECONDS",), 10.0),
             read_timeout=_number(env, ("REQUEST_TIMEOUT_SECONDS", "API_REQUEST_TIMEOUT"), 600.0),
             max_request_bytes=int(_number(env, ("MAX_REQUEST_BYTES",), 32 * 1024 * 1024, integer=True)),

@@ -32,7 +32,7 @@ class HealthCheck:
         self._result: tuple[int, dict[str, Any]] = (200, {})
 
     def status(self) -> tuple[int, dict[str, Any]]:
-        target = self.router.default
+        target = self.router.health_target
         if target is None:
             return 200, {"status": "healthy", "target_url": None, "mode": "echo"}
         now = time.monotonic()

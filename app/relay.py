@@ -107,6 +107,7 @@ class Relay:
     def _forward(self, family: Family, ex: Exchange, bound: BoundPipeline, target: Target) -> Response:
         body = self._body_to_send(ex)
         headers = ex.headers
+        headers.update(target.headers)
         if target.api_key:
             headers["authorization"] = f"Bearer {target.api_key}"
         # A body still being streamed upstream would look like client activity.

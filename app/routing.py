@@ -1,13 +1,29 @@
-"""Which upstream answers a request. Today one target from the environment.
+"""Which upstream answers a request.
 
-`Router.resolve` returns None in echo mode (nothing configured).
+Today: the Livepeer gateway for its capability routes when `GATEWAY_URL` is
+set, else the one target from `TARGET_BASE_URL`/`BACKEND_URL`.
+`Router.resolve` returns None in echo mode (nothing configured for the route).
 """
 
 from __future__ import annotations
 
 from .config import Config
+from .errors import MethodNotAllowed
 from .exchange import Exchange
+from .livepeer.settings import LivepeerSettings
 from .upstream import Target
+
+
+def livepeer_targets(settings: LivepeerSettings, connect_timeout: float) -> dict[str, Target]:
+    """One target per gateway route, its `Livepeer` header computed once."""
+    base = settings.gateway_url + "/process/request/v1/"
+    return {
+        path: Target(
+            base_url=base, connect_timeout=connect_timeout, read_timeout=float(cap.timeout_seconds),
+            name=f"livepeer:{cap.name}", kind="livepeer", headers={"livepeer": settings.header(cap)},
+        )
+        for path, cap in settings.routes.items()
+    }
 
 
 class Router:
@@ -20,6 +36,19 @@ class Router:
                 connect_timeout=config.connect_timeout,
                 read_timeout=config.read_timeout,
             )
+        self.livepeer: dict[str, Target] = {}
+        if config.livepeer is not None:
+            self.livepeer = livepeer_targets(config.livepeer, config.connect_timeout)
+
+    @property
+    def health_target(self) -> Target | None:
+        """What /health and /readyz probe: the default upstream, else the gateway."""
+        return self.default or next(iter(self.livepeer.values()), None)
 
     def resolve(self, ex: Exchange) -> Target | None:
+        target = self.livepeer.get(ex.path.rstrip("/"))
+        if target is not None:
+            if ex.method != "POST":
+                raise MethodNotAllowed(f"/v1/{ex.path} accepts POST only.")
+            return target
         return self.default

@@ -7,7 +7,7 @@ port only: never a path, query or header, which may carry a secret.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO
 from urllib.parse import urlsplit
@@ -30,6 +30,10 @@ class Target:
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     name: str = "default"
+    kind: str = "openai"
+    """`openai` (any OpenAI-compatible server) or `livepeer` (a BYOC gateway)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Sent with every request to this target, after the transforms ran."""
 
     def url(self, path: str, query: str = "") -> str:
         return self.base_url + path + ("?" + query if query else "")

@@ -13,7 +13,7 @@ def relay(family: Family, path: str | None = None) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    from . import chat, completions, embeddings, media, models, passthrough
+    from . import chat, completions, embeddings, media, models, passthrough, rerank, video
 
-    for module in (chat, completions, embeddings, models, media, passthrough):
+    for module in (chat, completions, embeddings, models, rerank, media, video, passthrough):
         app.register_blueprint(module.bp)

@@ -7,13 +7,19 @@ the list below. The relay never needs to change.
 from __future__ import annotations
 
 from ..config import Config
+from ..livepeer.transforms import LivepeerGateway
 from .base import Transform
 from .headers import HeaderScrub
 from .pipeline import BoundPipeline, Pipeline
+from .sse_filter import SSEFilter
 
 __all__ = ["Transform", "Pipeline", "BoundPipeline", "build_pipeline"]
 
 
 def build_pipeline(config: Config) -> Pipeline:
     """The ordered list of steps; order matters (request hooks run first to last)."""
-    return Pipeline([HeaderScrub()])
+    return Pipeline([
+        HeaderScrub(),
+        LivepeerGateway(),
+        SSEFilter(),
+    ])

@@ -1,0 +1,117 @@
+"""Livepeer gateway settings from the environment (standard library only).
+
+The variable names are those of the Livepeer BYOC gateway proxy; an empty
+variable counts as unset, as there.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+STATUS_TIMEOUT_SECONDS = 30
+
+
+class LivepeerConfigError(ValueError):
+    """A Livepeer variable is malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One gateway route: which capability runs it and how long it may take."""
+
+    name: str
+    timeout_seconds: int
+
+
+# path under /v1/ -> (capability variable, default, timeout variable, default timeout)
+ROUTES: dict[str, tuple[str, str, str | None, int]] = {
+    "chat/completions": ("CHAT_COMPLETIONS_CAPABILITY", "openai-chat-completions",
+                         "CHAT_COMPLETIONS_TIMEOUT_SECONDS", 120),
+    "images/generations": ("IMAGE_GENERATION_CAPABILITY", "openai-image-generation",
+                           "IMAGE_GENERATION_TIMEOUT_SECONDS", 120),
+    "embeddings": ("TEXT_EMBEDDINGS_CAPABILITY", "openai-text-embeddings", "TEXT_EMBEDDINGS_TIMEOUT_SECONDS", 30),
+    "rerank": ("RERANK_CAPABILITY", "cohere-rerank", "RERANK_TIMEOUT_SECONDS", 30),
+    "video/pipeline/generations": ("VIDEO_PIPELINE_GENERATION_CAPABILITY", "video-pipeline-generation",
+                                   "VIDEO_PIPELINE_GENERATION_TIMEOUT_SECONDS", 900),
+    "video/pipeline/generations/status": ("VIDEO_PIPELINE_GENERATION_CAPABILITY", "video-pipeline-generation",
+                                          None, STATUS_TIMEOUT_SECONDS),
+    # The reference gateway proxy's code registers these names; accepted as aliases.
+    "video/generations": ("VIDEO_GENERATION_CAPABILITY", "video-generation", "VIDEO_GENERATION_TIMEOUT_SECONDS", 900),
+    "video/generations/status": ("VIDEO_GENERATION_CAPABILITY", "video-generation", None, STATUS_TIMEOUT_SECONDS),
+}
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _timeout(env: Mapping[str, str], name: str | None, default: int) -> int:
+    raw = _get(env, name) if name else None
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise LivepeerConfigError(f"{name}={raw!r}: not a non-negative integer number of seconds")
+    return int(raw)
+
+
+def _addresses(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _get(env, name) or ""
+    return tuple(a.strip() for a in raw.split(",") if a.strip())
+
+
+@dataclass(frozen=True)
+class LivepeerSettings:
+    gateway_url: str
+    routes: dict[str, Capability] = field(default_factory=dict)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LivepeerSettings | None:
+        """None when `GATEWAY_URL` is unset: no Livepeer routing."""
+        url = _get(env, "GATEWAY_URL")
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise LivepeerConfigError(f"GATEWAY_URL={url!r}: not an http(s) URL")
+        routes = {
+            path: Capability(_get(env, cap_var) or cap_default, _timeout(env, timeout_var, timeout_default))
+            for path, (cap_var, cap_default, timeout_var, timeout_default) in ROUTES.items()
+        }
+        return cls(
+            gateway_url=url.rstrip("/"),
+            routes=routes,
+            include=_addresses(env, "LIVEPEER_ORCHESTRATORS_INCLUDE"),
+            exclude=_addresses(env, "LIVEPEER_ORCHESTRATORS_EXCLUDE"),
+        )
+
+    def header(self, capability: Capability) -> str:
+        """The `Livepeer` header: padded base64 of JSON whose `request` and
+        `parameters` are themselves JSON strings (keys sorted, compact, as Go writes them)."""
+        compact = {"separators": (",", ":")}
+        payload = {
+            "capability": capability.name,
+            "parameters": json.dumps(
+                {"orchestrators": {"include": list(self.include), "exclude": list(self.exclude)}}, **compact
+            ),
+            "request": json.dumps({"run": capability.name}, **compact),
+            "timeout_seconds": capability.timeout_seconds,
+        }
+        return base64.b64encode(json.dumps(payload, sort_keys=True, **compact).encode()).decode()
+
+
+def listen_address(env: Mapping[str, str]) -> tuple[str, int] | None:
+    """`PROXY_ADDR` (`:8090` or `host:port`) as (host, port), or None when unset."""
+    raw = _get(env, "PROXY_ADDR")
+    if raw is None:
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit():
+        raise LivepeerConfigError(f"PROXY_ADDR={raw!r}: expected ':PORT' or 'HOST:PORT'")
+    return (host.strip("[]") or "0.0.0.0", int(port))
