@@ -30,10 +30,15 @@ class ProxyError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}
+        """Extra response headers, e.g. `Retry-After` on a 429."""
         if code is not None:
             self.code = code
 
@@ -92,13 +97,14 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 
 def error_response(error: ProxyError) -> Response:
-    return Response(json.dumps(error.envelope()), status=error.status, mimetype="application/json")
+    return Response(json.dumps(error.envelope()), status=error.status, mimetype="application/json",
+                    headers=error.headers)
 
 
 _HTTP_TYPES = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge}
 
 
-def _from_http_exception(exc: HTTPException) -> ProxyError:
+def from_http_exception(exc: HTTPException) -> ProxyError:
     cls = _HTTP_TYPES.get(exc.code or 500)
     if cls is NotFound:
         return NotFound("Unknown route; the API is served under /v1/.", code="unknown_url")
@@ -122,7 +128,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        return error_response(_from_http_exception(exc))
+        return error_response(from_http_exception(exc))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -6,8 +6,33 @@ Flask, so each can be tested alone with a hand-made Exchange.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass
+class Outcome:
+    """How a request ended, filled in by the relay; read by `done` hooks."""
+
+    started: float = field(default_factory=time.monotonic)
+    status: int = 0
+    first_byte_at: float | None = None
+    """When the first body byte went to the client (streams: the first event)."""
+    finished_at: float | None = None
+    streamed: bool = False
+    error: str | None = None
+    """Error kind: an error code (`upstream_timeout`, ...), `midstream` or `client_disconnected`."""
+    attempts: list[str] = field(default_factory=list)
+    """Targets tried, in order (fallbacks and retries)."""
+
+    @property
+    def duration(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.started
+
+    @property
+    def ttfb(self) -> float | None:
+        return None if self.first_byte_at is None else self.first_byte_at - self.started
 
 
 @dataclass
@@ -29,6 +54,9 @@ class Exchange:
     """The `upstream.Target` chosen by the router (None in echo mode)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Per-request scratch space, keyed by transform name."""
+    usage: dict[str, Any] | None = None
+    """The answer's `usage` object, when the upstream (or echo) reported one."""
+    outcome: Outcome = field(default_factory=Outcome)
 
     @property
     def streaming(self) -> bool:

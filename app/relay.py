@@ -1,14 +1,20 @@
 """The one relay every API family goes through.
 
-    request -> read + validate -> route -> transforms.request -> upstream
+    request -> read + validate -> admit (guards) -> route (a plan of attempts)
+            -> per attempt: transforms.request -> upstream
             -> transforms.response_headers -> body: SSE events | JSON | raw bytes -> client
+            -> done hooks, after the last byte
 
-Blueprints only describe their family (`Family`) and call `relay.handle`.
+Blueprints only describe their family (`Family`) and call `Relay.handle`.
+An attempt that fails before any byte reached the client (cannot connect,
+timeout, 429, 5xx) moves on to the plan's next attempt; after that, never.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,12 +24,23 @@ from urllib.parse import quote
 import orjson
 import requests
 from flask import Response, g, request, stream_with_context
+from werkzeug.exceptions import HTTPException
 
 from .config import Config
 from .disconnect import DisconnectWatch
-from .errors import ClientDisconnected, InvalidRequest, NotFound, ProxyError, UpstreamBadResponse, error_body
+from .errors import (
+    ClientDisconnected,
+    InvalidRequest,
+    NotFound,
+    ProxyError,
+    UpstreamBadResponse,
+    UpstreamError,
+    error_body,
+    error_response,
+    from_http_exception,
+)
 from .exchange import Exchange
-from .routing import Router
+from .routing import Attempt, Router
 from .sse import Event, SSEDecoder
 from .transforms import BoundPipeline, Pipeline
 from .upstream import Target, Upstream, iter_decoded, iter_raw, map_requests_error
@@ -31,8 +48,10 @@ from .upstream import Target, Upstream, iter_decoded, iter_raw, map_requests_err
 log = logging.getLogger("cot_proxy.relay")
 
 MAX_ERROR_BODY = 1024 * 1024
+RETRY_AFTER_CAP = 10.0
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+PROVIDER_HEADER = "x-cot-proxy-provider"
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,11 @@ class Family:
     """How to answer with no upstream configured; None = 404 in echo mode."""
 
 
+def should_fall_back(status: int) -> bool:
+    """429 and 5xx are worth another attempt; other 4xx are the client's fault."""
+    return status == 429 or status >= 500
+
+
 class Relay:
     def __init__(self, config: Config, router: Router, upstream: Upstream, pipeline: Pipeline) -> None:
         self.config = config
@@ -60,22 +84,46 @@ class Relay:
 
     def handle(self, family: Family, path: str | None = None) -> Response:
         ex = self._exchange(family, path)
-        target = self.router.resolve(ex)
-        if target is None:
+        try:
+            try:
+                response = self._handle(family, ex)
+            except HTTPException as exc:  # e.g. 413 from werkzeug while reading the body
+                raise from_http_exception(exc) from None
+        except ProxyError as exc:
+            ex.outcome.error = exc.code or exc.type
+            response = error_response(exc)
+        ex.outcome.status = response.status_code
+        if not response.is_streamed:
+            ex.outcome.first_byte_at = time.monotonic()
+        response.call_on_close(lambda: self._done(ex))
+        return response
+
+    def _done(self, ex: Exchange) -> None:
+        ex.outcome.finished_at = time.monotonic()
+        self.pipeline.done(ex)
+
+    def _handle(self, family: Family, ex: Exchange) -> Response:
+        if family.json_body and ex.method in ("POST", "PUT", "PATCH"):
+            ex.body = read_json_object()
+            if family.validate is not None:
+                family.validate(ex.body)
+            model = ex.body.get("model")
+            ex.client_model = model if isinstance(model, str) else None
+        self.pipeline.admit(ex)
+        plan = self.router.plan(ex)
+        if not plan:
             if family.echo is None:
                 raise NotFound(
                     f"Echo mode (no TARGET_BASE_URL or BACKEND_URL set) does not serve /v1/{ex.path}.",
                     code="echo_mode",
                 )
             return family.echo(ex)
-        ex.target = target
-        bound = self.pipeline.bind(ex)
-        bound.request()
-        return self._forward(family, ex, bound, target)
+        return self._forward(family, ex, plan)
 
     def _exchange(self, family: Family, path: str | None) -> Exchange:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        ex = Exchange(
+        headers["x-request-id"] = g.request_id
+        return Exchange(
             request_id=g.request_id,
             family=family.name,
             method=request.method,
@@ -83,19 +131,8 @@ class Relay:
             query=request.query_string.decode("latin-1"),
             headers=headers,
         )
-        if family.json_body and request.method in ("POST", "PUT", "PATCH"):
-            ex.body = read_json_object()
-            if family.validate is not None:
-                family.validate(ex.body)
-            model = ex.body.get("model")
-            ex.client_model = model if isinstance(model, str) else None
-        ex.headers["x-request-id"] = ex.request_id
-        return ex
 
-    def _body_to_send(self, ex: Exchange) -> bytes | Iterator[bytes] | None:
-        if ex.body is not None:
-            ex.headers["content-type"] = "application/json"
-            return orjson.dumps(ex.body)
+    def _raw_body(self) -> bytes | SizedStream | None:
         if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") and not request.content_length:
             return None
         if request.content_length is not None:
@@ -104,55 +141,94 @@ class Relay:
 
     # -- upstream -----------------------------------------------------------
 
-    def _forward(self, family: Family, ex: Exchange, bound: BoundPipeline, target: Target) -> Response:
-        body = self._body_to_send(ex)
-        headers = ex.headers
-        headers.update(target.headers)
-        if target.api_key:
-            headers["authorization"] = f"Bearer {target.api_key}"
+    def _forward(self, family: Family, ex: Exchange, plan: list[Attempt]) -> Response:
+        raw_body = None if ex.body is not None else self._raw_body()
+        if isinstance(raw_body, SizedStream):
+            plan = plan[:1]  # a streamed upload cannot be replayed
+        original_body, original_headers = ex.body, ex.headers
         # A body still being streamed upstream would look like client activity.
-        watch = DisconnectWatch() if isinstance(body, SizedStream) else DisconnectWatch.start(request.environ)
-        started = time.monotonic()
+        watch = DisconnectWatch() if isinstance(raw_body, SizedStream) else DisconnectWatch.start(request.environ)
+        retry_after: str | None = None
         try:
-            resp = self.upstream.send(target, ex.method, target.url(ex.path, ex.query), headers, body)
+            for n, attempt in enumerate(plan):
+                last = n == len(plan) - 1
+                if n:
+                    pause_before(attempt, plan[n - 1], retry_after)
+                    retry_after = None
+                ex.body = copy.deepcopy(original_body) if len(plan) > 1 else original_body
+                ex.headers = dict(original_headers)
+                bound = self._prepare(ex, attempt)
+                body = orjson.dumps(ex.body) if ex.body is not None else raw_body
+                try:
+                    resp = self._send(ex, attempt.target, body)
+                except UpstreamError as exc:
+                    self.router.finished(attempt.target, ok=False)
+                    if last:
+                        raise
+                    log.warning("attempt %s failed (%s); trying %s", attempt.label, exc.code, plan[n + 1].label)
+                    continue
+                self.router.finished(attempt.target, ok=resp.status_code < 500)
+                if not last and should_fall_back(resp.status_code):
+                    log.warning("attempt %s answered %s; trying %s", attempt.label, resp.status_code,
+                                plan[n + 1].label)
+                    retry_after = resp.headers.get("retry-after")
+                    resp.close()
+                    continue
+                return self._respond(family, ex, bound, attempt, resp, watch)
         except ClientDisconnected:
             watch.stop()
-            log.info("client went away before the upstream answered", extra={"request_id": ex.request_id})
+            ex.outcome.error = "client_disconnected"
+            log.info("client went away before the upstream answered")
             return Response(status=499)
         except BaseException:
             watch.stop()
             raise
-        try:
-            return self._respond(family, ex, bound, target, resp, watch, started)
-        except ClientDisconnected:
-            watch.stop()
-            resp.close()
-            return Response(status=499)
-        except BaseException:
-            watch.stop()
-            resp.close()
-            raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _prepare(self, ex: Exchange, attempt: Attempt) -> BoundPipeline:
+        ex.target = attempt.target
+        ex.outcome.attempts.append(attempt.label)
+        if attempt.model is not None and isinstance(ex.body, dict):
+            ex.body["model"] = attempt.model
+        bound = self.pipeline.bind(ex)
+        bound.request()
+        ex.headers.update(attempt.target.headers)
+        if attempt.target.api_key:
+            ex.headers["authorization"] = f"Bearer {attempt.target.api_key}"
+        if ex.body is not None:
+            ex.headers["content-type"] = "application/json"
+        return bound
+
+    def _send(self, ex: Exchange, target: Target, body: bytes | SizedStream | None) -> requests.Response:
+        return self.upstream.send(target, ex.method, target.url(ex.path, ex.query), ex.headers, body)
 
     # -- response side ------------------------------------------------------
 
     def _respond(
-        self, family: Family, ex: Exchange, bound: BoundPipeline, target: Target,
-        resp: requests.Response, watch: DisconnectWatch, started: float,
+        self, family: Family, ex: Exchange, bound: BoundPipeline, attempt: Attempt,
+        resp: requests.Response, watch: DisconnectWatch,
     ) -> Response:
-        headers = {k.lower(): v for k, v in resp.headers.items()}
-        bound.response_headers(resp.status_code, headers)
-        content_type = headers.get("content-type", "")
-        if resp.status_code >= 400:
-            return self._error_passthrough(resp, headers, target, watch)
-        if content_type.startswith("text/event-stream"):
-            for key in ("content-length", "content-encoding"):
-                headers.pop(key, None)
-            headers.update(SSE_HEADERS)
-            body = self._sse(ex, bound, resp, target, watch)
-            return Response(stream_with_context(body), status=resp.status_code, headers=headers)
-        if family.parse_response or bound.wants_json:
-            return self._json(ex, bound, resp, headers, target, watch)
-        return Response(self._raw(resp, target, watch), status=resp.status_code, headers=headers)
+        target = attempt.target
+        try:
+            headers = {k.lower(): v for k, v in resp.headers.items()}
+            bound.response_headers(resp.status_code, headers)
+            headers[PROVIDER_HEADER] = attempt.label
+            content_type = headers.get("content-type", "")
+            if resp.status_code >= 400:
+                return self._error_passthrough(resp, headers, target, watch)
+            if content_type.startswith("text/event-stream"):
+                for key in ("content-length", "content-encoding"):
+                    headers.pop(key, None)
+                headers.update(SSE_HEADERS)
+                ex.outcome.streamed = True
+                body = self._sse(ex, bound, resp, target, watch)
+                return Response(stream_with_context(body), status=resp.status_code, headers=headers)
+            if family.parse_response or bound.wants_json:
+                return self._json(bound, resp, headers, target, watch)
+            return Response(self._raw(ex, resp, target, watch), status=resp.status_code, headers=headers)
+        except BaseException:
+            resp.close()
+            raise
 
     def _read_all(self, resp: requests.Response, target: Target, limit: int | None = None) -> bytes:
         parts: list[bytes] = []
@@ -172,13 +248,14 @@ class Relay:
         return b"".join(parts)
 
     def _json(
-        self, ex: Exchange, bound: BoundPipeline, resp: requests.Response, headers: dict[str, str],
+        self, bound: BoundPipeline, resp: requests.Response, headers: dict[str, str],
         target: Target, watch: DisconnectWatch,
     ) -> Response:
         raw = self._read_all(resp, target)
         watch.stop()
+        headers = _without_length(headers)
         if not raw and resp.status_code == 204:
-            return Response(status=204, headers=_without_length(headers))
+            return Response(status=204, headers=headers)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -186,7 +263,6 @@ class Relay:
         if bound.wants_json:
             data = bound.response_json(data)
             raw = orjson.dumps(data)
-        headers = _without_length(headers)
         headers["content-type"] = "application/json"
         return Response(raw, status=resp.status_code, headers=headers)
 
@@ -204,12 +280,16 @@ class Relay:
             headers["content-type"] = "application/json"
         return Response(raw, status=resp.status_code, headers=headers)
 
-    def _raw(self, resp: requests.Response, target: Target, watch: DisconnectWatch) -> Iterator[bytes]:
+    def _raw(self, ex: Exchange, resp: requests.Response, target: Target, watch: DisconnectWatch) -> Iterator[bytes]:
         try:
-            yield from iter_raw(resp)
+            for chunk in iter_raw(resp):
+                if ex.outcome.first_byte_at is None:
+                    ex.outcome.first_byte_at = time.monotonic()
+                yield chunk
         except ClientDisconnected:
-            return
+            ex.outcome.error = "client_disconnected"
         except Exception as exc:  # headers are sent: all we can do is cut the body short
+            ex.outcome.error = "midstream"
             log.warning("upstream body broke off: %s", map_requests_error(exc, target).message)
         finally:
             watch.stop()
@@ -239,15 +319,18 @@ class Relay:
                 else:
                     payload = b"".join(e.raw for e in events)
                 if payload:
+                    if ex.outcome.first_byte_at is None:
+                        ex.outcome.first_byte_at = time.monotonic()
                     yield payload
             if transform and not ended:
                 tail = bound.stream_end()
                 if tail:
                     yield b"".join(e.raw for e in tail)
         except ClientDisconnected:
-            return
+            ex.outcome.error = "client_disconnected"
         except Exception as exc:
             error = exc if isinstance(exc, ProxyError) else map_requests_error(exc, target)
+            ex.outcome.error = "midstream"
             log.warning("upstream stream failed: %s", error.message)
             yield Event.from_json(error.envelope()).raw
         finally:
@@ -268,6 +351,19 @@ class SizedStream:
 
     def read(self, size: int = -1) -> bytes:
         return self._stream.read(size)
+
+
+def pause_before(attempt: Attempt, previous: Attempt, retry_after: str | None) -> None:
+    """Between retries of the same target: jittered backoff, or its Retry-After (capped)."""
+    if attempt.target is not previous.target:
+        return
+    delay = random.uniform(0.1, 0.5)
+    if retry_after is not None:
+        try:
+            delay = min(max(float(retry_after), 0.0), RETRY_AFTER_CAP)
+        except ValueError:
+            pass
+    time.sleep(delay)
 
 
 def _without_length(headers: dict[str, str]) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """The transform contract: small objects with optional hooks, called in order.
 
 A transform overrides only the hooks it needs; the relay calls nothing else.
-Hooks run in list order on the way out (`request`) and on the way back
-(`response_headers`, `response_json`, `stream_event`, `stream_end`).
+Hooks run in list order: `admit` (every request, before routing), then for
+transforms whose `applies` is true, `request` on the way out and
+`response_headers`, `response_json`, `stream_event`, `stream_end` on the way
+back; finally `done` (every request, after the last byte).
 Per-request state goes in `exchange.state[self.name]`: one transform object
 serves every request.
 """
@@ -22,6 +24,9 @@ class Transform:
     def applies(self, ex: Exchange) -> bool:
         """Whether this transform takes part in `ex` at all (checked once per request)."""
         return True
+
+    def admit(self, ex: Exchange) -> None:
+        """Before routing, for every request: raise a `ProxyError` to refuse it (auth, limits)."""
 
     def request(self, ex: Exchange) -> None:
         """Edit `ex.body` / `ex.headers` before they go upstream."""
@@ -44,6 +49,11 @@ class Transform:
     def stream_end(self, ex: Exchange) -> Iterable[Event]:
         """Events to send after the last upstream event (before `[DONE]`)."""
         return ()
+
+    def done(self, ex: Exchange) -> None:
+        """After the last byte went to the client (or it left), once per request, for
+        every transform that defines it: metrics, logs, usage, releasing limits.
+        `ex.outcome` says how it ended. Must not raise."""
 
 
 def overrides(transform: Transform, hook: str) -> bool:

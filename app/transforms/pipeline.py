@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -9,10 +10,25 @@ from ..exchange import Exchange
 from ..sse import Event
 from .base import Transform, overrides
 
+log = logging.getLogger("cot_proxy.transforms")
+
 
 class Pipeline:
     def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
+        self._admit = [t for t in self.transforms if overrides(t, "admit")]
+        self._done = [t for t in self.transforms if overrides(t, "done")]
+
+    def admit(self, ex: Exchange) -> None:
+        for t in self._admit:
+            t.admit(ex)
+
+    def done(self, ex: Exchange) -> None:
+        for t in self._done:
+            try:
+                t.done(ex)
+            except Exception:  # a broken observer must not break the next one
+                log.exception("done hook of %s failed", t.name)
 
     def bind(self, ex: Exchange) -> BoundPipeline:
         return BoundPipeline(ex, [t for t in self.transforms if t.applies(ex)])

@@ -41,9 +41,9 @@ class Gunicorn:
             if self.proc.poll() is not None:
                 raise RuntimeError("gunicorn exited: " + self.proc.stdout.read().decode())
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.1)  # polling for start-up, not synchronising a test
         self.stop()
         raise RuntimeError("gunicorn did not start within 30 s")
