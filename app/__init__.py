@@ -15,7 +15,7 @@ from . import api, errors, probes, request_id
 from .config import Config
 from .probes import HealthCheck
 from .relay import Relay
-from .routing import Router
+from .routing.router import Router
 from .transforms import build_pipeline
 from .upstream import Upstream
 
@@ -45,6 +45,8 @@ def create_app(config: Config | None = None) -> Flask:
     configure_logging(config)
 
     router = Router(config)
+    router.start()
+    app.extensions["cot_proxy.router"] = router
     upstream = Upstream()
     app.extensions["cot_proxy.relay"] = Relay(config, router, upstream, build_pipeline(config))
 
@@ -55,8 +57,10 @@ def create_app(config: Config | None = None) -> Flask:
 
     if config.livepeer is not None:
         log.info("Livepeer gateway routes go to %s", config.livepeer.gateway_url)
-    if router.default is not None:
-        log.info("relaying /v1/* to %s", router.default.origin)
+    for name, provider in router.providers.items():
+        log.info("provider %s (%s): %s", name, provider.kind, ", ".join(b.target.origin for b in provider.backends))
+    if router.providers:
+        pass
     elif config.livepeer is None:
         log.warning("ECHO MODE: no TARGET_BASE_URL or BACKEND_URL set; answering locally, nothing is forwarded")
     else:

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .livepeer.settings import LivepeerConfigError, LivepeerSettings, listen_address
-from .model_params import THINK_MODES, ModelTable, ParamsError, parse_llm_params
+from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, parse_llm_params
+from .routing.settings import RoutingConfigError, RoutingSettings, single_provider
+from .routing.settings import load as load_routing
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
 
@@ -93,6 +95,28 @@ def _llm_params(raw: str | None, think_tag: str, think_end_tag: str) -> ModelTab
     return table
 
 
+def with_model_specs(table: ModelTable, routing: RoutingSettings) -> ModelTable:
+    """The config file's per-model `params`/`think_mode`, with LLM_PARAMS groups on top."""
+    if not routing.models:
+        return table
+    by_name = dict(table.by_name)
+    for name, spec in routing.models.items():
+        if not (spec.params or spec.think_mode or spec.think_tag_start or spec.think_tag_end):
+            continue
+        base = ModelParams(name=name, overrides=dict(spec.params), think_mode=spec.think_mode,
+                           think_start=spec.think_tag_start, think_end=spec.think_tag_end)
+        top = by_name.get(name)
+        if top is not None:
+            base = ModelParams(
+                name=name, overrides={**base.overrides, **top.overrides}, defaults=top.defaults,
+                upstream_model=top.upstream_model, append_text=top.append_text,
+                think_mode=top.think_mode or base.think_mode, think_start=top.think_start or base.think_start,
+                think_end=top.think_end or base.think_end, think_prefilled=top.think_prefilled,
+            )
+        by_name[name] = base
+    return ModelTable(by_name=by_name, fallback=table.fallback)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the app needs to know, typed. Build with `from_env()`."""
@@ -116,13 +140,22 @@ class Config:
     reasoning_field: str = "reasoning_content"
     """Where `separate` puts reasoning: `reasoning_content`, `reasoning` or `both`."""
     llm_params: ModelTable = field(default_factory=ModelTable)
-    """Per-model overrides and think settings from `LLM_PARAMS`."""
+    """Per-model overrides and think settings from `LLM_PARAMS` (on top of the config file's `models`)."""
+    routing: RoutingSettings | None = None
+    """Providers and aliases (config file + shorthands); None = just `target_base_url`."""
     extra: dict[str, str] = field(default_factory=dict, repr=False)
     """The raw environment, for subsystems that read their own variables once at init."""
 
     @property
     def echo_mode(self) -> bool:
-        return self.target_base_url is None
+        """Nothing to relay to: no provider and no Livepeer gateway."""
+        return not self.routing_settings.providers and self.livepeer is None
+
+    @property
+    def routing_settings(self) -> RoutingSettings:
+        if self.routing is not None:
+            return self.routing
+        return single_provider(self.target_base_url, self.upstream_api_key, self.connect_timeout, self.read_timeout)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -148,20 +181,30 @@ class Config:
         host = _get(env, "HOST") or (proxy_addr[0] if proxy_addr else "0.0.0.0")
         port = int(_number(env, ("PORT",), proxy_addr[1] if proxy_addr else 5000, integer=True))
         think_tag, think_end_tag = _get(env, "THINK_TAG") or "<think>", _get(env, "THINK_END_TAG") or "</think>"
+        connect_timeout = _number(env, ("CONNECT_TIMEOUT_SECONDS",), 10.0)
+        read_timeout = _number(env, ("REQUEST_TIMEOUT_SECONDS", "API_REQUEST_TIMEOUT"), 600.0)
+        api_key = _get(env, "UPSTREAM_API_KEY")
+        try:
+            routing = load_routing(env, target_base_url=base, upstream_api_key=api_key,
+                                   connect_timeout=connect_timeout, read_timeout=read_timeout)
+        except RoutingConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        llm_params = with_model_specs(_llm_params(_get(env, "LLM_PARAMS"), think_tag, think_end_tag), routing)
         return cls(
             target_base_url=base,
             think_mode=_choice(env, "THINK_MODE", THINK_MODES, "strip"),
             think_tag=think_tag,
             think_end_tag=think_end_tag,
             reasoning_field=_choice(env, "REASONING_FIELD", REASONING_FIELDS, "reasoning_content"),
-            llm_params=_llm_params(_get(env, "LLM_PARAMS"), think_tag, think_end_tag),
+            llm_params=llm_params,
+            routing=routing,
             livepeer=livepeer,
-            upstream_api_key=_get(env, "UPSTREAM_API_KEY"),
+            upstream_api_key=api_key,
             debug=_bool(env, "DEBUG", False),
             host=host,
             port=port,
-            connect_timeout=_number(env, ("CONNECT_TIMEOUT_SECONDS",), 10.0),
-            read_timeout=_number(env, ("REQUEST_TIMEOUT_SECONDS", "API_REQUEST_TIMEOUT"), 600.0),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             max_request_bytes=int(_number(env, ("MAX_REQUEST_BYTES",), 32 * 1024 * 1024, integer=True)),
             extra=dict(env),
         )

@@ -40,7 +40,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _json(data: Any) -> Response:
+def json_response(data: Any) -> Response:
     return Response(orjson.dumps(data), mimetype="application/json")
 
 
@@ -61,7 +61,7 @@ def chat(ex: Exchange) -> Response:
     usage = _usage(sum(_words(_text(m.get("content"))) for m in messages), _words(answer))
     created = int(time.time())
     if not ex.streaming:
-        return _json({
+        return json_response({
             "id": ex.request_id, "object": "chat.completion", "created": created, "model": MODEL,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
             "usage": usage,
@@ -88,8 +88,8 @@ def completions(ex: Exchange) -> Response:
     usage = _usage(_words(text_in), _words(answer))
     base = {"id": ex.request_id, "object": "text_completion", "created": int(time.time()), "model": MODEL}
     if not ex.streaming:
-        return _json({**base, "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}],
-                      "usage": usage})
+        choice = {"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}
+        return json_response({**base, "choices": [choice], "usage": usage})
 
     def chunks() -> Iterator[dict[str, Any]]:
         yield {**base, "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": None}]}
@@ -129,15 +129,15 @@ def embeddings(ex: Exchange) -> Response:
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     words = sum(_words(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 1 for x in inputs)
     usage = {"prompt_tokens": words, "total_tokens": words}
-    return _json({"object": "list", "data": data, "model": MODEL, "usage": usage})
+    return json_response({"object": "list", "data": data, "model": MODEL, "usage": usage})
 
 
 def models(ex: Exchange) -> Response:
     entry = {"id": MODEL, "object": "model", "created": 0, "owned_by": "cot-proxy"}
     if ex.path.rstrip("/") == "models":
-        return _json({"object": "list", "data": [entry]})
+        return json_response({"object": "list", "data": [entry]})
     if ex.path == f"models/{MODEL}":
-        return _json(entry)
+        return json_response(entry)
     from .errors import NotFound
 
     raise NotFound(f"The model '{ex.path.removeprefix('models/')}' does not exist.", code="model_not_found")

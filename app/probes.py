@@ -1,8 +1,10 @@
 """Liveness and readiness probes.
 
-`/healthz`, `/livez`: the process runs. `/health`, `/readyz`: the upstream
-answers at all (any HTTP status counts, as in cot_proxy). Upstream checks are
-cached for `health_cache_seconds`, so probes stay cheap under load.
+`/healthz`, `/livez`: the process runs. `/health`, `/readyz`: with one
+upstream, it answers at all (any HTTP status counts, as in cot_proxy), checked
+at most every `health_cache_seconds`; with several providers, at least one
+backend of the default provider is up (passive and active health), and the
+body lists every backend's state.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from .config import Config
 from .errors import ProxyError
-from .routing import Router
+from .routing.router import Router
 from .upstream import Upstream, map_requests_error
 
 bp = Blueprint("probes", __name__)
@@ -32,6 +34,9 @@ class HealthCheck:
         self._result: tuple[int, dict[str, Any]] = (200, {})
 
     def status(self) -> tuple[int, dict[str, Any]]:
+        if not self.router.transparent:
+            ready, detail = self.router.readiness()
+            return (200 if ready else 503), {"status": "healthy" if ready else "unhealthy", **detail}
         target = self.router.health_target
         if target is None:
             return 200, {"status": "healthy", "target_url": None, "mode": "echo"}

@@ -40,7 +40,7 @@ from .errors import (
     from_http_exception,
 )
 from .exchange import Exchange
-from .routing import Attempt, Router
+from .routing.router import Attempt, Router
 from .sse import Event, SSEDecoder
 from .transforms import BoundPipeline, Pipeline
 from .upstream import Target, Upstream, iter_decoded, iter_raw, map_requests_error
@@ -66,6 +66,8 @@ class Family:
     validate: Callable[[dict[str, Any]], None] | None = None
     echo: Callable[[Exchange], Response] | None = None
     """How to answer with no upstream configured; None = 404 in echo mode."""
+    local: Callable[[Exchange], Response | None] | None = None
+    """An answer the proxy gives itself after admission (e.g. the model catalog); None = relay."""
 
 
 def should_fall_back(status: int) -> bool:
@@ -100,6 +102,7 @@ class Relay:
 
     def _done(self, ex: Exchange) -> None:
         ex.outcome.finished_at = time.monotonic()
+        self.router.release(ex)
         self.pipeline.done(ex)
 
     def _handle(self, family: Family, ex: Exchange) -> Response:
@@ -110,6 +113,8 @@ class Relay:
             model = ex.body.get("model")
             ex.client_model = model if isinstance(model, str) else None
         self.pipeline.admit(ex)
+        if family.local is not None and (answer := family.local(ex)) is not None:
+            return answer
         plan = self.router.plan(ex)
         if not plan:
             if family.echo is None:
@@ -159,16 +164,21 @@ class Relay:
                 ex.headers = dict(original_headers)
                 bound = self._prepare(ex, attempt)
                 body = orjson.dumps(ex.body) if ex.body is not None else raw_body
+                self.router.begin(ex, attempt.target)
                 try:
                     resp = self._send(ex, attempt.target, body)
                 except UpstreamError as exc:
-                    self.router.finished(attempt.target, ok=False)
+                    self.router.finished(ex, attempt.target, ok=False, final=False)
                     if last:
                         raise
                     log.warning("attempt %s failed (%s); trying %s", attempt.label, exc.code, plan[n + 1].label)
                     continue
-                self.router.finished(attempt.target, ok=resp.status_code < 500)
-                if not last and should_fall_back(resp.status_code):
+                except BaseException:
+                    self.router.release(ex)
+                    raise
+                fall_back = not last and should_fall_back(resp.status_code)
+                self.router.finished(ex, attempt.target, ok=resp.status_code < 500, final=not fall_back)
+                if fall_back:
                     log.warning("attempt %s answered %s; trying %s", attempt.label, resp.status_code,
                                 plan[n + 1].label)
                     retry_after = resp.headers.get("retry-after")

@@ -1,13 +1,37 @@
-"""GET /v1/models and /v1/models/<id>."""
+"""GET /v1/models and /v1/models/<id>.
 
-from flask import Blueprint, Response
+With several providers (or a config file) the proxy answers from its model
+catalog: every provider's models as `provider/id`, plus aliases. With one
+provider from the environment the upstream's list passes through.
+"""
+
+from flask import Blueprint, Response, current_app
 
 from .. import echo
+from ..errors import NotFound
+from ..exchange import Exchange
 from ..relay import Family
+from ..routing.router import Router
 from . import relay
 
 bp = Blueprint("models", __name__)
-MODELS = Family("models", parse_response=True, echo=echo.models)
+
+
+def from_catalog(ex: Exchange) -> Response | None:
+    router: Router = current_app.extensions["cot_proxy.router"]
+    if router.transparent or not router.providers:
+        return None
+    entries = router.model_entries()
+    wanted = ex.path.removeprefix("models").strip("/")
+    if not wanted:
+        return echo.json_response({"object": "list", "data": entries})
+    for entry in entries:
+        if entry["id"] == wanted:
+            return echo.json_response(entry)
+    raise NotFound(f"The model '{wanted}' does not exist.", param="model", code="model_not_found")
+
+
+MODELS = Family("models", parse_response=True, echo=echo.models, local=from_catalog)
 
 
 @bp.get("/v1/models")

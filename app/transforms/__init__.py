@@ -10,8 +10,11 @@ from ..config import Config
 from ..livepeer.transforms import LivepeerGateway
 from .base import Transform
 from .headers import HeaderScrub
+from .overrides import Overrides
 from .pipeline import BoundPipeline, Pipeline
 from .sse_filter import SSEFilter
+from .think import Think
+from .usage import UsageCapture
 
 __all__ = ["Transform", "Pipeline", "BoundPipeline", "build_pipeline"]
 
@@ -22,4 +25,8 @@ def build_pipeline(config: Config) -> Pipeline:
         HeaderScrub(),
         LivepeerGateway(),
         SSEFilter(),
+        UsageCapture(),
+        # Think before Overrides: the text it flushes at the end still gets the client's model name.
+        Think(config),
+        Overrides(config.llm_params),
     ])
