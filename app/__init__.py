@@ -11,7 +11,7 @@ import sys
 
 from flask import Flask
 
-from . import api, errors, probes, request_id
+from . import api, discovery, errors, probes, request_id
 from .config import Config
 from .probes import HealthCheck
 from .relay import Relay
@@ -53,6 +53,7 @@ def create_app(config: Config | None = None) -> Flask:
     request_id.init_app(app)
     errors.register(app)
     probes.init_app(app, HealthCheck(config, router, upstream))
+    discovery.init_app(app)
     api.init_app(app)
 
     if config.livepeer is not None:

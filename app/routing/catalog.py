@@ -17,6 +17,8 @@ from .providers import Provider
 
 log = logging.getLogger("cot_proxy.routing")
 FETCH_TIMEOUT = 5.0
+USER_AGENT = "cot-proxy-background"
+"""Marks the proxy's own model-list fetches and health probes."""
 
 
 class Catalog:
@@ -27,10 +29,12 @@ class Catalog:
         self.models: dict[str, list[str]] = {name: list(p.spec.models) for name, p in providers.items()}
         """Provider name -> its model ids (unprefixed), from the last good fetch."""
         self.fetched_at: dict[str, float] = {}
+        self._fetching: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._session = requests.Session()
         self._session.trust_env = False
+        self._session.headers["User-Agent"] = USER_AGENT
 
     # -- queries ------------------------------------------------------------
 
@@ -85,11 +89,21 @@ class Catalog:
             self._stop.wait(max(wait, 0.05))
 
     def refresh(self) -> None:
+        """Fetch every provider's list, each in its own thread: a slow one delays no other."""
         for name, provider in self.providers.items():
+            if name in self._fetching:
+                continue
+            self._fetching.add(name)
+            threading.Thread(target=self._refresh_one, args=(name, provider), daemon=True).start()
+
+    def _refresh_one(self, name: str, provider: Provider) -> None:
+        try:
             ids = self.fetch(provider)
             if ids is not None:
                 self.models[name] = sorted(set(ids) | set(provider.spec.models))
                 self.fetched_at[name] = time.time()
+        finally:
+            self._fetching.discard(name)
 
     def fetch(self, provider: Provider) -> list[str] | None:
         for backend in provider.order_for_listing():

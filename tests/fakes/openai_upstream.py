@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-MAX_WAIT = 30.0  # every blocking fault gives up after this long
+MAX_WAIT = 30.0
+BACKGROUND_AGENT = "cot-proxy-background"  # every blocking fault gives up after this long
 
 
 @dataclass
@@ -56,12 +57,17 @@ class Reply:
     """Never answer; record when the proxy closes the connection."""
     endless: bool = False
     """Repeat the last part every `delay` seconds until the proxy goes away."""
+    background: bool = False
+    """For the proxy's own background requests (model lists, probes) instead of client traffic."""
+
+    def matches(self, rec: Recorded) -> bool:
+        return self.background == (rec.headers.get("user-agent") == BACKGROUND_AGENT)
 
 
-def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None, **kw: Any) -> Reply:
     h = {"Content-Type": "application/json"}
     h.update(headers or {})
-    return Reply(status=status, headers=h, parts=[json.dumps(body).encode()], chunked=False)
+    return Reply(status=status, headers=h, parts=[json.dumps(body).encode()], chunked=False, **kw)
 
 
 def sse_reply(events: list[Any], *, splits: list[int] | None = None, done: bool = True, **kw: Any) -> Reply:
@@ -165,6 +171,7 @@ def _default_reply(rec: Recorded) -> Reply:
 class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
+        self.background: list[Recorded] = []
         self.arrived = threading.Event()
         """Set when a request has been read (cleared by `reset`)."""
         self.disconnected = threading.Event()
@@ -200,6 +207,7 @@ class FakeUpstream:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.background.clear()
             self._queue.clear()
             self.responder = None
         self.arrived.clear()
@@ -216,10 +224,13 @@ class FakeUpstream:
 
     def _next_reply(self, rec: Recorded) -> Reply:
         with self._lock:
-            if self._queue:
-                return self._queue.pop(0)
+            for i, reply in enumerate(self._queue):
+                if reply.matches(rec):
+                    return self._queue.pop(i)
         if self.responder is not None:
-            return self.responder(rec)
+            reply = self.responder(rec)
+            if reply is not None:
+                return reply
         return _default_reply(rec)
 
     def _mark_disconnected(self) -> None:
@@ -250,8 +261,11 @@ class FakeUpstream:
             def _handle(self) -> None:
                 rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                                self._read_body())
-                fake.requests.append(rec)
-                fake.arrived.set()
+                if rec.headers.get("user-agent") == BACKGROUND_AGENT:
+                    fake.background.append(rec)  # the proxy's own model-list fetches and probes
+                else:
+                    fake.requests.append(rec)
+                    fake.arrived.set()
                 reply = fake._next_reply(rec)
                 try:
                     self._send(reply)
