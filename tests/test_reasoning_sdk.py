@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from app import create_app
+from app.config import Config
 from app.model_params import parse_llm_params
 from tests.conftest import LiveServer, proxy_config
 from tests.fakes.openai_upstream import FakeUpstream, chat_chunk, chat_completion, json_reply, sse_reply
@@ -121,3 +122,24 @@ def test_completions_stream_strip(strip, upstream):
                                 for t, f in texts]))
     stream = strip.sdk().completions.create(model="m", prompt="x", stream=True)
     assert "".join(c.choices[0].text for c in stream) == "Hi"
+
+
+COT_PROXY_QWEN3 = ("model=Qwen3-32B-Non-Thinking,upstream_model_name=Qwen3-32B,temperature=0.7,top_k=20,top_p=0.8,"
+                   "enable_think_tag_filtering=true,think_tag_start=<think>,think_tag_end=</think>,"
+                   "append_to_last_user_message=\\n\\n/no_think")
+
+
+def test_cot_proxy_readme_string_works_unchanged(upstream):
+    """cot_proxy's README example for Qwen3, read from the environment as cot_proxy read it."""
+    config = Config.from_env({"TARGET_BASE_URL": upstream.base_url, "LLM_PARAMS": COT_PROXY_QWEN3})
+    server = LiveServer(create_app(config))
+    try:
+        upstream.enqueue(json_reply(chat_completion("<think>\n\n</think>\n\nHello!", model="Qwen3-32B")))
+        out = server.sdk().chat.completions.create(model="Qwen3-32B-Non-Thinking", messages=MSG)
+    finally:
+        server.stop()
+    sent = upstream.last.json()
+    assert {k: sent[k] for k in ("model", "temperature", "top_k", "top_p")} == {
+        "model": "Qwen3-32B", "temperature": 0.7, "top_k": 20, "top_p": 0.8}
+    assert sent["messages"][-1]["content"] == "hi\n\n/no_think"
+    assert (out.model, out.choices[0].message.content) == ("Qwen3-32B-Non-Thinking", "Hello!")

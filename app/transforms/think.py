@@ -53,13 +53,13 @@ class ThinkSettings:
 
 def resolve_settings(config: Config, params: ModelParams | None) -> ThinkSettings:
     """Per-model values first, then the global THINK_* ones."""
-    fields = UPSTREAM_FIELDS if config.reasoning_field == "both" else (config.reasoning_field,)
+    p = params or ModelParams(name="")
     return ThinkSettings(
-        mode=(params and params.think_mode) or config.think_mode,
-        start=(params and params.think_start) or config.think_tag,
-        end=(params and params.think_end) or config.think_end_tag,
-        prefilled=bool(params and params.think_prefilled),
-        fields=fields,
+        mode=p.think_mode or config.think_mode,
+        start=p.think_start or config.think_tag,
+        end=p.think_end or config.think_end_tag,
+        prefilled=bool(p.think_prefilled),
+        fields=UPSTREAM_FIELDS if config.reasoning_field == "both" else (config.reasoning_field,),
     )
 
 
@@ -155,13 +155,14 @@ def split_text(settings: ThinkSettings, text: str) -> tuple[str, str]:
 
 @dataclass
 class StreamState:
-    """Per request: the settings, one splitter per choice index, the last chunk's envelope."""
+    """Per request: the settings, one splitter per choice index, the last chunk seen."""
 
     settings: ThinkSettings
     text_key: str
     """`content` (chat: in `delta`/`message`) or `text` (completions: in the choice)."""
     splitters: dict[int, TagSplitter] = field(default_factory=dict)
-    envelope: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+    """Its id, model, created...: the envelope for text flushed at the end."""
 
     def splitter(self, index: int) -> TagSplitter:
         found = self.splitters.get(index)
@@ -217,7 +218,7 @@ class Think(Transform):
         if not choices:
             return (event,)
         st: StreamState = ex.state[self.name]
-        st.envelope = {k: data[k] for k in ENVELOPE if k in data}
+        st.last = data
         kept: list[Any] = []
         changed = False
         for choice in choices:
@@ -268,6 +269,7 @@ class Think(Transform):
         """The stream ended without a finish_reason for some choices: flush what they hold."""
         st: StreamState = ex.state[self.name]
         events: list[Event] = []
+        envelope = {k: st.last[k] for k in ENVELOPE if k in st.last}
         for index, splitter in st.splitters.items():
             answer, reasoning = splitter.finish()
             if not answer and not (reasoning and st.settings.mode == "separate"):
@@ -279,7 +281,7 @@ class Think(Transform):
             if st.text_key == "text":
                 choice["logprobs"] = None
             choice["finish_reason"] = None
-            events.append(Event.from_json({**st.envelope, "choices": [choice]}))
+            events.append(Event.from_json({**envelope, "choices": [choice]}))
         return events
 
 
