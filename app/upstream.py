@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import IO
 from urllib.parse import urlsplit
 
@@ -39,7 +40,7 @@ class Target:
     def url(self, path: str, query: str = "") -> str:
         return self.base_url + path + ("?" + query if query else "")
 
-    @property
+    @cached_property
     def origin(self) -> str:
         """scheme://host:port: safe to show in messages and logs."""
         parts = urlsplit(self.base_url)
