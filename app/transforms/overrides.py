@@ -3,8 +3,8 @@
 The group is looked up by the model name the client sent. The `model=default` /
 `model=*` group covers chat and completions requests whose model has no group of
 its own; it is not applied to embeddings, where sampling parameters would be
-rejected. When a request goes upstream under an alias, every response (the JSON
-body, each stream chunk) names the client's model again. `GET /v1/models` lists
+rejected. (`model_name.ModelName` gives answers the client's model name back.)
+`GET /v1/models` lists
 the configured names the upstream does not, so clients can pick them.
 """
 
@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from ..exchange import Exchange
 from ..model_params import ModelParams, ModelTable
-from ..sse import Event
 from .base import Transform
 
 GENERATION = frozenset({"chat", "completions"})
@@ -49,26 +47,12 @@ class Overrides(Transform):
             apply_params(ex.body, params, chat=ex.family == "chat")
 
     def wants_json(self, ex: Exchange) -> bool:
-        return ex.family == "models" or self._renamed(ex)
+        return ex.family == "models"
 
     def response_json(self, ex: Exchange, data: Any) -> Any:
         if ex.family == "models":
             return add_models(data, self.table.names, self.created)
-        if self._renamed(ex) and isinstance(data, dict) and "model" in data:
-            data["model"] = ex.client_model
         return data
-
-    def stream_event(self, ex: Exchange, event: Event) -> Iterable[Event]:
-        if self._renamed(ex):
-            data = event.json()
-            if isinstance(data, dict) and "model" in data and data["model"] != ex.client_model:
-                data["model"] = ex.client_model
-                event.set_json(data)
-        return (event,)
-
-    def _renamed(self, ex: Exchange) -> bool:
-        params: ModelParams | None = ex.state.get(self.name)
-        return params is not None and params.upstream_model is not None and ex.client_model is not None
 
 
 def apply_params(body: dict[str, Any], params: ModelParams, *, chat: bool) -> None:

@@ -95,8 +95,12 @@ models:
     try:
         out = live.sdk().chat.completions.create(model="qwen3", messages=MSG, temperature=1.0)
         assert out.choices[0].message.content == "Hello from upstream"
+        assert out.model == "qwen3", "the client sees its own model name"
         sent = ups[1].last.json()
         assert sent["model"] == "Qwen3-32B" and sent["temperature"] == 0.6
+        chunks = list(live.sdk().chat.completions.create(model="qwen3", messages=MSG, stream=True))
+        assert chunks and all(c.model == "qwen3" for c in chunks)
+        assert ups[1].last.json()["model"] == "Qwen3-32B"
     finally:
         live.stop()
 

@@ -9,6 +9,7 @@ import pytest
 from app.exchange import Exchange
 from app.model_params import parse_llm_params
 from app.sse import Event
+from app.transforms.model_name import ModelName
 from app.transforms.overrides import Overrides, append_to_last_user_message
 
 PARAMS = ("model=r1,upstream_model_name=deepseek-r1:14b,temperature=0.6,default.max_tokens=100,"
@@ -76,23 +77,29 @@ def test_append_to_last_user_message(messages, expected):
 
 
 def test_alias_responses_name_the_client_model(step):
+    """Overrides renames the request; ModelName, placed after it, renames the answers back."""
+    rename = ModelName()
     ex = _ex({"model": "r1", "messages": [{"role": "user", "content": "hi"}]})
     _request(step, ex)
-    assert step.wants_json(ex)
-    assert step.response_json(ex, {"model": "deepseek-r1:14b", "choices": []})["model"] == "r1"
+    assert ex.body["model"] == "deepseek-r1:14b"
+    _request(rename, ex)
+    assert rename.wants_json(ex)
+    assert rename.response_json(ex, {"model": "deepseek-r1:14b", "choices": []})["model"] == "r1"
     event = Event.from_json({"id": "c", "object": "chat.completion.chunk", "model": "deepseek-r1:14b", "choices": []})
-    assert [e.json()["model"] for e in step.stream_event(ex, event)] == ["r1"]
+    assert [e.json()["model"] for e in rename.stream_event(ex, event)] == ["r1"]
     done = Event.from_data("[DONE]")
-    assert list(step.stream_event(ex, done)) == [done]
+    assert list(rename.stream_event(ex, done)) == [done]
 
 
 def test_no_alias_leaves_responses_alone(step):
+    rename = ModelName()
     ex = _ex({"model": "other", "messages": []})
     _request(step, ex)
-    assert not step.wants_json(ex)
+    _request(rename, ex)
+    assert not rename.wants_json(ex)
     event = Event.from_json({"model": "upstream-name", "choices": []})
     raw = event.raw
-    assert list(step.stream_event(ex, event)) == [event] and event.raw == raw
+    assert list(rename.stream_event(ex, event)) == [event] and event.raw == raw
 
 
 def test_models_list_gains_configured_names_once(step):
