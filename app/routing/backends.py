@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..upstream import Target
@@ -23,6 +24,8 @@ class Backend:
     down_until: float = 0.0
     probe_up: bool | None = None
     """Last active probe result (None: never probed)."""
+    on_eject: Callable[[Backend], None] | None = None
+    """Told when this worker takes the backend out (to share it, see shared.py)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def healthy(self, now: float | None = None) -> bool:
@@ -46,9 +49,12 @@ class Backend:
                 self.down_until = 0.0
                 return
             self.failures += 1
-            if self.failures >= self.failure_threshold:
-                self.down_until = time.monotonic() + self.cooldown_seconds
-                self.failures = self.failure_threshold - 1  # half-open after the cool-down
+            if self.failures < self.failure_threshold:
+                return
+            self.down_until = time.monotonic() + self.cooldown_seconds
+            self.failures = self.failure_threshold - 1  # half-open after the cool-down
+        if self.on_eject is not None:
+            self.on_eject(self)
 
     def state(self) -> dict[str, object]:
         return {

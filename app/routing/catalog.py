@@ -14,6 +14,7 @@ from typing import Any
 import requests
 
 from .providers import Provider
+from .shared import SYNC_SECONDS, SharedEjections
 
 log = logging.getLogger("cot_proxy.routing")
 FETCH_TIMEOUT = 5.0
@@ -22,8 +23,10 @@ USER_AGENT = "cot-proxy-background"
 
 
 class Catalog:
-    def __init__(self, providers: dict[str, Provider], aliases: list[str], refresh_seconds: float) -> None:
+    def __init__(self, providers: dict[str, Provider], aliases: list[str], refresh_seconds: float,
+                 shared: SharedEjections | None = None) -> None:
         self.providers = providers
+        self.shared = shared
         self.aliases = aliases
         self.refresh_seconds = refresh_seconds
         self.models: dict[str, list[str]] = {name: list(p.spec.models) for name, p in providers.items()}
@@ -75,6 +78,9 @@ class Catalog:
                 self.refresh()
                 next_models = now + self.refresh_seconds
             wait = next_models - now
+            if self.shared is not None:
+                self.shared.sync(b for p in self.providers.values() for b in p.backends)
+                wait = min(wait, SYNC_SECONDS)
             for provider in self.providers.values():
                 check = provider.spec.health_check
                 if check is None:

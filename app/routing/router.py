@@ -25,6 +25,7 @@ from ..upstream import Target
 from .backends import Backend
 from .catalog import Catalog
 from .providers import Provider, build
+from .shared import SharedEjections
 
 IN_FLIGHT = "routing.in_flight"
 
@@ -69,7 +70,12 @@ class Router:
         if config.livepeer is not None:
             self.gateway = livepeer_targets(config.livepeer, config.connect_timeout)
         extra = [name for name in config.llm_params.names if name not in ("default", "*")]
-        self.catalog = Catalog(self.providers, [*settings.models, *extra], settings.models_refresh_seconds)
+        shared = None
+        if config.access.redis_url and not self.transparent:
+            shared = SharedEjections(config.access.redis_url)
+            for backend in self._backends.values():
+                backend.on_eject = shared.publish
+        self.catalog = Catalog(self.providers, [*settings.models, *extra], settings.models_refresh_seconds, shared)
 
     def start(self) -> None:
         """Background model lists and probes; not needed in transparent mode."""

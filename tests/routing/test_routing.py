@@ -319,3 +319,38 @@ def test_env_shorthands_become_providers(ups):
 
 def test_requests_session_is_real(ups):
     assert requests.get(ups[0].base_url + "models", timeout=5).status_code == 200
+
+
+def test_ejection_shared_through_redis(tmp_path, ups):
+    """Two proxies (as two workers or replicas) sharing REDIS_URL: one ejects, the other follows."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/14"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    two = ups[:2]
+    yaml_text = f"""
+providers:
+  local:
+    retries: 0
+    failure_threshold: 1
+    cooldown_seconds: 30
+    backends: [{{base_url: {two[0].base_url}}}, {{base_url: {two[1].base_url}}}]
+"""
+    first = create_app(make(tmp_path, yaml_text, REDIS_URL=url))
+    second = create_app(make(tmp_path, yaml_text, REDIS_URL=url))
+    two[0].responder = lambda rec: json_reply({"error": {"message": "broken"}}, status=500)
+    c1 = first.test_client()
+    for _ in range(2):
+        chat(c1, "m")
+    assert len(two[0].requests) == 1, "ejected by the first proxy"
+    key = "cot-proxy:ejected:" + two[0].base_url
+    assert client.pttl(key) > 0
+    router = second.extensions["cot_proxy.router"]
+    router.catalog.shared.sync(b for p in router.providers.values() for b in p.backends)
+    c2 = second.test_client()
+    for _ in range(4):
+        assert chat(c2, "m").status_code == 200
+    assert len(two[0].requests) == 1, "the second proxy never sent to the ejected backend"
+    two[0].responder = None
+    client.flushdb()
