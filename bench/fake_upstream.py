@@ -10,6 +10,9 @@ Routes:
                              first ~70% of chunks are `<think>...</think>`, open tag split
                              as `<th` + `ink>`).
   GET  /v1/models            a small model list.
+  GET  /bench/stats          what this process answered so far: `chat` requests, and
+                             `models_background` / `models_other` list requests (by whether
+                             the User-Agent is the proxy's `cot-proxy-background`).
 
 Each chunk carries a top-level `bench_seq` (its index) so the client can tell
 which chunks a proxy dropped or merged. Every answer is prebuilt bytes; the
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import functools
 import time
+from collections import Counter
 
 import orjson
 from aiohttp import web
@@ -67,6 +71,9 @@ MODELS = orjson.dumps(
     }
 )
 DONE = b"data: [DONE]\n\n"
+BACKGROUND_AGENT = "cot-proxy-background"
+"""The User-Agent of the proxy's own model-list fetches and health probes."""
+STATS: Counter[str] = Counter()
 
 
 def _contents(n: int, think: bool) -> list[str]:
@@ -114,6 +121,7 @@ def _float_field(body: dict[str, object], name: str, default: float, upper: floa
 
 async def chat(request: web.Request) -> web.StreamResponse:
     """Chat completions: prebuilt JSON, or a paced SSE stream."""
+    STATS["chat"] += 1
     raw = await request.read()
     if b'"stream"' not in raw:
         return web.Response(body=COMPLETION, content_type="application/json")
@@ -139,14 +147,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def models(_: web.Request) -> web.Response:
+async def models(request: web.Request) -> web.Response:
+    background = request.headers.get("User-Agent", "").startswith(BACKGROUND_AGENT)
+    STATS["models_background" if background else "models_other"] += 1
     return web.Response(body=MODELS, content_type="application/json")
+
+
+async def stats(_: web.Request) -> web.Response:
+    return web.json_response(dict(STATS))
 
 
 def make_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/bench/stats", stats)
     return app
 
 

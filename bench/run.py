@@ -1,12 +1,18 @@
 """cot-proxy benchmark: the proxy under real Gunicorn vs the fake upstream called directly.
 
     python bench/run.py [--quick] [--streams N] [--env KEY=VAL ...] [--think]
+    python bench/run.py --routing [--quick] [--env KEY=VAL ...]
 
 Starts `bench/fake_upstream.py` and `gunicorn -c gunicorn.conf.py cot_proxy:app` on free
 127.0.0.1 ports, then measures, proxy vs direct in the same run: added latency at c=1,
 req/s at c=32, N concurrent SSE streams (time to first chunk, inter-chunk gaps), the
 proxy's RSS (idle and peak) and CPU per relayed chunk. Prints a summary with the targets
-and writes it to bench/results/latest.json. See bench/README.md.
+and writes it to bench/results/latest.json.
+
+`--routing` instead runs two proxies side by side, a single-target one (TARGET_BASE_URL)
+and a routed one (a three-provider COT_PROXY_CONFIG), and compares c=1 latency and c=32
+req/s of direct, single, and routed with a `provider/model` name and with an alias;
+written to bench/results/latest-routing.json. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import re
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -91,10 +99,15 @@ class Plan:
     chunks: int
     interval_ms: float
     warmup_n: int
+    latency_budget_s: float = 180.0  # the latency test stops after the first round of blocks past this
 
 
 FULL = Plan(2000, 100, 4.0, 2, 32, 1000, 20, 50.0, 300)
 QUICK = Plan(300, 50, 1.5, 1, 32, 200, 20, 50.0, 100)
+# --routing: four targets, no stream test (streams/chunks/interval unused). Small blocks give many
+# paired blocks for the routed-minus-single interval; the time budget keeps a loaded box under ~60 s.
+ROUTING = Plan(2000, 40, 1.25, 4, 32, 0, 0, 0.0, 100, latency_budget_s=22.0)
+ROUTING_QUICK = Plan(300, 25, 0.75, 2, 32, 0, 0, 0.0, 100, latency_budget_s=8.0)
 
 
 # -- processes ----------------------------------------------------------------
@@ -175,10 +188,10 @@ def http_ok(port: int, path: str) -> bool:
         conn.close()
 
 
-def start_upstream() -> Proc:
+def start_upstream(name: str = "upstream") -> Proc:
     port = free_port()
     argv = [sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port", str(port)]
-    proc = Proc("upstream", argv, dict(os.environ), port)
+    proc = Proc(name, argv, dict(os.environ), port)
     try:
         proc.wait_ready("/v1/models", 20)
     except BaseException:
@@ -208,9 +221,14 @@ def gunicorn_settings(env: dict[str, str]) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def start_proxy(name: str, env: dict[str, str], workers: int) -> Proc:
+def launch_proxy(name: str, env: dict[str, str]) -> Proc:
+    """The proxy under Gunicorn, started but not waited for (see `Proc.wait_ready`)."""
     argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"]
-    proc = Proc(name, argv, env, int(env["PORT"]))
+    return Proc(name, argv, env, int(env["PORT"]))
+
+
+def start_proxy(name: str, env: dict[str, str], workers: int) -> Proc:
+    proc = launch_proxy(name, env)
     try:
         proc.wait_ready("/healthz", 60, workers)
     except BaseException:
@@ -324,10 +342,11 @@ def diff(a: float | None, b: float | None) -> float | None:
 
 
 class KeepAliveClient:
-    """Sequential POSTs over one kept-alive connection."""
+    """Sequential POSTs of `body` over one kept-alive connection."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, body: bytes = CHAT_BODY) -> None:
         self.port = port
+        self.body = body
         self.conn = self._connect()
         self.reconnects = 0
 
@@ -343,7 +362,7 @@ class KeepAliveClient:
         for attempt in (0, 1):
             try:
                 start = time.perf_counter()
-                self.conn.request("POST", CHAT_PATH, CHAT_BODY, JSON_HEADERS)
+                self.conn.request("POST", CHAT_PATH, self.body, JSON_HEADERS)
                 resp = self.conn.getresponse()
                 resp.read()
                 elapsed = time.perf_counter() - start
@@ -363,16 +382,23 @@ class KeepAliveClient:
         self.conn.close()
 
 
-def measure_latency(ports: dict[str, int], n: int, block: int, budget_s: float = 180.0) -> dict[str, Any]:
-    """`n` sequential POSTs per target, in blocks alternating ABBA; p50/p99 per target."""
-    clients = {name: KeepAliveClient(port) for name, port in ports.items()}
+def measure_latency(ports: dict[str, int], n: int, block: int, budget_s: float = 180.0,
+                    bodies: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """`n` sequential POSTs per target (`bodies[name]`, default CHAT_BODY), in blocks alternating
+    ABBA (for more targets: in order, then reversed); p50/p99 per target and the p50 of each block.
+    Stops after the first whole round of blocks past `budget_s`."""
+    bodies = bodies or {}
+    clients = {name: KeepAliveClient(port, bodies.get(name, CHAT_BODY)) for name, port in ports.items()}
     samples: dict[str, list[float]] = {name: [] for name in ports}
+    blocks: dict[str, list[float | None]] = {name: [] for name in ports}
     names = list(ports)
     deadline = time.monotonic() + budget_s
     try:
         for b in range(math.ceil(n / block)):
             for name in names if b % 2 == 0 else names[::-1]:
-                samples[name].extend(clients[name].post() for _ in range(min(block, n - len(samples[name]))))
+                values = [clients[name].post() for _ in range(min(block, n - len(samples[name])))]
+                samples[name].extend(values)
+                blocks[name].append(ms(pct(values, 50)))
             if time.monotonic() > deadline:
                 break
     finally:
@@ -380,7 +406,8 @@ def measure_latency(ports: dict[str, int], n: int, block: int, budget_s: float =
             client.close()
     return {
         name: {"n": len(values), "p50_ms": ms(pct(values, 50)), "p99_ms": ms(pct(values, 99)),
-               "mean_ms": ms(sum(values) / len(values)), "reconnects": clients[name].reconnects}
+               "mean_ms": ms(sum(values) / len(values)), "reconnects": clients[name].reconnects,
+               "block_p50_ms": blocks[name]}
         for name, values in samples.items()
     }
 
@@ -388,7 +415,8 @@ def measure_latency(ports: dict[str, int], n: int, block: int, budget_s: float =
 # -- b. req/s at c=32 ------------------------------------------------------------
 
 
-async def rps_round(port: int, concurrency: int, seconds: float, max_requests: int = 2_000_000) -> Counter[str]:
+async def rps_round(port: int, concurrency: int, seconds: float, max_requests: int = 2_000_000,
+                    body: bytes = CHAT_BODY) -> Counter[str]:
     """Closed-loop load for `seconds`: counts of ok and error answers, and the elapsed `us`."""
     counts = Counter[str]()
     url = f"http://{HOST}:{port}{CHAT_PATH}"
@@ -399,7 +427,7 @@ async def rps_round(port: int, concurrency: int, seconds: float, max_requests: i
         async def worker() -> None:
             while time.perf_counter() < deadline and counts["ok"] + counts["error"] < max_requests:
                 try:
-                    async with session.post(url, data=CHAT_BODY, headers=JSON_HEADERS) as resp:
+                    async with session.post(url, data=body, headers=JSON_HEADERS) as resp:
                         await resp.read()
                         counts["ok" if resp.status == 200 else "error"] += 1
                 except (asyncio.TimeoutError, aiohttp.ClientError):
@@ -411,16 +439,21 @@ async def rps_round(port: int, concurrency: int, seconds: float, max_requests: i
     return counts
 
 
-def measure_rps(ports: dict[str, int], plan: Plan) -> dict[str, Any]:
-    """Alternating rounds per target; req/s = all ok / all elapsed."""
+def measure_rps(ports: dict[str, int], plan: Plan, bodies: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """Alternating rounds per target; req/s = all ok / all elapsed (and each round's)."""
+    bodies = bodies or {}
     totals = {name: Counter[str]() for name in ports}
+    rounds: dict[str, list[float]] = {name: [] for name in ports}
     names = list(ports)
     for r in range(plan.rps_rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            totals[name] += asyncio.run(rps_round(ports[name], plan.rps_concurrency, plan.rps_seconds))
+            one = asyncio.run(rps_round(ports[name], plan.rps_concurrency, plan.rps_seconds,
+                                        body=bodies.get(name, CHAT_BODY)))
+            rounds[name].append(round(one["ok"] / (one["us"] / 1e6), 1) if one["us"] else 0.0)
+            totals[name] += one
     return {
         name: {"ok": t["ok"], "errors": t["error"], "seconds": round(t["us"] / 1e6, 2),
-               "rps": round(t["ok"] / (t["us"] / 1e6), 1) if t["us"] else 0.0}
+               "rps": round(t["ok"] / (t["us"] / 1e6), 1) if t["us"] else 0.0, "round_rps": rounds[name]}
         for name, t in totals.items()
     }
 
@@ -553,12 +586,14 @@ def measure_streams(port: int, upstream: Proc, plan: Plan, n: int, *, think: boo
 # -- orchestration ------------------------------------------------------------------
 
 
-def warm_up(ports: dict[str, int], plan: Plan) -> None:
+def warm_up(ports: dict[str, int], plan: Plan, bodies: dict[str, bytes] | None = None, rps_s: float = 1.0,
+            streams: bool = True) -> None:
     """Connections, pools and code paths warm on every target before anything is measured."""
-    measure_latency(ports, plan.warmup_n, plan.warmup_n, budget_s=60)
-    for port in ports.values():
-        asyncio.run(rps_round(port, plan.rps_concurrency, 1.0))
-        asyncio.run(run_streams(port, 50, 5, 0.0))
+    measure_latency(ports, plan.warmup_n, plan.warmup_n, budget_s=60, bodies=bodies)
+    for name, port in ports.items():
+        asyncio.run(rps_round(port, plan.rps_concurrency, rps_s, body=(bodies or {}).get(name, CHAT_BODY)))
+        if streams:
+            asyncio.run(run_streams(port, 50, 5, 0.0))
 
 
 def log_problems(proc: Proc, limit: int = 5) -> dict[str, Any]:
@@ -725,7 +760,7 @@ def run_all(args: argparse.Namespace, plan: Plan, n_streams: int, extra_env: dic
     time.sleep(1.0)
     res: dict[str, Any] = {"idle_rss_mb": round(tree_rss_mb(proxy.pid), 1)}
     print(f"a. latency c=1: {plan.latency_n} sequential POSTs per target ...", flush=True)
-    res["latency"] = measure_latency(ports, plan.latency_n, plan.latency_block)
+    res["latency"] = measure_latency(ports, plan.latency_n, plan.latency_block, plan.latency_budget_s)
     print(f"b. req/s c={plan.rps_concurrency}: {plan.rps_rounds} x {plan.rps_seconds:g} s per target ...", flush=True)
     res["rps"] = measure_rps(ports, plan)
     print(f"c. {n_streams} concurrent streams x {plan.chunks} chunks, {plan.interval_ms:g} ms apart ...", flush=True)
@@ -772,16 +807,314 @@ def report(rep: dict[str, Any], seconds: float) -> None:
     print(f"targets met: {met}/{len(TARGETS)}")
 
 
+# -- --routing: does routing cost anything on the hot path? -------------------------
+
+ALIAS = "fast"
+NAMESPACED = "b/some-model"
+ROUTING_VARS = ("TARGET_BASE_URL", "BACKEND_URL", "OLLAMA_BASE_URL", "COT_PROXY_CONFIG", "DEFAULT_PROVIDER",
+                "DEFAULT_BACKEND", "GATEWAY_URL")
+"""Left out of the parent's environment, so each proxy routes exactly as set up here."""
+ROUTE_TARGETS = {  # name -> (column label, model in the body, proxy, expected X-Cot-Proxy-Provider)
+    "direct": ("direct", "bench-model", None, None),
+    "single": ("single-target", "bench-model", "single", "default/bench-model"),
+    "routed_ns": (f"routed {NAMESPACED}", NAMESPACED, "routed", NAMESPACED),
+    "routed_alias": (f"routed alias {ALIAS}", ALIAS, "routed", "c/bench-model"),
+}
+ROUTED = ("routed_ns", "routed_alias")
+PROXIED = ("single", *ROUTED)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (all bound at once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((HOST, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def routing_config(up: int, up2: int) -> str:
+    """Three providers: `a` and `b` on the first fake upstream, `c` with a backend on each,
+    balanced by prefix affinity; an alias with a fallback route and one pinned to a provider."""
+    u1, u2 = f"http://{HOST}:{up}/v1", f"http://{HOST}:{up2}/v1"
+    return f"""\
+# written by bench/run.py --routing
+providers:
+  a: {{type: openai, base_url: "{u1}"}}
+  b: {{type: openai, base_url: "{u1}"}}
+  c:
+    type: openai
+    backends:
+      - {{base_url: "{u1}"}}
+      - {{base_url: "{u2}"}}
+    balance: prefix_affinity
+models:
+  {ALIAS}: {{route: [c/bench-model, a/bench-model]}}
+  pinned: {{provider: b, upstream_model: bench-model, params: {{temperature: 0.3}}}}
+default_provider: a
+"""
+
+
+def routing_envs(up: Proc, config: Path, extra: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(single-target env, routed env): the parent's environment without routing variables,
+    each on its own free port, plus `extra` (which wins)."""
+    if (REPO / "config.yaml").exists():
+        raise BenchError("config.yaml in the repo root would be read by the single-target proxy too; move it away")
+    base = {k: v for k, v in os.environ.items() if k not in ROUTING_VARS}
+    single_port, routed_port = free_ports(2)
+    single = {**base, "TARGET_BASE_URL": f"http://{HOST}:{up.port}/v1/", "PORT": str(single_port), "HOST": HOST,
+              **extra}
+    routed = {**base, "COT_PROXY_CONFIG": str(config), "PORT": str(routed_port), "HOST": HOST, **extra}
+    return single, routed
+
+
+def get_json(port: int, path: str) -> Any:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise BenchError(f"GET {path} on port {port}: HTTP {resp.status}: {data[:200]!r}")
+        return orjson.loads(data)
+    finally:
+        conn.close()
+
+
+def post_label(port: int, body: bytes) -> tuple[int, str | None]:
+    """One chat POST on a fresh connection: (status, X-Cot-Proxy-Provider)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("POST", CHAT_PATH, body, JSON_HEADERS)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("x-cot-proxy-provider")
+    finally:
+        conn.close()
+
+
+def check_routing(ports: dict[str, int], bodies: dict[str, bytes], upstreams: list[Proc], workers: int,
+                  tries: int = 5) -> dict[str, Any]:
+    """Before measuring: the routed proxy's background model-list fetches reached the fake
+    upstreams (User-Agent cot-proxy-background), and each proxied target answers 200 from the
+    expected provider; which fake upstream served it is read from the upstreams' counters."""
+    want = 3 * workers  # every worker lists providers a, b and c once at start
+    deadline = time.monotonic() + 15
+    while True:
+        background = sum(get_json(u.port, "/bench/stats").get("models_background", 0) for u in upstreams)
+        if background >= want or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    listed = [m["id"] for m in get_json(ports["routed_ns"], "/v1/models")["data"]]
+    out: dict[str, Any] = {"background_model_fetches": background, "background_model_fetches_expected": want,
+                           "routed_models_listed": listed, "targets": {}}
+    for name in PROXIED:
+        before = {u.port: get_json(u.port, "/bench/stats").get("chat", 0) for u in upstreams}
+        answers = Counter(post_label(ports[name], bodies[name]) for _ in range(tries))
+        after = {u.port: get_json(u.port, "/bench/stats").get("chat", 0) for u in upstreams}
+        expected = ROUTE_TARGETS[name][3]
+        if answers != Counter({(200, expected): tries}):
+            raise BenchError(f"{name}: expected {tries} x HTTP 200 from provider {expected!r}, got "
+                             f"{dict(answers)} (see the proxy logs in bench/results/)")
+        served = {port: after[port] - before[port] for port in after if after[port] > before[port]}
+        out["targets"][name] = {"provider": expected, "served_by_upstream_port": served}
+    return out
+
+
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """Median of `values` and a distribution-free confidence interval for it (sign test: order
+    statistics k and n-k+1, coverage >= `confidence`); (median, None, None) with too few values."""
+    d = sorted(values)
+    n = len(d)
+    if not n:
+        return None, None, None
+    tail, k, cum = (1 - confidence) / 2, 0, 0.0
+    while k < n and cum + math.comb(n, k) / 2**n <= tail:
+        cum += math.comb(n, k) / 2**n
+        k += 1
+    med = round(statistics.median(d), 3)
+    return (med, None, None) if k == 0 else (med, round(d[k - 1], 3), round(d[n - k], 3))
+
+
+def routing_summary(lat: dict[str, Any], rps: dict[str, Any]) -> dict[str, Any]:
+    """Added latency over direct, routed minus single (pooled, and paired per block with a CI),
+    and the c=32 ratios."""
+    def ratio(a: str, b: str) -> float | None:
+        return round(rps[a]["rps"] / rps[b]["rps"], 3) if rps[b]["rps"] else None
+
+    head: dict[str, Any] = {}
+    for name in PROXIED:
+        head[name] = {
+            "added_p50_ms": diff(lat[name]["p50_ms"], lat["direct"]["p50_ms"]),
+            "added_p99_ms": diff(lat[name]["p99_ms"], lat["direct"]["p99_ms"]),
+            "rps_ratio_to_direct": ratio(name, "direct"),
+        }
+    for name in ROUTED:
+        pairs = [a - b for a, b in zip(lat[name]["block_p50_ms"], lat["single"]["block_p50_ms"], strict=True)
+                 if a is not None and b is not None]
+        med, lo, hi = median_ci(pairs)
+        per_round = [round(a / b, 3) for a, b in zip(rps[name]["round_rps"], rps["single"]["round_rps"], strict=True)
+                     if b]
+        head[name].update(
+            minus_single_p50_ms=diff(lat[name]["p50_ms"], lat["single"]["p50_ms"]),
+            minus_single_p99_ms=diff(lat[name]["p99_ms"], lat["single"]["p99_ms"]),
+            minus_single_block_p50_median_ms=med, minus_single_block_p50_ci95_ms=[lo, hi], blocks=len(pairs),
+            rps_ratio_to_single=ratio(name, "single"), rps_ratio_to_single_per_round=per_round,
+        )
+    return head
+
+
+def ci_text(med: float | None, lo: float | None, hi: float | None) -> str:
+    if med is None:
+        return "-"
+    return f"{med:+.2f} [{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else f"{med:+.2f} [-]"
+
+
+def span(values: Sequence[float]) -> str:
+    return f"{min(values):.2f} - {max(values):.2f}" if values else "-"
+
+
+def routing_rows(lat: dict[str, Any], rps: dict[str, Any], head: dict[str, Any]) -> list[tuple[str, ...]]:
+    names = list(ROUTE_TARGETS)
+
+    def row(label: str, get: Any) -> tuple[str, ...]:
+        return (label, *(get(n) for n in names))
+
+    def h(key: str, only: tuple[str, ...] = PROXIED) -> Any:
+        return lambda n: fmt(head[n][key]) if n in only else "-"
+
+    return [
+        ("figure", *(ROUTE_TARGETS[n][0] for n in names)),
+        row("latency p50 c=1 (ms)", lambda n: fmt(lat[n]["p50_ms"])),
+        row("latency p99 c=1 (ms)", lambda n: fmt(lat[n]["p99_ms"])),
+        row("added p50 vs direct (ms)", h("added_p50_ms")),
+        row("added p99 vs direct (ms)", h("added_p99_ms")),
+        row("routed - single, p50 (ms)", h("minus_single_p50_ms", ROUTED)),
+        row("routed - single, p99 (ms)", h("minus_single_p99_ms", ROUTED)),
+        row("routed - single, block p50s: median [95% CI]",
+            lambda n: ci_text(head[n]["minus_single_block_p50_median_ms"], *head[n]["minus_single_block_p50_ci95_ms"])
+            if n in ROUTED else "-"),
+        row("req/s c=32", lambda n: fmt(rps[n]["rps"])),
+        row("req/s errors c=32", lambda n: fmt(rps[n]["errors"])),
+        row("ratio to direct c=32", h("rps_ratio_to_direct")),
+        row("ratio routed / single c=32", h("rps_ratio_to_single", ROUTED)),
+        row("  same, per round: min - max", lambda n: span(head[n]["rps_ratio_to_single_per_round"]) if n in ROUTED
+            else "-"),
+    ]
+
+
+def run_routing(plan: Plan, extra_env: dict[str, str], procs: list[Proc], tmp: Path) -> dict[str, Any]:
+    """Two fake upstreams, a single-target and a routed proxy side by side; latency and req/s of
+    direct, single, routed `b/some-model` and routed alias, in the same interleaved runs."""
+    nofile = raise_nofile()
+    up = start_upstream("upstream")
+    procs.append(up)
+    up2 = start_upstream("upstream-2")
+    procs.append(up2)
+    config = tmp / "routing.yaml"
+    config.write_text(routing_config(up.port, up2.port))
+    single_env, routed_env = routing_envs(up, config, extra_env)
+    settings = gunicorn_settings(single_env)
+    info = machine_info(settings, nofile)
+    print(f"machine: nproc={info['nproc']} python={info['python']} load={info['loadavg_at_start']} git={info['git']}")
+    print(f"gunicorn (each proxy): worker_class={settings['worker_class']} workers={settings['workers']} "
+          f"worker_connections={settings['worker_connections']}" + (f"  env={extra_env}" if extra_env else ""))
+    proxies = {"single": launch_proxy("proxy-single", single_env)}
+    procs.append(proxies["single"])
+    proxies["routed"] = launch_proxy("proxy-routed", routed_env)
+    procs.append(proxies["routed"])
+    for proxy in proxies.values():
+        proxy.wait_ready("/healthz", 60, settings["workers"])
+    ports = {n: up.port if proxy is None else proxies[proxy].port for n, (_, _, proxy, _) in ROUTE_TARGETS.items()}
+    bodies = {n: chat_body(model=model) for n, (_, model, _, _) in ROUTE_TARGETS.items()}
+
+    checks = check_routing(ports, bodies, [up, up2], settings["workers"])
+    print("warming up ...", flush=True)
+    warm_up(ports, plan, bodies, rps_s=0.5, streams=False)
+    time.sleep(0.5)
+    res: dict[str, Any] = {"idle_rss_mb": {n: round(tree_rss_mb(p.pid), 1) for n, p in proxies.items()}}
+    print(f"a. latency c=1: up to {plan.latency_n} sequential POSTs per target (at most ~{plan.latency_budget_s:g} s), "
+          f"blocks of {plan.latency_block} interleaved over {', '.join(ports)} ...", flush=True)
+    res["latency"] = measure_latency(ports, plan.latency_n, plan.latency_block, plan.latency_budget_s, bodies)
+    print(f"b. req/s c={plan.rps_concurrency}: {plan.rps_rounds} x {plan.rps_seconds:g} s per target ...", flush=True)
+    res["rps"] = measure_rps(ports, plan, bodies)
+    res["log_problems"] = {n: log_problems(p) for n, p in proxies.items()}
+    head = routing_summary(res["latency"], res["rps"])
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv[1:],
+        "mode": "routing",
+        "plan": {k: v for k, v in asdict(plan).items() if k not in ("streams", "chunks", "interval_ms")},
+        "proxy_env": extra_env,
+        "machine": info,
+        "upstream_ports": [up.port, up2.port],
+        "routing_config": config.read_text(),
+        "targets": {n: {"label": label, "model": model, "proxy": proxy, "provider": provider}
+                    for n, (label, model, proxy, provider) in ROUTE_TARGETS.items()},
+        "checks": checks,
+        "headline": head,
+        "rows": routing_rows(res["latency"], res["rps"], head),
+        "results": res,
+    }
+
+
+def report_routing(rep: dict[str, Any], seconds: float) -> None:
+    res, head, checks = rep["results"], rep["headline"], rep["checks"]
+    up1, up2 = rep["upstream_ports"]
+    n_blocks = head["routed_ns"]["blocks"]
+    print(f"\nrouting on the hot path (direct vs single-target vs routed proxy, same run; {seconds:.0f} s)")
+    print_table(rep["rows"])
+    print(f"\nCI: per block, routed p50 - single p50 ({n_blocks} blocks), median and its 95% sign-test interval.")
+    for name in ROUTED:
+        med = head[name]["minus_single_block_p50_median_ms"]
+        lo, hi = head[name]["minus_single_block_p50_ci95_ms"]
+        if lo is None or hi is None:
+            verdict_text = "too few blocks for an interval"
+        elif lo > 0:
+            verdict_text = f"routing adds {med:.2f} ms (interval above 0)"
+        elif hi < 0:
+            verdict_text = f"routed is {-med:.2f} ms faster (interval below 0)"
+        else:
+            verdict_text = "no difference measurable at this sample size (interval includes 0)"
+        print(f"  {ROUTE_TARGETS[name][0]}: {verdict_text}")
+    names = {up1: f"upstream :{up1}", up2: f"upstream-2 :{up2}"}
+    served = "; ".join(
+        f"{ROUTE_TARGETS[n][0]} -> {t['provider']} @ "
+        + ", ".join(f"{names.get(int(p), p)} x{c}" for p, c in t["served_by_upstream_port"].items())
+        for n, t in checks["targets"].items()
+    )
+    print(f"\nchecks: {served}")
+    print(f"  background model-list fetches seen by the upstreams (User-Agent cot-proxy-background): "
+          f"{checks['background_model_fetches']} (>= {checks['background_model_fetches_expected']} expected); "
+          f"routed /v1/models lists {len(checks['routed_models_listed'])} ids")
+    print(f"  idle RSS, master+workers (MiB): single {res['idle_rss_mb']['single']}, "
+          f"routed {res['idle_rss_mb']['routed']}")
+    for name, problems in res["log_problems"].items():
+        print(f"proxy log ({name}): {problems['count']} error-looking lines ({problems['log']})")
+        for line in problems["first"]:
+            print(f"  {line[:200]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts (~30 s smoke run)")
     parser.add_argument("--streams", type=int, help="concurrent streams (default 1000, quick 200)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VAL", help="proxy environment (repeatable)")
     parser.add_argument("--think", action="store_true", help="also the think-heavy stream test, THINK_MODE keep/strip")
+    parser.add_argument("--routing", action="store_true",
+                        help="instead: single-target vs routed proxy (three providers), latency and req/s (~50 s)")
     args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
+    if args.routing and (args.think or args.streams is not None):
+        parser.error("--routing measures latency and req/s only: no --think or --streams")
+    if args.routing:
+        plan = ROUTING_QUICK if args.quick else ROUTING
+    else:
+        plan = QUICK if args.quick else FULL
     n_streams = args.streams if args.streams is not None else plan.streams
-    if not 1 <= n_streams <= 10_000:
+    if not args.routing and not 1 <= n_streams <= 10_000:
         raise SystemExit("--streams must be within 1..10000")
     extra_env = parse_env(args.env)
 
@@ -789,16 +1122,24 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     procs: list[Proc] = []
     started = time.monotonic()
-    try:
-        rep = run_all(args, plan, n_streams, extra_env, procs)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-    report(rep, time.monotonic() - started)
-    out = RESULTS / "latest.json"
+    with tempfile.TemporaryDirectory(prefix="cot-proxy-bench-") as tmp:
+        try:
+            if args.routing:
+                rep = run_routing(plan, extra_env, procs, Path(tmp))
+            else:
+                rep = run_all(args, plan, n_streams, extra_env, procs)
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+    if args.routing:
+        report_routing(rep, time.monotonic() - started)
+        out = RESULTS / "latest-routing.json"
+    else:
+        report(rep, time.monotonic() - started)
+        out = RESULTS / "latest.json"
     out.write_text(json.dumps(rep, indent=2) + "\n")
     print(f"wrote {out.relative_to(REPO)}")
     return 0
