@@ -87,3 +87,24 @@ loglevel = "debug" if _env("DEBUG", "false").lower() == "true" else "info"
 preload_app = False
 # Gunicorn's control socket is unused; off, so several instances never clash over it.
 control_socket_disable = True
+
+
+def _observability() -> types.ModuleType:
+    """app/observability/gunicorn_hooks.py (standard library only at import), loaded under a
+    private package name like the config check, and kept: the master calls its hooks."""
+    name = "_cot_proxy_observability"
+    package = types.ModuleType(name)
+    package.__path__ = [str(Path(__file__).with_name("app") / "observability")]
+    sys.modules[name] = package
+    return importlib.import_module(name + ".gunicorn_hooks")
+
+
+# Metrics summed over workers (PROMETHEUS_MULTIPROC_DIR), the OBSERVABILITY_PORT
+# listener in the master, and Gunicorn's own lines in LOG_FORMAT.
+_obs = _observability()
+logger_class = _obs.logger_class()
+on_starting = _obs.on_starting
+when_ready = _obs.when_ready
+post_fork = _obs.post_fork
+child_exit = _obs.child_exit
+on_exit = _obs.on_exit

@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from flask import Flask
 
-from . import api, discovery, errors, probes, request_id
+from . import access, api, discovery, errors, observability, probes, request_id
 from .config import Config
 from .probes import HealthCheck
 from .relay import Relay
@@ -22,19 +21,6 @@ from .upstream import Upstream
 log = logging.getLogger("cot_proxy")
 
 
-def configure_logging(config: Config) -> None:
-    root = logging.getLogger("cot_proxy")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
-        )
-        handler.addFilter(request_id.RequestIdFilter())
-        root.addHandler(handler)
-        root.propagate = False
-    root.setLevel(logging.DEBUG if config.debug else logging.INFO)
-
-
 def create_app(config: Config | None = None) -> Flask:
     """Build the app. `config=None` reads the environment (and `.env`)."""
     config = config or Config.from_env()
@@ -42,7 +28,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["COT"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False
-    configure_logging(config)
+    observability.init_app(app, config)  # logging first, then GET /metrics and its request hooks
 
     router = Router(config)
     router.start()
@@ -54,6 +40,7 @@ def create_app(config: Config | None = None) -> Flask:
     errors.register(app)
     probes.init_app(app, HealthCheck(config, router, upstream))
     discovery.init_app(app)
+    access.init_app(app)  # `keys` CLI and GET /v1/usage (before the /v1/ catch-all)
     api.init_app(app)
 
     if config.livepeer is not None:

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from .access.settings import AccessConfigError, AccessSettings
 from .livepeer.settings import LivepeerConfigError, LivepeerSettings, listen_address
 from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, parse_llm_params
+from .observability.settings import ObservabilityConfigError, ObservabilitySettings
 from .routing.settings import RoutingConfigError, RoutingSettings, single_provider
 from .routing.settings import load as load_routing
 
@@ -143,6 +145,10 @@ class Config:
     """Per-model overrides and think settings from `LLM_PARAMS` (on top of the config file's `models`)."""
     routing: RoutingSettings | None = None
     """Providers and aliases (config file + shorthands); None = just `target_base_url`."""
+    access: AccessSettings = field(default_factory=AccessSettings)
+    """Authentication, limits, usage accounting and strict checks (app/access/settings.py)."""
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    """Logs, metrics, completion sinks and tracing (app/observability/settings.py)."""
     extra: dict[str, str] = field(default_factory=dict, repr=False)
     """The raw environment, for subsystems that read their own variables once at init."""
 
@@ -189,6 +195,14 @@ class Config:
                                    connect_timeout=connect_timeout, read_timeout=read_timeout)
         except RoutingConfigError as exc:
             raise ConfigError(str(exc)) from None
+        try:
+            access = AccessSettings.from_env(env)
+        except AccessConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            observability = ObservabilitySettings.from_env(env)
+        except ObservabilityConfigError as exc:
+            raise ConfigError(str(exc)) from None
         llm_params = with_model_specs(_llm_params(_get(env, "LLM_PARAMS"), think_tag, think_end_tag), routing)
         return cls(
             target_base_url=base,
@@ -206,5 +220,7 @@ class Config:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_request_bytes=int(_number(env, ("MAX_REQUEST_BYTES",), 32 * 1024 * 1024, integer=True)),
+            access=access,
+            observability=observability,
             extra=dict(env),
         )

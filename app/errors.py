@@ -3,9 +3,15 @@
     ProxyError                      any failure we answer for ourselves
     ├── ClientError                 the request is at fault (4xx)
     │   ├── InvalidRequest          400 invalid_request_error; `param` names the field
+    │   ├── AuthenticationError     401 invalid_api_key: missing, wrong, revoked or expired credentials
+    │   ├── PermissionDenied        403 model_not_allowed: the key may not use this model
     │   ├── NotFound                404
     │   ├── MethodNotAllowed        405
-    │   └── PayloadTooLarge         413
+    │   ├── PayloadTooLarge         413
+    │   └── RateLimited             429 rate_limit_exceeded, with Retry-After
+    │       └── QuotaExceeded       429 insufficient_quota: the key's token budget is spent (no retry)
+    ├── Overloaded                  503 overloaded: no slot within QUEUE_TIMEOUT_SECONDS, or the
+    │                                   limiter's Redis is down with RATE_LIMIT_FAIL_CLOSED
     └── UpstreamError               the upstream is at fault (5xx)
         ├── UpstreamUnavailable     502 cannot connect, TLS failure
         ├── UpstreamBadResponse     502 garbage where JSON was promised, broken framing
@@ -68,6 +74,34 @@ class MethodNotAllowed(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    code = "model_not_allowed"
+
+
+class RateLimited(ClientError):
+    status = 429
+    type = "requests"
+    """As OpenAI: `requests` or `tokens`, the limit that was hit."""
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(RateLimited):
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class Overloaded(ProxyError):
+    status = 503
+    type = "server_error"
+    code = "overloaded"
 
 
 class UpstreamError(ProxyError):

@@ -6,10 +6,13 @@ the list below. The relay never needs to change.
 
 from __future__ import annotations
 
+from .. import observability
+from ..access.guard import access_transforms
 from ..config import Config
 from ..livepeer.transforms import LivepeerGateway
 from .base import Transform
 from .headers import HeaderScrub
+from .model_name import ModelName
 from .overrides import Overrides
 from .pipeline import BoundPipeline, Pipeline
 from .sse_filter import SSEFilter
@@ -22,11 +25,16 @@ __all__ = ["Transform", "Pipeline", "BoundPipeline", "build_pipeline"]
 def build_pipeline(config: Config) -> Pipeline:
     """The ordered list of steps; order matters (request hooks run first to last)."""
     return Pipeline([
+        # Access first: authenticate, check and limit before anything else runs (app/access/guard.py).
+        *access_transforms(config),
         HeaderScrub(),
         LivepeerGateway(),
         SSEFilter(),
         UsageCapture(),
-        # Think before Overrides: the text it flushes at the end still gets the client's model name.
+        # Think before ModelName: the text it flushes at the end still gets the client's model name.
         Think(config),
         Overrides(config.llm_params),
+        ModelName(),  # after every step that may rename the request
+        # Observability last: it only reads, and must see answers as the client gets them.
+        *observability.pipeline_steps(config),
     ])

@@ -1,0 +1,330 @@
+"""`AccessGuard`: the transform that authenticates, checks and limits requests, and accounts for them.
+
+`admit`, before routing, in this order (each step may refuse):
+  1. authenticate (401)       bearer token / virtual key / JWT; `/v1/metadata` stays open
+  2. model allowed (403)      the key's model globs against the model the client named
+  3. strict input checks (400) app/validation.py `strict`, unless STRICT_VALIDATION=false
+  4. per-key limits (429)     budget, concurrency, requests/min, tokens/min (prompt estimate)
+  5. global slot (503)        MAX_CONCURRENT_REQUESTS, waiting up to QUEUE_TIMEOUT_SECONDS
+`request`: the client's Authorization never goes upstream when auth is on.
+`response_headers`: `x-ratelimit-*` as OpenAI sends them.
+`done`: free the slots, replace the token estimate by the real usage, queue the usage record.
+
+`OutputCount` sits next to it and counts generated characters, so a response
+without `usage` can still be estimated (the record then says `estimated`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .. import validation
+from ..config import Config
+from ..errors import Overloaded, PermissionDenied, ProxyError, QuotaExceeded, RateLimited
+from ..exchange import Exchange
+from ..sse import Event
+from ..transforms.base import Transform
+from .auth import Authenticator, Identity
+from .limits import (
+    Decision,
+    Limiter,
+    LimiterUnavailable,
+    MemoryLimiter,
+    RedisLimiter,
+    Ticket,
+    reset_duration,
+    retry_after_seconds,
+)
+from .queue import SlotQueue
+from .settings import AccessSettings
+from .store import KeyStore, now_utc
+from .usage import UsageWriter, estimate_prompt_tokens, estimate_text_tokens, output_chars
+
+log = logging.getLogger("cot_proxy.guard")
+
+OPEN_PATHS = frozenset({"metadata"})
+"""Paths under /v1/ that need no credentials."""
+TOKEN_FAMILIES = frozenset({"chat", "completions", "embeddings"})
+GENERATION = frozenset({"chat", "completions"})
+FAIL_OPEN_LOG_EVERY = 10.0
+
+try:  # metrics are optional: the observability module may or may not export the default registry
+    from prometheus_client import Counter
+
+    FAIL_OPEN = Counter("cot_proxy_rate_limit_fail_open", "Requests let through because the limiter was unreachable")
+    REFUSED = Counter("cot_proxy_access_refused", "Requests refused by the access guard", ["reason"])
+except Exception:  # pragma: no cover - prometheus_client missing or names already registered
+    FAIL_OPEN = REFUSED = None
+
+
+def _count_refusal(reason: str) -> None:
+    if REFUSED is not None:
+        REFUSED.labels(reason=reason).inc()
+
+
+class AccessGuard(Transform):
+    name = "access"
+
+    def __init__(self, config: Config) -> None:
+        self.settings: AccessSettings = config.access
+        s = self.settings
+        self._store: KeyStore | None = None
+        self._store_lock = threading.Lock()
+        self.auth = Authenticator(s, self.store)
+        lease_seconds = max(config.read_timeout + 60.0, 300.0)
+        self.limiter: Limiter = (
+            RedisLimiter(s.redis_url, s.redis_prefix, lease_seconds) if s.redis_url else MemoryLimiter()
+        )
+        self.queue = (
+            SlotQueue(s.max_concurrent_requests, s.max_queued_requests, s.queue_timeout)
+            if s.max_concurrent_requests else None
+        )
+        self.writer = (
+            UsageWriter(lambda records: self.store().add_usage(records), s.usage_flush_seconds)
+            if s.usage_accounting else None
+        )
+        self.fail_open_total = 0
+        self._fail_open_logged = -1e9
+
+    def store(self) -> KeyStore:
+        """The key store, opened on first use (a proxy with no keys and no accounting never opens it)."""
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = KeyStore(self.settings.database_url)
+        return self._store
+
+    # -- admit ----------------------------------------------------------------
+
+    def admit(self, ex: Exchange) -> None:
+        if ex.path.rstrip("/") in OPEN_PATHS:
+            return
+        identity = self.auth.authenticate(ex.headers)
+        # Known from here on, also to observers (access log) if a later check refuses; `admitted` is set last.
+        state: dict[str, Any] = {"identity": identity, "estimate": 0, "admitted": False}
+        ex.state[self.name] = state
+        self._check_model(identity, ex.client_model, ex.family)
+        if self.settings.strict_validation:
+            validation.strict(ex.family, ex.body, max_tokens_cap=self.settings.max_tokens_cap,
+                              max_n=self.settings.max_n)
+        if ex.family in TOKEN_FAMILIES:
+            state["estimate"] = estimate_prompt_tokens(ex.family, ex.body)
+        if identity.limits.any:
+            ticket = Ticket(identity.subject, identity.limits, state["estimate"],
+                            spent_at_lookup=identity.spent_tokens)
+            decision = self._limit(ticket)
+            if decision is not None:
+                if not decision.allowed:
+                    _count_refusal(decision.reason or "limit")
+                    raise self._refusal(decision, identity, ticket)
+                state["ticket"], state["decision"] = ticket, decision
+        if self.queue is not None:
+            try:
+                self.queue.acquire()
+            except Overloaded:
+                _count_refusal("overloaded")
+                if "ticket" in state:
+                    self._release(state.pop("ticket"), 0)
+                raise
+            state["slot"] = True
+        state["admitted"] = True
+        if ex.family in GENERATION and (self.writer is not None or "ticket" in state):
+            ex.state[OutputCount.name] = 0
+
+    def _check_model(self, identity: Identity, model: str | None, family: str) -> None:
+        if identity.models is None or family == "models":
+            return
+        allowed = ", ".join(identity.models) or "none"
+        if model is None:
+            if family in TOKEN_FAMILIES:
+                raise PermissionDenied(f"This key may use only these models: {allowed}; name one in 'model'.",
+                                       param="model")
+            return
+        if not any(fnmatch.fnmatchcase(model, pattern) for pattern in identity.models):
+            _count_refusal("model")
+            raise PermissionDenied(f"This key may not use model {model!r} (allowed: {allowed}).", param="model")
+
+    def _limit(self, ticket: Ticket) -> Decision | None:
+        """The limiter's decision; None if it is unreachable and we fail open."""
+        try:
+            return self.limiter.admit(ticket)
+        except LimiterUnavailable as exc:
+            if self.settings.fail_closed:
+                _count_refusal("limiter_unavailable")
+                log.error("rate limiter unreachable, refusing (RATE_LIMIT_FAIL_CLOSED): %s", exc)
+                raise Overloaded("The rate limiter is unavailable; retry shortly.", code="rate_limiter_unavailable",
+                                 headers={"Retry-After": "1"}) from None
+            self.fail_open_total += 1
+            if FAIL_OPEN is not None:
+                FAIL_OPEN.inc()
+            now = time.monotonic()
+            if now - self._fail_open_logged >= FAIL_OPEN_LOG_EVERY:
+                self._fail_open_logged = now
+                log.warning("rate limiter unreachable, serving without limits (fail-open; %d so far): %s",
+                            self.fail_open_total, exc)
+            return None
+
+    def _refusal(self, d: Decision, identity: Identity, ticket: Ticket) -> ProxyError:
+        lim = ticket.limits
+        if d.reason == "budget":
+            return QuotaExceeded(f"The token budget of {lim.budget} for key {identity.name!r} is spent.",
+                                 headers={"x-should-retry": "false"})
+        if d.reason == "too_large":
+            err = RateLimited(f"Request too large: about {ticket.estimate} prompt tokens, but key "
+                              f"{identity.name!r} allows {lim.tpm} tokens per minute.",
+                              headers={"x-should-retry": "false"})
+            err.type = "tokens"
+            return err
+        headers = {"Retry-After": retry_after_seconds(d.retry_after_ms), "retry-after-ms": str(d.retry_after_ms)}
+        headers.update(self._limit_headers(lim, d))
+        if d.reason == "concurrency":
+            return RateLimited(f"Too many concurrent requests for key {identity.name!r} (limit {lim.concurrency}).",
+                               headers=headers)
+        wait = f"{d.retry_after_ms / 1000:.1f}"
+        if d.reason == "tokens":
+            err = RateLimited(f"Rate limit reached for key {identity.name!r}: {lim.tpm} tokens per minute. "
+                              f"Try again in {wait}s.", headers=headers)
+            err.type = "tokens"
+            return err
+        return RateLimited(f"Rate limit reached for key {identity.name!r}: {lim.rpm} requests per minute. "
+                           f"Try again in {wait}s.", headers=headers)
+
+    @staticmethod
+    def _limit_headers(lim: Any, d: Decision) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if lim.rpm:
+            headers["x-ratelimit-limit-requests"] = str(lim.rpm)
+            if d.remaining_requests is not None:
+                headers["x-ratelimit-remaining-requests"] = str(max(d.remaining_requests, 0))
+                headers["x-ratelimit-reset-requests"] = reset_duration(d.reset_requests_ms)
+        if lim.tpm:
+            headers["x-ratelimit-limit-tokens"] = str(lim.tpm)
+            if d.remaining_tokens is not None:
+                headers["x-ratelimit-remaining-tokens"] = str(max(d.remaining_tokens, 0))
+                headers["x-ratelimit-reset-tokens"] = reset_duration(d.reset_tokens_ms)
+        return headers
+
+    # -- on the way out and back -------------------------------------------------
+
+    def request(self, ex: Exchange) -> None:
+        if self.settings.auth_enabled:
+            ex.headers.pop("authorization", None)  # the relay adds the provider's key after this
+
+    def response_headers(self, ex: Exchange, status: int, headers: dict[str, str]) -> None:
+        state = ex.state.get(self.name)
+        if state and state.get("decision") is not None:
+            headers.update(self._limit_headers(state["ticket"].limits, state["decision"]))
+
+    def wants_json(self, ex: Exchange) -> bool:
+        state = ex.state.get(self.name)
+        return ex.family == "models" and bool(state) and state["identity"].models is not None
+
+    def response_json(self, ex: Exchange, data: Any) -> Any:
+        """`GET /v1/models` lists only the models the key may use."""
+        state = ex.state.get(self.name)
+        models = state["identity"].models if state else None
+        if models is None or ex.family != "models":
+            return data
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data["data"] = [
+                m for m in data["data"]
+                if not isinstance(m, dict) or not isinstance(m.get("id"), str)
+                or any(fnmatch.fnmatchcase(m["id"], p) for p in models)
+            ]
+        return data
+
+    # -- done -----------------------------------------------------------------
+
+    def done(self, ex: Exchange) -> None:
+        state = ex.state.get(self.name)
+        if not state:
+            return
+        try:
+            prompt, completion, total, estimated = tokens_used(ex, state.get("estimate", 0))
+            ticket = state.pop("ticket", None)
+            if ticket is not None:
+                self._release(ticket, total)
+        finally:
+            if state.pop("slot", False):  # last: a free slot means this request is fully released
+                self.queue.release()
+        if self.writer is not None and state.get("admitted"):
+            self.writer.record(self._usage_record(ex, state["identity"], prompt, completion, total, estimated))
+
+    def _release(self, ticket: Ticket, tokens: int | None) -> None:
+        try:
+            self.limiter.release(ticket, tokens)
+        except LimiterUnavailable as exc:
+            log.warning("rate limiter unreachable at release (its lease expires by itself): %s", exc)
+
+    @staticmethod
+    def _usage_record(ex: Exchange, identity: Identity, prompt: int, completion: int, total: int,
+                      estimated: bool) -> dict[str, Any]:
+        model = ex.client_model
+        if model is None and isinstance(ex.body, dict) and isinstance(ex.body.get("model"), str):
+            model = ex.body["model"]
+        attempts = ex.outcome.attempts
+        provider = attempts[-1] if attempts else ("echo" if ex.outcome.status < 400 else None)
+        return {
+            "created_at": now_utc(), "request_id": ex.request_id[:128], "key_id": identity.key_id,
+            "key_name": identity.name[:200], "model": (model or "")[:200] or None, "provider": provider,
+            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total,
+            "estimated": estimated, "streamed": ex.outcome.streamed, "status": ex.outcome.status,
+            "latency_ms": int(round(ex.outcome.duration * 1000)),
+        }
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self._store is not None:
+            self._store.close()
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def tokens_used(ex: Exchange, prompt_estimate: int) -> tuple[int, int, int, bool]:
+    """(prompt, completion, total, estimated): the upstream's usage, else an estimate.
+
+    A request that failed before any output (an error status, nothing streamed) used no tokens."""
+    usage = ex.usage if isinstance(ex.usage, dict) else None
+    if usage is not None:
+        prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens"))) or 0
+        completion = _int(usage.get("completion_tokens", usage.get("output_tokens"))) or 0
+        total = _int(usage.get("total_tokens"))
+        return prompt, completion, total if total is not None else prompt + completion, False
+    chars = ex.state.get(OutputCount.name, 0)
+    if ex.family not in TOKEN_FAMILIES or (not chars and (ex.outcome.status >= 400 or ex.outcome.error)):
+        return 0, 0, 0, False
+    completion = estimate_text_tokens(chars)
+    return prompt_estimate, completion, prompt_estimate + completion, True
+
+
+class OutputCount(Transform):
+    """Counts generated characters (streamed or not), for the estimate when no `usage` comes back."""
+
+    name = "access_output"
+
+    def applies(self, ex: Exchange) -> bool:
+        return ex.family in GENERATION and self.name in ex.state
+
+    def response_json(self, ex: Exchange, data: Any) -> Any:
+        if self.name in ex.state:
+            ex.state[self.name] = output_chars(data)
+        return data
+
+    def stream_event(self, ex: Exchange, event: Event) -> Iterable[Event]:
+        obj = event.json()
+        if isinstance(obj, dict) and self.name in ex.state:
+            ex.state[self.name] += output_chars(obj)
+        return (event,)
+
+
+def access_transforms(config: Config) -> list[Transform]:
+    """The transforms to put first in the pipeline."""
+    return [AccessGuard(config), OutputCount()]

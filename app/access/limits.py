@@ -1,0 +1,329 @@
+"""Per-key limits: requests and tokens per minute, concurrent requests, a token budget.
+
+Algorithm: an exact sliding window of 60 s (a log of timestamps), so "N per
+minute" means at most N in any 60 s, and the refusal's Retry-After is the
+moment the oldest counted request leaves the window. Tokens are reserved at
+admission with an estimate (the prompt) and the reservation is replaced by
+the real usage when the response ends (`release`).
+
+State lives in one of:
+- `MemoryLimiter`: this worker's memory (limits then hold per worker);
+- `RedisLimiter`: Redis, with each check-and-record done by one Lua script
+  (atomic, so exact across all workers and replicas; Redis's clock is the one
+  clock). Keys of one subject share a hash tag, so Redis Cluster works too.
+
+A Redis failure raises `LimiterUnavailable`; the guard then serves (fail-open)
+or refuses (fail-closed).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+WINDOW_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one caller may do; None or 0 = no limit."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    budget: int | None = None
+    """Total tokens, over the key's life."""
+
+    @property
+    def any(self) -> bool:
+        return bool(self.rpm or self.tpm or self.concurrency or self.budget)
+
+
+@dataclass
+class Decision:
+    allowed: bool
+    reason: str | None = None
+    """Why refused: `requests`, `tokens`, `too_large`, `concurrency` or `budget`."""
+    retry_after_ms: int = 0
+    remaining_requests: int | None = None
+    reset_requests_ms: int = 0
+    remaining_tokens: int | None = None
+    reset_tokens_ms: int = 0
+
+
+@dataclass
+class Ticket:
+    """An admitted request's hold on its subject's counters, handed back to `release`."""
+
+    subject: str
+    limits: Limits
+    estimate: int
+    lease: str = field(default_factory=lambda: uuid.uuid4().hex)
+    spent_at_lookup: int = 0
+
+
+class LimiterUnavailable(Exception):
+    """The shared limit store (Redis) cannot be reached."""
+
+
+class Limiter:
+    def admit(self, ticket: Ticket) -> Decision:
+        raise NotImplementedError
+
+    def release(self, ticket: Ticket, actual_tokens: int | None) -> None:
+        """Free the concurrency slot; replace the token estimate by `actual_tokens` (None = keep it)."""
+        raise NotImplementedError
+
+
+def _tokens_to_free(entries: list[tuple[float, int]], used: int, need: int, limit: int) -> float | None:
+    """Timestamp of the entry whose expiry first lets `need` more tokens in, oldest first."""
+    freed = 0
+    for ts, tokens in entries:
+        freed += tokens
+        if used - freed + need <= limit:
+            return ts
+    return None
+
+
+class _Subject:
+    __slots__ = ("requests", "tokens", "leases", "spent")
+
+    def __init__(self) -> None:
+        self.requests: deque[float] = deque()
+        self.tokens: dict[str, tuple[float, int]] = {}
+        """lease -> (admitted at, tokens), in admission order."""
+        self.leases: set[str] = set()
+        self.spent: int | None = None
+
+
+class MemoryLimiter(Limiter):
+    """Counters in this process: exact within one worker, not across workers."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._subjects: dict[str, _Subject] = {}
+
+    def _subject(self, name: str) -> _Subject:
+        s = self._subjects.get(name)
+        if s is None:
+            s = self._subjects[name] = _Subject()
+        return s
+
+    def admit(self, ticket: Ticket) -> Decision:
+        limits = ticket.limits
+        with self._lock:
+            now = self._clock() * 1000.0
+            s = self._subject(ticket.subject)
+            horizon = now - WINDOW_MS
+            while s.requests and s.requests[0] <= horizon:
+                s.requests.popleft()
+            for lease in [k for k, (ts, _) in s.tokens.items() if ts <= horizon]:
+                del s.tokens[lease]
+            if limits.budget:
+                # Other workers' spending arrives through the key store (flushed usage): never go below it.
+                s.spent = max(s.spent or 0, ticket.spent_at_lookup)
+                if s.spent >= limits.budget:
+                    return Decision(False, "budget")
+            if limits.concurrency and len(s.leases) >= limits.concurrency:
+                return Decision(False, "concurrency", retry_after_ms=1000)
+            if limits.rpm and len(s.requests) >= limits.rpm:
+                retry = int(s.requests[0] + WINDOW_MS - now)
+                return Decision(False, "requests", retry, remaining_requests=0, reset_requests_ms=retry)
+            used = sum(t for _, t in s.tokens.values())
+            if limits.tpm:
+                if ticket.estimate > limits.tpm:
+                    return Decision(False, "too_large")
+                if used + ticket.estimate > limits.tpm:
+                    ts = _tokens_to_free(list(s.tokens.values()), used, ticket.estimate, limits.tpm)
+                    retry = int((ts if ts is not None else now) + WINDOW_MS - now)
+                    return Decision(False, "tokens", retry, remaining_tokens=max(limits.tpm - used, 0),
+                                    reset_tokens_ms=retry)
+            decision = Decision(True)
+            if limits.rpm:
+                s.requests.append(now)
+                decision.remaining_requests = limits.rpm - len(s.requests)
+                decision.reset_requests_ms = int(s.requests[0] + WINDOW_MS - now)
+            if limits.tpm:
+                s.tokens[ticket.lease] = (now, ticket.estimate)
+                decision.remaining_tokens = limits.tpm - used - ticket.estimate
+                first = next(iter(s.tokens.values()))[0]
+                decision.reset_tokens_ms = int(first + WINDOW_MS - now)
+            if limits.concurrency:
+                s.leases.add(ticket.lease)
+            return decision
+
+    def release(self, ticket: Ticket, actual_tokens: int | None) -> None:
+        with self._lock:
+            s = self._subjects.get(ticket.subject)
+            if s is None:
+                return
+            s.leases.discard(ticket.lease)
+            held = s.tokens.get(ticket.lease)
+            if actual_tokens is None:
+                return
+            if held is not None:
+                s.tokens[ticket.lease] = (held[0], actual_tokens)
+            if ticket.limits.budget:
+                s.spent = (s.spent or 0) + actual_tokens
+
+
+# KEYS: requests zset, tokens zset, concurrency zset, spent counter
+# ARGV: rpm, tpm, concurrency, budget, estimate, lease, window ms, lease ms, spent from the key store
+ADMIT = """
+local rpm, tpm, conc, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local est, lease, window, lease_ms = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function amount(member) return tonumber(string.match(member, '|(%-?%d+)$')) end
+if budget > 0 then
+  local spent = tonumber(redis.call('GET', KEYS[4]) or '-1')
+  local floor = tonumber(ARGV[9])
+  if spent < floor then
+    spent = floor
+    redis.call('SET', KEYS[4], spent, 'EX', 86400)
+  end
+  if spent >= budget then return {'budget', 0, -1, 0, -1, 0} end
+end
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - lease_ms)
+  if redis.call('ZCARD', KEYS[3]) >= conc then return {'concurrency', 1000, -1, 0, -1, 0} end
+end
+local n, oldest = 0, now
+if rpm > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  n = redis.call('ZCARD', KEYS[1])
+  if n > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) end
+  if n >= rpm then
+    local retry = oldest + window - now
+    return {'requests', retry, 0, retry, -1, 0}
+  end
+end
+local used, first = 0, now
+if tpm > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+  local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do used = used + amount(entries[i]) end
+  if #entries > 0 then first = tonumber(entries[2]) end
+  if est > tpm then return {'too_large', 0, -1, 0, -1, 0} end
+  if used + est > tpm then
+    local freed, retry = 0, window
+    for i = 1, #entries, 2 do
+      freed = freed + amount(entries[i])
+      if used - freed + est <= tpm then
+        retry = tonumber(entries[i + 1]) + window - now
+        break
+      end
+    end
+    return {'tokens', retry, -1, 0, math.max(tpm - used, 0), retry}
+  end
+end
+local rem_req, rem_tok = -1, -1
+if rpm > 0 then
+  redis.call('ZADD', KEYS[1], now, lease)
+  redis.call('PEXPIRE', KEYS[1], window)
+  rem_req = rpm - n - 1
+end
+if tpm > 0 then
+  redis.call('ZADD', KEYS[2], now, lease .. '|' .. est)
+  redis.call('PEXPIRE', KEYS[2], window)
+  rem_tok = tpm - used - est
+end
+if conc > 0 then
+  redis.call('ZADD', KEYS[3], now, lease)
+  redis.call('PEXPIRE', KEYS[3], lease_ms)
+end
+return {'ok', 0, rem_req, oldest + window - now, rem_tok, first + window - now}
+"""
+
+# KEYS: tokens zset, concurrency zset, spent counter
+# ARGV: lease, estimate, actual tokens (-1 = unknown), count towards the budget (0/1)
+RELEASE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+local actual = tonumber(ARGV[3])
+if actual < 0 then return 0 end
+local old = ARGV[1] .. '|' .. ARGV[2]
+local score = redis.call('ZSCORE', KEYS[1], old)
+if score then
+  redis.call('ZREM', KEYS[1], old)
+  redis.call('ZADD', KEYS[1], score, ARGV[1] .. '|' .. actual)
+end
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('INCRBY', KEYS[3], actual)
+  redis.call('EXPIRE', KEYS[3], 86400)
+end
+return 1
+"""
+
+
+def _num(value: Any) -> int:
+    return int(value.decode() if isinstance(value, bytes) else value)
+
+
+class RedisLimiter(Limiter):
+    """Counters in Redis, shared by every worker and replica; exact (atomic scripts)."""
+
+    def __init__(self, url: str, prefix: str = "cot-proxy:", lease_seconds: float = 900.0,
+                 socket_timeout: float = 0.5) -> None:
+        import redis
+
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            health_check_interval=30, retry_on_timeout=False,
+        )
+        self.prefix = prefix
+        self.lease_ms = int(lease_seconds * 1000)
+        self._admit = self.client.register_script(ADMIT)
+        self._release = self.client.register_script(RELEASE)
+
+    def _keys(self, subject: str) -> tuple[str, str, str, str]:
+        base = f"{self.prefix}limits:{{{subject}}}:"
+        return base + "requests", base + "tokens", base + "concurrent", base + "spent"
+
+    def admit(self, ticket: Ticket) -> Decision:
+        lim = ticket.limits
+        args = [lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0, lim.budget or 0, ticket.estimate, ticket.lease,
+                WINDOW_MS, self.lease_ms, ticket.spent_at_lookup]
+        try:
+            out = self._admit(keys=list(self._keys(ticket.subject)), args=args)
+        except self._errors as exc:
+            raise LimiterUnavailable(str(exc)) from exc
+        reason = out[0].decode() if isinstance(out[0], bytes) else out[0]
+        retry, rem_req, reset_req, rem_tok, reset_tok = (_num(v) for v in out[1:6])
+        return Decision(
+            allowed=reason == "ok", reason=None if reason == "ok" else reason, retry_after_ms=retry,
+            remaining_requests=None if rem_req < 0 else rem_req, reset_requests_ms=reset_req,
+            remaining_tokens=None if rem_tok < 0 else rem_tok, reset_tokens_ms=reset_tok,
+        )
+
+    def release(self, ticket: Ticket, actual_tokens: int | None) -> None:
+        req, tok, conc, spent = self._keys(ticket.subject)
+        args = [ticket.lease, ticket.estimate, -1 if actual_tokens is None else actual_tokens,
+                1 if ticket.limits.budget else 0]
+        try:
+            self._release(keys=[tok, conc, spent], args=args)
+        except self._errors as exc:
+            raise LimiterUnavailable(str(exc)) from exc
+
+
+def retry_after_seconds(ms: int) -> str:
+    """Retry-After in whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(ms / 1000)))
+
+
+def reset_duration(ms: int) -> str:
+    """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`."""
+    ms = max(int(ms), 0)
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{round(rest, 3):g}s"

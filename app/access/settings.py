@@ -1,0 +1,218 @@
+"""Access settings from the environment: authentication, limits, usage accounting, strict checks.
+
+Standard library only: `app/config.py` imports this module, and the Gunicorn
+master loads that to validate the environment before forking. A bad value
+raises `AccessConfigError` whose message names the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_DATABASE_URL = "sqlite:///data/cot-proxy.db"
+JWT_ALGORITHMS = frozenset({
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+    "EdDSA",
+})
+KEY_CACHE_SECONDS = 0.5
+"""How long a worker trusts a key it looked up: revocation and expiry show within this (well under 1 s)."""
+
+
+class AccessConfigError(ValueError):
+    """An access variable is malformed; the message names it."""
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise AccessConfigError(f"{name}={raw!r}: not a boolean (use true or false)")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise AccessConfigError(f"{name}={raw!r}: not an integer") from None
+    if value < minimum:
+        raise AccessConfigError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise AccessConfigError(f"{name}={raw!r}: not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise AccessConfigError(f"{name}={raw!r}: must not be negative")
+    return value
+
+
+def _tokens(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _get(env, name)
+    if raw is None:
+        return ()
+    tokens = tuple(t.strip() for t in raw.split(",") if t.strip())
+    for t in tokens:
+        if len(t) < 8 or any(c.isspace() for c in t):
+            raise AccessConfigError(f"{name}: every token needs at least 8 characters and no spaces")
+    return tokens
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    raw = _get(env, "DATABASE_URL") or DEFAULT_DATABASE_URL
+    scheme = raw.split("://", 1)[0] if "://" in raw else ""
+    dialect = scheme.split("+", 1)[0]
+    if dialect not in ("sqlite", "postgresql", "postgres"):
+        raise AccessConfigError(f"DATABASE_URL={_redacted(raw)!r}: use sqlite:///path or postgresql://…")
+    return raw
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    raw = _get(env, "REDIS_URL")
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+        raise AccessConfigError(f"REDIS_URL={_redacted(raw)!r}: use redis://host:port/db, rediss://… or unix://…")
+    return raw
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(":" + parts.password + "@", ":***@", 1)
+
+
+def _public_key(env: Mapping[str, str]) -> str | None:
+    raw = _get(env, "JWT_PUBLIC_KEY")
+    if raw is None:
+        return None
+    if "-----BEGIN" in raw:
+        return raw.replace("\\n", "\n")  # a PEM squeezed onto one line in an env file
+    try:
+        text = Path(raw).read_text()
+    except OSError as exc:
+        raise AccessConfigError(
+            f"JWT_PUBLIC_KEY={raw!r}: neither a PEM key nor a readable file ({exc.strerror})"
+        ) from None
+    if "-----BEGIN" not in text:
+        raise AccessConfigError(f"JWT_PUBLIC_KEY={raw!r}: the file holds no PEM key")
+    return text
+
+
+def _algorithms(env: Mapping[str, str], secret: str | None, public_key: str | None) -> tuple[str, ...]:
+    raw = _get(env, "JWT_ALGORITHMS")
+    if raw is None:
+        algorithms: list[str] = []
+        if secret:
+            algorithms.append("HS256")
+        if public_key:
+            algorithms += ["RS256", "ES256"]
+        return tuple(algorithms)
+    names = tuple(a.strip() for a in raw.split(",") if a.strip())
+    for a in names:
+        if a not in JWT_ALGORITHMS:
+            raise AccessConfigError(f"JWT_ALGORITHMS: {a!r} is not one of {', '.join(sorted(JWT_ALGORITHMS))}")
+        if a.startswith("HS") and not secret:
+            raise AccessConfigError(f"JWT_ALGORITHMS: {a} needs JWT_SECRET")
+        if not a.startswith("HS") and not public_key:
+            raise AccessConfigError(f"JWT_ALGORITHMS: {a} needs JWT_PUBLIC_KEY")
+    return names
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Who may call the proxy, how much, and what is recorded. Build with `from_env()`."""
+
+    bearer_tokens: tuple[str, ...] = field(default=(), repr=False)
+    """`GATEWAY_BEARER_TOKEN`: fixed tokens accepted as `Authorization: Bearer …`."""
+    virtual_keys: bool = False
+    """`VIRTUAL_KEYS`: accept `sk-cp-…` keys from the key store."""
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: str | None = field(default=None, repr=False)
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    """`ADMIN_TOKEN`: guards `GET /v1/usage`; unset = that endpoint is off."""
+    redis_url: str | None = field(default=None, repr=False)
+    """`REDIS_URL`: shared limit counters; None = in memory, per worker."""
+    redis_prefix: str = "cot-proxy:"
+    fail_closed: bool = False
+    """`RATE_LIMIT_FAIL_CLOSED`: refuse (503) rather than serve unlimited while Redis is unreachable."""
+    max_concurrent_requests: int = 0
+    """Per worker; 0 = no cap."""
+    max_queued_requests: int = 0
+    """Requests allowed to wait for a slot, per worker (default: as many as MAX_CONCURRENT_REQUESTS)."""
+    queue_timeout: float = 10.0
+    usage_accounting: bool = False
+    """Write a usage record per request to the key store (default: on with VIRTUAL_KEYS)."""
+    usage_flush_seconds: float = 1.0
+    strict_validation: bool = True
+    max_tokens_cap: int = 1_048_576
+    max_n: int = 128
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwt_algorithms)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.bearer_tokens) or self.virtual_keys or self.jwt_enabled
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AccessSettings:
+        secret = _get(env, "JWT_SECRET")
+        if secret is not None and len(secret.encode()) < 32:
+            raise AccessConfigError("JWT_SECRET: use at least 32 bytes (RFC 7518 for HS256)")
+        public_key = _public_key(env)
+        virtual_keys = _bool(env, "VIRTUAL_KEYS", False)
+        max_concurrent = _int(env, "MAX_CONCURRENT_REQUESTS", 0)
+        admin = _get(env, "ADMIN_TOKEN")
+        if admin is not None and len(admin) < 8:
+            raise AccessConfigError("ADMIN_TOKEN: use at least 8 characters")
+        return cls(
+            bearer_tokens=_tokens(env, "GATEWAY_BEARER_TOKEN"),
+            virtual_keys=virtual_keys,
+            database_url=_database_url(env),
+            jwt_secret=secret,
+            jwt_public_key=public_key,
+            jwt_algorithms=_algorithms(env, secret, public_key),
+            jwt_audience=_get(env, "JWT_AUDIENCE"),
+            jwt_issuer=_get(env, "JWT_ISSUER"),
+            admin_token=admin,
+            redis_url=_redis_url(env),
+            redis_prefix=_get(env, "REDIS_PREFIX") or "cot-proxy:",
+            fail_closed=_bool(env, "RATE_LIMIT_FAIL_CLOSED", False),
+            max_concurrent_requests=max_concurrent,
+            max_queued_requests=_int(env, "MAX_QUEUED_REQUESTS", max_concurrent),
+            queue_timeout=_seconds(env, "QUEUE_TIMEOUT_SECONDS", 10.0),
+            usage_accounting=_bool(env, "USAGE_ACCOUNTING", virtual_keys),
+            usage_flush_seconds=_seconds(env, "USAGE_FLUSH_SECONDS", 1.0),
+            strict_validation=_bool(env, "STRICT_VALIDATION", True),
+            max_tokens_cap=_int(env, "MAX_TOKENS_CAP", 1_048_576, minimum=1),
+            max_n=_int(env, "MAX_N", 128, minimum=1),
+        )

@@ -1,0 +1,307 @@
+"""The key store: virtual keys and usage records, with SQLAlchemy (SQLite by default, or PostgreSQL).
+
+Keys are `sk-cp-` + 43 random URL-safe characters (256 bits), shown once at
+creation and stored only as their SHA-256 (a slow hash adds nothing for a
+random secret this long) plus their last 4 characters for display.
+Tables are created on first use; `cot_` prefixes keep them apart from others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from .limits import Limits
+
+log = logging.getLogger("cot_proxy.guard")
+
+KEY_PREFIX = "sk-cp-"
+
+metadata = MetaData()
+
+api_keys = Table(
+    "cot_api_keys", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, index=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_hint", String(8), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("models", Text),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("max_concurrent", Integer),
+    Column("budget", BigInteger),
+    Column("spent_tokens", BigInteger, nullable=False, default=0),
+)
+
+usage_records = Table(
+    "cot_usage", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("request_id", String(128)),
+    Column("key_id", Integer, index=True),
+    Column("key_name", String(200)),
+    Column("model", String(200)),
+    Column("provider", String(200)),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("total_tokens", Integer, nullable=False, default=0),
+    Column("estimated", Boolean, nullable=False, default=False),
+    Column("streamed", Boolean, nullable=False, default=False),
+    Column("status", Integer),
+    Column("latency_ms", Integer),
+)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def hint(secret: str) -> str:
+    """What may be shown or logged of a secret: its last 4 characters."""
+    return "…" + secret[-4:] if len(secret) > 8 else "…"
+
+
+def utc(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: int
+    name: str
+    hint: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    models: tuple[str, ...] | None
+    limits: Limits
+    spent_tokens: int
+
+    def status(self, at: datetime | None = None) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (at or now_utc()):
+            return "expired"
+        return "active"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "key": KEY_PREFIX + "…" + self.hint, "status": self.status(),
+            "models": list(self.models) if self.models is not None else None,
+            "rpm": self.limits.rpm, "tpm": self.limits.tpm, "max_concurrent": self.limits.concurrency,
+            "budget": self.limits.budget, "spent_tokens": self.spent_tokens,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def _record(row: Any) -> KeyRecord:
+    m = row._mapping
+    models = tuple(json.loads(m["models"])) if m["models"] else None
+    return KeyRecord(
+        id=m["id"], name=m["name"], hint=m["key_hint"], created_at=utc(m["created_at"]),
+        expires_at=utc(m["expires_at"]), revoked_at=utc(m["revoked_at"]), models=models,
+        limits=Limits(rpm=m["rpm"], tpm=m["tpm"], concurrency=m["max_concurrent"], budget=m["budget"]),
+        spent_tokens=int(m["spent_tokens"] or 0),
+    )
+
+
+def engine_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 (the driver in requirements.txt); SQLite paths get their folder."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    elif u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return u.render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> Engine:
+    full = engine_url(url)
+    if full.startswith("sqlite"):
+        engine = create_engine(full, connect_args={"check_same_thread": False, "timeout": 10})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the usage writer
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+        return engine
+    return create_engine(full, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+class KeyStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._ready = False
+
+    def ensure_schema(self) -> None:
+        if self._ready:
+            return
+        for attempt in range(3):  # workers starting together may race to create the tables
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                break
+            except SQLAlchemyError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        self._ready = True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- keys -------------------------------------------------------------
+
+    def create(
+        self, name: str, *, models: Sequence[str] | None = None, rpm: int | None = None, tpm: int | None = None,
+        max_concurrent: int | None = None, budget: int | None = None, expires_at: datetime | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """A new key: returns the secret (shown once) and its record."""
+        self.ensure_schema()
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        values = {
+            "name": name, "key_hash": hash_key(secret), "key_hint": secret[-4:], "created_at": now_utc(),
+            "expires_at": expires_at, "models": json.dumps(list(models)) if models else None,
+            "rpm": rpm or None, "tpm": tpm or None, "max_concurrent": max_concurrent or None,
+            "budget": budget or None, "spent_tokens": 0,
+        }
+        with self.engine.begin() as conn:
+            key_id = conn.execute(api_keys.insert().values(**values)).inserted_primary_key[0]
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).one()
+        return secret, _record(row)
+
+    def lookup(self, secret: str) -> KeyRecord | None:
+        """The record for a presented key, whatever its status; None if unknown."""
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_hash == hash_key(secret))).first()
+        return _record(row) if row is not None else None
+
+    def lookup_by_id(self, key_id: int) -> KeyRecord | None:
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        return _record(row) if row is not None else None
+
+    def list(self, *, include_inactive: bool = True) -> list[KeyRecord]:
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(api_keys).order_by(api_keys.c.id)).all()
+        records = [_record(r) for r in rows]
+        return records if include_inactive else [r for r in records if r.status() == "active"]
+
+    def revoke(self, ident: str) -> list[KeyRecord]:
+        """Revoke by id, by name (every active key of that name), or by the full key. Returns those revoked."""
+        self.ensure_schema()
+        active = and_(api_keys.c.revoked_at.is_(None))
+        if ident.startswith(KEY_PREFIX):
+            cond = api_keys.c.key_hash == hash_key(ident)
+        elif ident.isdigit():
+            cond = api_keys.c.id == int(ident)
+        else:
+            cond = api_keys.c.name == ident
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(api_keys.c.id).where(cond, active)).all()
+            ids = [r[0] for r in rows]
+            if ids:
+                conn.execute(update(api_keys).where(api_keys.c.id.in_(ids)).values(revoked_at=now_utc()))
+            out = conn.execute(select(api_keys).where(api_keys.c.id.in_(ids))).all() if ids else []
+        return [_record(r) for r in out]
+
+    # -- usage ------------------------------------------------------------
+
+    def add_usage(self, records: Iterable[dict[str, Any]]) -> int:
+        """Insert usage records and add their tokens to each key's `spent_tokens`, in one transaction."""
+        rows = list(records)
+        if not rows:
+            return 0
+        self.ensure_schema()
+        spent: dict[int, int] = {}
+        for r in rows:
+            if r.get("key_id") is not None:
+                spent[r["key_id"]] = spent.get(r["key_id"], 0) + int(r.get("total_tokens") or 0)
+        with self.engine.begin() as conn:
+            conn.execute(usage_records.insert(), rows)
+            for key_id, tokens in spent.items():
+                if tokens:
+                    conn.execute(update(api_keys).where(api_keys.c.id == key_id)
+                                 .values(spent_tokens=api_keys.c.spent_tokens + tokens))
+        return len(rows)
+
+    def usage(
+        self, *, key: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Totals per key and model, most tokens first."""
+        self.ensure_schema()
+        u = usage_records.c
+        query = select(
+            u.key_name, u.model,
+            func.count().label("requests"),
+            func.coalesce(func.sum(u.prompt_tokens), 0).label("prompt_tokens"),
+            func.coalesce(func.sum(u.completion_tokens), 0).label("completion_tokens"),
+            func.coalesce(func.sum(u.total_tokens), 0).label("total_tokens"),
+            func.coalesce(func.sum(case((u.estimated, 1), else_=0)), 0).label("estimated_requests"),
+            func.coalesce(func.sum(case((u.status >= 400, 1), else_=0)), 0).label("errors"),
+            func.coalesce(func.avg(u.latency_ms), 0).label("avg_latency_ms"),
+        ).group_by(u.key_name, u.model)
+        if key is not None:
+            query = query.where(u.key_name == key)
+        if since is not None:
+            query = query.where(u.created_at >= since)
+        if until is not None:
+            query = query.where(u.created_at < until)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        out = [
+            {"key": r.key_name, "model": r.model, "requests": int(r.requests),
+             "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
+             "total_tokens": int(r.total_tokens), "estimated_requests": int(r.estimated_requests),
+             "errors": int(r.errors), "avg_latency_ms": round(float(r.avg_latency_ms), 1)}
+            for r in rows
+        ]
+        out.sort(key=lambda d: (-d["total_tokens"], d["key"] or "", d["model"] or ""))
+        return out

@@ -1,0 +1,172 @@
+"""Usage accounting: token estimates, and the writer that batches records off the request path.
+
+A request hands its record to `UsageWriter.record`, which only appends to a
+bounded in-memory buffer; a background thread (a greenlet under gevent)
+writes the buffer to the key store every USAGE_FLUSH_SECONDS in one
+transaction. If the store is down, records wait (up to the buffer's bound,
+then the oldest are dropped and counted) and are retried next round.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("cot_proxy.guard")
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD = 4
+
+
+def estimate_text_tokens(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
+
+
+def _content_chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        n = 0
+        for part in content:
+            if isinstance(part, str):
+                n += len(part)
+            elif isinstance(part, int):
+                n += CHARS_PER_TOKEN  # a token id
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                n += len(part["text"])
+            elif isinstance(part, list):
+                n += _content_chars(part)
+        return n
+    return 0
+
+
+def estimate_prompt_tokens(family: str, body: Any) -> int:
+    """A rough prompt size (4 characters a token), for admission against a tokens-per-minute limit."""
+    if not isinstance(body, dict):
+        return 0
+    if family == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return 0
+        tokens = 3
+        for m in messages:
+            if isinstance(m, dict):
+                chars = _content_chars(m.get("content"))
+                for call in m.get("tool_calls") or ():
+                    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                        chars += len(str(call["function"].get("arguments", "")))
+                tokens += MESSAGE_OVERHEAD + estimate_text_tokens(chars)
+        return tokens
+    if family == "completions":
+        return estimate_text_tokens(_content_chars(body.get("prompt")))
+    if family == "embeddings":
+        return estimate_text_tokens(_content_chars(body.get("input")))
+    return 0
+
+
+def output_chars(obj: Any) -> int:
+    """Characters of generated text in a chat/completions answer or stream chunk."""
+    if not isinstance(obj, dict):
+        return 0
+    n = 0
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if isinstance(choice.get("text"), str):
+            n += len(choice["text"])
+        for part in (choice.get("message"), choice.get("delta")):
+            if isinstance(part, dict):
+                for name in ("content", "reasoning_content", "reasoning"):
+                    if isinstance(part.get(name), str):
+                        n += len(part[name])
+                for call in part.get("tool_calls") or ():
+                    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                        n += len(str(call["function"].get("arguments") or ""))
+    return n
+
+
+class UsageWriter:
+    """Buffers usage records and writes them to the store in batches, from a background thread."""
+
+    def __init__(self, write: Callable[[list[dict[str, Any]]], Any], flush_seconds: float = 1.0,
+                 max_buffer: int = 20_000) -> None:
+        self._write = write
+        self.flush_seconds = max(flush_seconds, 0.05)
+        self.max_buffer = max_buffer
+        self._buffer: list[dict[str, Any]] = []
+        self._lock = threading.Condition(threading.Lock())
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.dropped = 0
+        self.written = 0
+        self.received = 0
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """Queue one record; never blocks on the database."""
+        with self._lock:
+            self._buffer.append(rec)
+            self.received += 1
+            self._lock.notify_all()
+            if len(self._buffer) > self.max_buffer:
+                excess = len(self._buffer) - self.max_buffer
+                del self._buffer[:excess]
+                self.dropped += excess
+                log.warning("usage buffer full: dropped %d oldest records (%d so far)", excess, self.dropped)
+            start = self._thread is None and not self._stopped
+            if start:
+                self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+        if start:
+            self._thread.start()
+            atexit.register(self.close)
+
+    def wait_received(self, count: int, timeout: float) -> bool:
+        """Block until `count` records have been handed over in all (for tests and shutdown checks)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.received >= count, timeout)
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def flush(self) -> bool:
+        """Write everything buffered now (in the caller). True if nothing is left pending."""
+        with self._write_lock:
+            with self._lock:
+                batch, self._buffer = self._buffer, []
+            if not batch:
+                return True
+            try:
+                self._write(batch)
+                self.written += len(batch)
+                return True
+            except Exception as exc:  # the store is down: keep the records for the next round
+                log.warning("usage records not written yet (%d pending): %s", len(batch), type(exc).__name__)
+                with self._lock:
+                    self._buffer[:0] = batch
+                    if len(self._buffer) > self.max_buffer:
+                        excess = len(self._buffer) - self.max_buffer
+                        del self._buffer[:excess]
+                        self.dropped += excess
+                return False
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # pragma: no cover - flush already catches; keep the thread alive regardless
+                log.exception("usage writer failed")
+                time.sleep(self.flush_seconds)
+
+    def close(self) -> None:
+        """Final flush (at exit)."""
+        self._stopped = True
+        self._wake.set()
+        self.flush()

@@ -1,0 +1,109 @@
+"""The Flask side: logging set-up, `GET /metrics`, client details for the log line,
+the line for requests that are not relayed, tracing, and the metrics listener
+under `python cot_proxy.py`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from .. import request_id
+from . import metrics
+from .exposition import render, start_server
+from .logformat import key_hint, make_formatter
+from .observer import CLIENT, ClientInfo
+
+access_log = logging.getLogger("cot_proxy.access")
+log = logging.getLogger("cot_proxy.observability")
+METRICS_ENDPOINT = "cot_proxy_metrics"
+QUIET_BLUEPRINTS = ("probes",)
+_listener: Any = None
+
+
+def setup_logging(config: Any) -> None:
+    """The `cot_proxy` loggers write to stderr in LOG_FORMAT, each line tagged with the request id."""
+    settings = config.observability
+    root = logging.getLogger("cot_proxy")
+    for handler in list(root.handlers):
+        if getattr(handler, "_cot_proxy", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._cot_proxy = True  # type: ignore[attr-defined]
+    handler.setFormatter(make_formatter(settings.log_format))
+    handler.addFilter(request_id.RequestIdFilter())
+    root.addHandler(handler)
+    root.propagate = False
+    level = settings.log_level or ("debug" if getattr(config, "debug", False) else "info")
+    root.setLevel(level.upper())
+
+
+def _client_info() -> ClientInfo:
+    headers = request.headers
+    credential = headers.get("Authorization") or headers.get("X-Api-Key") or headers.get("Api-Key")
+    return ClientInfo(address=request.remote_addr, key_hint=key_hint(credential))
+
+
+def init_app(app: Flask, config: Any) -> None:
+    settings = config.observability
+    setup_logging(config)
+
+    @app.before_request
+    def _observe_client() -> None:
+        g.cot_proxy_client = info = _client_info()
+        CLIENT.set(info)  # for `Observer.done`, which runs after this request context is gone
+
+    @app.after_request
+    def _log_unrelayed(response: Response) -> Response:
+        """Requests the relay never saw (probes, /metrics, unknown routes) get their line at close,
+        after the relay's own `done` had its chance (close callbacks run in order)."""
+        info: ClientInfo | None = g.get("cot_proxy_client")
+        if info is None:
+            return response
+        quiet = request.blueprint in QUIET_BLUEPRINTS or request.endpoint == METRICS_ENDPOINT
+        method, path, status, rid = request.method, request.path, response.status_code, request_id.current()
+
+        def line() -> None:
+            if info.handled:
+                return
+            fields = {"request_id": rid, "method": method, "path": path, "route": None, "status": status,
+                      "latency_ms": round((time.monotonic() - info.started) * 1000, 1), "client": info.address,
+                      "key": info.key_hint}
+            access_log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %s", method, path, status,
+                           extra={"fields": fields})
+
+        response.call_on_close(line)
+        return response
+
+    if settings.metrics_on_main_port:
+        @app.get("/metrics", endpoint=METRICS_ENDPOINT)
+        def _metrics() -> Response:
+            body, content_type = render(metrics.scrape_registry(), request.headers.get("Accept", ""),
+                                        request.query_string.decode("latin-1"))
+            return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
+
+    if settings.otel_endpoint:
+        from .tracing import init_tracing
+
+        init_tracing(app, settings)
+
+    sinks = [name for name, on in (("file", settings.completion_log_file), ("webhook", settings.webhook_url))
+             if on] + list(settings.sinks)
+    log.info("observability: LOG_FORMAT=%s, /metrics %s, completion sinks: %s, tracing %s", settings.log_format,
+             "on" if settings.metrics_on_main_port else "off", ", ".join(sinks) or "none",
+             "on" if settings.otel_endpoint else "off")
+
+    if settings.port and not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
+        start_listener(settings.host, settings.port)  # under Gunicorn the master serves it (when_ready)
+
+
+def start_listener(host: str, port: int) -> None:
+    """The OBSERVABILITY_PORT listener in this process (once)."""
+    global _listener
+    if _listener is None:
+        _listener = start_server(host, port, metrics.scrape_registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
