@@ -26,17 +26,21 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"cot-proxy: configuration error: {name}={raw!r}: not an integer") from None
 
 
-def _check_app_config() -> None:
-    """Validate the app's environment once, in the master: a bad value stops
-    start-up with one line instead of workers failing over and over.
-
-    app/config.py (standard library only, as are the modules it imports) is
-    loaded under a throwaway package name without running app/__init__.py,
-    then forgotten, so workers import the app fresh after gevent patched."""
-    name = "_cot_proxy_config_check"
+def _private_app(name: str) -> str:
+    """The app/ folder as a package called `name`, without running app/__init__.py
+    (which imports Flask, requests and ssl). Modules loaded through it stay free
+    of sockets and TLS, so nothing is imported before gevent patches the workers."""
     package = types.ModuleType(name)
     package.__path__ = [str(Path(__file__).with_name("app"))]
     sys.modules[name] = package
+    return name
+
+
+def _check_app_config() -> None:
+    """Validate the app's environment once, in the master: a bad value stops
+    start-up with one line instead of workers failing over and over. The
+    modules are forgotten afterwards; workers import the app fresh."""
+    name = _private_app("_cot_proxy_config_check")
     try:
         module = importlib.import_module(name + ".config")
         try:
@@ -50,8 +54,9 @@ def _check_app_config() -> None:
 
 _check_app_config()
 
+
 def _bind() -> str:
-    host, port = _env("HOST", ""), _env("PORT", "")
+    host, port = _env("HOST", "") or _env("GATEWAY_HOST", ""), _env("PORT", "") or _env("GATEWAY_PORT", "")
     addr = _env("PROXY_ADDR", "")  # the Livepeer gateway proxy's name: ":8090" or "host:port"
     if addr and not (host or port):
         addr_host, _, addr_port = addr.rpartition(":")
@@ -90,13 +95,9 @@ control_socket_disable = True
 
 
 def _observability() -> types.ModuleType:
-    """app/observability/gunicorn_hooks.py (standard library only at import), loaded under a
-    private package name like the config check, and kept: the master calls its hooks."""
-    name = "_cot_proxy_observability"
-    package = types.ModuleType(name)
-    package.__path__ = [str(Path(__file__).with_name("app") / "observability")]
-    sys.modules[name] = package
-    return importlib.import_module(name + ".gunicorn_hooks")
+    """app/observability/gunicorn_hooks.py (standard library only at import), kept
+    loaded: the master calls its hooks."""
+    return importlib.import_module(_private_app("_cot_proxy_master") + ".observability.gunicorn_hooks")
 
 
 # Metrics summed over workers (PROMETHEUS_MULTIPROC_DIR), the OBSERVABILITY_PORT

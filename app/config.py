@@ -13,74 +13,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from .access.settings import AccessConfigError, AccessSettings
-from .livepeer.settings import LivepeerConfigError, LivepeerSettings, listen_address
+from .access.settings import AccessSettings
+from .envparse import ConfigError, boolean, choice, integer, number, text, url
+from .livepeer.settings import LivepeerSettings, listen_address
 from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, parse_llm_params
-from .observability.settings import ObservabilityConfigError, ObservabilitySettings
-from .routing.settings import RoutingConfigError, RoutingSettings, single_provider
+from .observability.settings import ObservabilitySettings
+from .routing.settings import RoutingSettings, single_provider
 from .routing.settings import load as load_routing
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
-
-
-class ConfigError(ValueError):
-    """A configuration value is malformed; the message names the variable."""
-
-
-def _get(env: Mapping[str, str], *names: str) -> str | None:
-    """First non-empty value among `names`: an empty variable counts as unset."""
-    for name in names:
-        value = env.get(name)
-        if value is not None and value.strip() != "":
-            return value.strip()
-    return None
-
-
-def _number(env: Mapping[str, str], names: tuple[str, ...], default: float, *, integer: bool = False) -> float:
-    raw = _get(env, *names)
-    if raw is None:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{names[0]}={raw!r}: not {kind}") from None
-    if value < 0:
-        raise ConfigError(f"{names[0]}={raw!r}: must not be negative")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={raw!r}: not a boolean (use true or false)")
-
-
-def _url(env: Mapping[str, str], name: str) -> str | None:
-    raw = _get(env, name)
-    if raw is None:
-        return None
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name}={raw!r}: not an http(s) URL")
-    return raw
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    if raw.lower() not in choices:
-        raise ConfigError(f"{name}={raw!r}: use one of {', '.join(choices)}")
-    return raw.lower()
 
 
 def _llm_params(raw: str | None, think_tag: str, think_end_tag: str) -> ModelTable:
@@ -171,55 +113,46 @@ class Config:
 
             load_dotenv(override=False)
             env = os.environ
-        target = _url(env, "TARGET_BASE_URL")
-        backend = _url(env, "BACKEND_URL")
+        target = url(env, "TARGET_BASE_URL")
+        backend = url(env, "BACKEND_URL")
         if target is not None:
             base = target.rstrip("/") + "/"
         elif backend is not None:
             base = backend.rstrip("/") + "/v1/"
         else:
             base = None
-        try:
-            livepeer = LivepeerSettings.from_env(env)
-            proxy_addr = listen_address(env)
-        except LivepeerConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        host = _get(env, "HOST") or (proxy_addr[0] if proxy_addr else "0.0.0.0")
-        port = int(_number(env, ("PORT",), proxy_addr[1] if proxy_addr else 5000, integer=True))
-        think_tag, think_end_tag = _get(env, "THINK_TAG") or "<think>", _get(env, "THINK_END_TAG") or "</think>"
-        connect_timeout = _number(env, ("CONNECT_TIMEOUT_SECONDS",), 10.0)
-        read_timeout = _number(env, ("REQUEST_TIMEOUT_SECONDS", "API_REQUEST_TIMEOUT"), 600.0)
-        api_key = _get(env, "UPSTREAM_API_KEY")
-        try:
-            routing = load_routing(env, target_base_url=base, upstream_api_key=api_key,
-                                   connect_timeout=connect_timeout, read_timeout=read_timeout)
-        except RoutingConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        try:
-            access = AccessSettings.from_env(env)
-        except AccessConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        try:
-            observability = ObservabilitySettings.from_env(env)
-        except ObservabilityConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        llm_params = with_model_specs(_llm_params(_get(env, "LLM_PARAMS"), think_tag, think_end_tag), routing)
+        # Every settings module raises envparse.ConfigError (or a subclass) naming the variable.
+        livepeer = LivepeerSettings.from_env(env)
+        proxy_addr = listen_address(env)
+        # HOST/PORT, the Nexus gateway's GATEWAY_HOST/GATEWAY_PORT, then PROXY_ADDR.
+        host = text(env, "HOST", "GATEWAY_HOST") or (proxy_addr[0] if proxy_addr else "0.0.0.0")
+        port = integer(env, "PORT", proxy_addr[1] if proxy_addr else 5000, low=1, high=65535,
+                       aliases=("GATEWAY_PORT",))
+        think_tag, think_end_tag = text(env, "THINK_TAG") or "<think>", text(env, "THINK_END_TAG") or "</think>"
+        connect_timeout = number(env, "CONNECT_TIMEOUT_SECONDS", 10.0)
+        read_timeout = number(env, "REQUEST_TIMEOUT_SECONDS", 600.0, aliases=("API_REQUEST_TIMEOUT",))
+        api_key = text(env, "UPSTREAM_API_KEY")
+        routing = load_routing(env, target_base_url=base, upstream_api_key=api_key,
+                               connect_timeout=connect_timeout, read_timeout=read_timeout)
+        access = AccessSettings.from_env(env)
+        observability = ObservabilitySettings.from_env(env)
+        llm_params = with_model_specs(_llm_params(text(env, "LLM_PARAMS"), think_tag, think_end_tag), routing)
         return cls(
             target_base_url=base,
-            think_mode=_choice(env, "THINK_MODE", THINK_MODES, "strip"),
+            think_mode=choice(env, "THINK_MODE", THINK_MODES, "strip"),
             think_tag=think_tag,
             think_end_tag=think_end_tag,
-            reasoning_field=_choice(env, "REASONING_FIELD", REASONING_FIELDS, "reasoning_content"),
+            reasoning_field=choice(env, "REASONING_FIELD", REASONING_FIELDS, "reasoning_content"),
             llm_params=llm_params,
             routing=routing,
             livepeer=livepeer,
             upstream_api_key=api_key,
-            debug=_bool(env, "DEBUG", False),
+            debug=boolean(env, "DEBUG", False),
             host=host,
             port=port,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            max_request_bytes=int(_number(env, ("MAX_REQUEST_BYTES",), 32 * 1024 * 1024, integer=True)),
+            max_request_bytes=integer(env, "MAX_REQUEST_BYTES", 32 * 1024 * 1024, low=1),
             access=access,
             observability=observability,
             extra=dict(env),

@@ -12,7 +12,8 @@ import requests
 
 from app import create_app
 from app.config import Config
-from app.livepeer.settings import LivepeerConfigError, LivepeerSettings, listen_address
+from app.envparse import ConfigError
+from app.livepeer.settings import LivepeerSettings, listen_address
 from tests.conftest import LiveServer
 from tests.fakes import livepeer_gateway
 from tests.fakes.livepeer_gateway import NOISE, decode_header
@@ -64,7 +65,7 @@ def test_settings_from_env():
     assert s.routes["video/pipeline/generations/status"].timeout_seconds == 30
     assert s.routes["video/generations"].timeout_seconds == 60
     assert LivepeerSettings.from_env({}) is None
-    with pytest.raises(LivepeerConfigError, match="CHAT_COMPLETIONS_TIMEOUT_SECONDS"):
+    with pytest.raises(ConfigError, match="CHAT_COMPLETIONS_TIMEOUT_SECONDS"):
         LivepeerSettings.from_env({"GATEWAY_URL": "http://gw", "CHAT_COMPLETIONS_TIMEOUT_SECONDS": "1.5"})
     assert listen_address({"PROXY_ADDR": ":8090"}) == ("0.0.0.0", 8090)
     assert listen_address({"PROXY_ADDR": "127.0.0.1:9000"}) == ("127.0.0.1", 9000)

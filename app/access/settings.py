@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..envparse import ConfigError
+
 DEFAULT_DATABASE_URL = "sqlite:///data/cot-proxy.db"
 JWT_ALGORITHMS = frozenset({
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -21,7 +23,7 @@ KEY_CACHE_SECONDS = 0.5
 """How long a worker trusts a key it looked up: revocation and expiry show within this (well under 1 s)."""
 
 
-class AccessConfigError(ValueError):
+class AccessConfigError(ConfigError):
     """An access variable is malformed; the message names it."""
 
 

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..envparse import ConfigError, integer, items, text
+
 STATUS_TIMEOUT_SECONDS = 30
 
 
-class LivepeerConfigError(ValueError):
+class LivepeerConfigError(ConfigError):
     """A Livepeer variable is malformed; the message names it."""
 
 
@@ -45,23 +47,8 @@ ROUTES: dict[str, tuple[str, str, str | None, int]] = {
 }
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value.strip() if value is not None and value.strip() else None
-
-
 def _timeout(env: Mapping[str, str], name: str | None, default: int) -> int:
-    raw = _get(env, name) if name else None
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise LivepeerConfigError(f"{name}={raw!r}: not a non-negative integer number of seconds")
-    return int(raw)
-
-
-def _addresses(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    raw = _get(env, name) or ""
-    return tuple(a.strip() for a in raw.split(",") if a.strip())
+    return default if name is None else integer(env, name, default, low=0)
 
 
 @dataclass(frozen=True)
@@ -74,21 +61,21 @@ class LivepeerSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LivepeerSettings | None:
         """None when `GATEWAY_URL` is unset: no Livepeer routing."""
-        url = _get(env, "GATEWAY_URL")
+        url = text(env, "GATEWAY_URL")
         if url is None:
             return None
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise LivepeerConfigError(f"GATEWAY_URL={url!r}: not an http(s) URL")
         routes = {
-            path: Capability(_get(env, cap_var) or cap_default, _timeout(env, timeout_var, timeout_default))
+            path: Capability(text(env, cap_var) or cap_default, _timeout(env, timeout_var, timeout_default))
             for path, (cap_var, cap_default, timeout_var, timeout_default) in ROUTES.items()
         }
         return cls(
             gateway_url=url.rstrip("/"),
             routes=routes,
-            include=_addresses(env, "LIVEPEER_ORCHESTRATORS_INCLUDE"),
-            exclude=_addresses(env, "LIVEPEER_ORCHESTRATORS_EXCLUDE"),
+            include=items(env, "LIVEPEER_ORCHESTRATORS_INCLUDE"),
+            exclude=items(env, "LIVEPEER_ORCHESTRATORS_EXCLUDE"),
         )
 
     def header(self, capability: Capability) -> str:
@@ -108,7 +95,7 @@ class LivepeerSettings:
 
 def listen_address(env: Mapping[str, str]) -> tuple[str, int] | None:
     """`PROXY_ADDR` (`:8090` or `host:port`) as (host, port), or None when unset."""
-    raw = _get(env, "PROXY_ADDR")
+    raw = text(env, "PROXY_ADDR")
     if raw is None:
         return None
     host, sep, port = raw.rpartition(":")

@@ -28,14 +28,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+
+from ..envparse import ConfigError, boolean, choice, integer, items, number, text, url
 
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*([:.][A-Za-z_][A-Za-z0-9_]*)$")
 
 
-class ObservabilityConfigError(ValueError):
+class ObservabilityConfigError(ConfigError):
     """A malformed observability variable; the message starts with its name."""
 
 
@@ -71,104 +72,32 @@ class ObservabilitySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ObservabilitySettings:
-        port = _int(env, "OBSERVABILITY_PORT", None, low=1, high=65535)
-        otel = _url(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
-        traces = _url(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        port = integer(env, "OBSERVABILITY_PORT", None, low=1, high=65535)
+        otel = url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", secret=True)
+        traces = url(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", secret=True)
         return cls(
-            log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS, "json"),
-            log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS, None),
-            log_body_max_chars=_int(env, "LOG_BODY_MAX_CHARS", 2000, low=0),
-            metrics_on_main_port=_bool(env, "METRICS_ON_MAIN_PORT", True),
+            log_format=choice(env, "LOG_FORMAT", LOG_FORMATS, "json"),
+            log_level=choice(env, "LOG_LEVEL", LOG_LEVELS, None),
+            log_body_max_chars=integer(env, "LOG_BODY_MAX_CHARS", 2000, low=0),
+            metrics_on_main_port=boolean(env, "METRICS_ON_MAIN_PORT", True),
             port=port,
-            host=_get(env, "OBSERVABILITY_HOST") or "0.0.0.0",
-            metrics_models=tuple(_list(env, "METRICS_MODELS")),
-            completion_log_file=_get(env, "COMPLETION_LOG_FILE"),
-            completion_log_max_bytes=_int(env, "COMPLETION_LOG_MAX_BYTES", 100 * 1024 * 1024, low=0),
-            completion_log_backups=_int(env, "COMPLETION_LOG_BACKUPS", 5, low=0),
-            webhook_url=_url(env, "COMPLETION_WEBHOOK_URL"),
-            webhook_timeout=_float(env, "COMPLETION_WEBHOOK_TIMEOUT_SECONDS", 5.0),
-            queue_size=_int(env, "COMPLETION_QUEUE_SIZE", 1000, low=1),
+            host=text(env, "OBSERVABILITY_HOST") or "0.0.0.0",
+            metrics_models=items(env, "METRICS_MODELS"),
+            completion_log_file=text(env, "COMPLETION_LOG_FILE"),
+            completion_log_max_bytes=integer(env, "COMPLETION_LOG_MAX_BYTES", 100 * 1024 * 1024, low=0),
+            completion_log_backups=integer(env, "COMPLETION_LOG_BACKUPS", 5, low=0),
+            webhook_url=url(env, "COMPLETION_WEBHOOK_URL", secret=True),
+            webhook_timeout=number(env, "COMPLETION_WEBHOOK_TIMEOUT_SECONDS", 5.0, positive=True),
+            queue_size=integer(env, "COMPLETION_QUEUE_SIZE", 1000, low=1),
             sinks=tuple(_sinks(env, "COMPLETION_SINKS")),
             otel_endpoint=otel or traces,
             otel_traces_endpoint=traces,
-            otel_service_name=_get(env, "OTEL_SERVICE_NAME") or "cot-proxy",
+            otel_service_name=text(env, "OTEL_SERVICE_NAME") or "cot-proxy",
         )
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None or not value.strip():
-        return None
-    return value.strip()
-
-
-def _int(env: Mapping[str, str], name: str, default: int | None, *, low: int = 0, high: int | None = None):
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ObservabilityConfigError(f"{name}={raw!r}: not an integer") from None
-    if value < low or (high is not None and value > high):
-        span = f"{low}..{high}" if high is not None else f"at least {low}"
-        raise ObservabilityConfigError(f"{name}={raw!r}: must be {span}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ObservabilityConfigError(f"{name}={raw!r}: not a number") from None
-    if not value > 0:
-        raise ObservabilityConfigError(f"{name}={raw!r}: must be positive")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ObservabilityConfigError(f"{name}={raw!r}: not a boolean (use true or false)")
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str | None) -> str | None:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    if raw.lower() not in choices:
-        raise ObservabilityConfigError(f"{name}={raw!r}: use one of {', '.join(choices)}")
-    return raw.lower()
-
-
-def _check_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ObservabilityConfigError(f"{name}: not an http(s) URL")  # the URL may hold a secret
-    return raw
-
-
-def _url(env: Mapping[str, str], name: str) -> str | None:
-    raw = _get(env, name)
-    return None if raw is None else _check_url(name, raw)
-
-
-def _list(env: Mapping[str, str], name: str) -> list[str]:
-    raw = _get(env, name)
-    return [] if raw is None else [p.strip() for p in raw.split(",") if p.strip()]
-
-
 def _sinks(env: Mapping[str, str], name: str) -> list[str]:
-    paths = _list(env, name)
+    paths = items(env, name)
     for path in paths:
         if not _DOTTED.match(path):
             raise ObservabilityConfigError(f"{name}: {path!r} is not a dotted path like pkg.module:Class")

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..envparse import ConfigError, integer, text
+
 PROVIDER_TYPES = ("openai", "ollama", "livepeer")
 BALANCES = ("round_robin", "least_busy", "prefix_affinity")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class RoutingConfigError(ValueError):
+class RoutingConfigError(ConfigError):
     """The routing configuration is invalid; the message starts with the key path."""
 
 
@@ -95,7 +97,7 @@ class RoutingSettings:
 def load(env: Mapping[str, str], *, target_base_url: str | None, upstream_api_key: str | None,
          connect_timeout: float, read_timeout: float) -> RoutingSettings:
     """Everything routing needs: the YAML file (if any) plus environment shorthands."""
-    path = _get(env, "COT_PROXY_CONFIG")
+    path = text(env, "COT_PROXY_CONFIG")
     if path is None and os.path.exists("config.yaml"):
         path = "config.yaml"
     raw: dict[str, Any] = {}
@@ -105,11 +107,11 @@ def load(env: Mapping[str, str], *, target_base_url: str | None, upstream_api_ke
     _only(raw, "", {"providers", "models", "default_provider", "models_refresh_seconds"})
     providers = {name: _provider(name, spec) for name, spec in _mapping(raw.get("providers") or {}, "providers")}
     # Environment shorthands (the file wins on a name clash).
-    retries = _int_env(env, "UPSTREAM_RETRIES", 0)
+    retries = integer(env, "UPSTREAM_RETRIES", 0, low=0)
     if target_base_url and "default" not in providers:
         providers["default"] = _default_provider(target_base_url, upstream_api_key, connect_timeout, read_timeout,
                                                  retries)
-    ollama = _get(env, "OLLAMA_BASE_URL")
+    ollama = text(env, "OLLAMA_BASE_URL")
     if ollama and "ollama" not in providers:
         _check_url(ollama, "OLLAMA_BASE_URL")
         providers["ollama"] = ProviderSpec(
@@ -117,7 +119,7 @@ def load(env: Mapping[str, str], *, target_base_url: str | None, upstream_api_ke
             timeout_seconds=read_timeout, connect_timeout_seconds=connect_timeout, retries=retries,
         )
     models = {name: _model(name, spec, providers) for name, spec in _mapping(raw.get("models") or {}, "models")}
-    default = raw.get("default_provider") or _get(env, "DEFAULT_PROVIDER") or _get(env, "DEFAULT_BACKEND")
+    default = raw.get("default_provider") or text(env, "DEFAULT_PROVIDER") or text(env, "DEFAULT_BACKEND")
     if default is not None and default not in providers:
         raise RoutingConfigError(f"default_provider: unknown provider {default!r}")
     if default is None:
@@ -315,17 +317,3 @@ def _opt_str(spec: dict[str, Any], key: str, where: str) -> str | None:
     if not isinstance(value, str):
         raise RoutingConfigError(f"{where}.{key}: must be a string")
     return value
-
-
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value.strip() if value is not None and value.strip() else None
-
-
-def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise RoutingConfigError(f"{name}={raw!r}: not a non-negative integer")
-    return int(raw)

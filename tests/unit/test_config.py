@@ -38,7 +38,7 @@ def test_proxy_addr_is_listen_address_unless_host_port_given():
     ({"TARGET_BASE_URL": "localhost:8080"}, "TARGET_BASE_URL"),
     ({"BACKEND_URL": "ftp://x"}, "BACKEND_URL"),
     ({"CONNECT_TIMEOUT_SECONDS": "ten"}, "CONNECT_TIMEOUT_SECONDS"),
-    ({"API_REQUEST_TIMEOUT": "abc"}, "REQUEST_TIMEOUT_SECONDS"),
+    ({"API_REQUEST_TIMEOUT": "abc"}, "API_REQUEST_TIMEOUT"),
     ({"MAX_REQUEST_BYTES": "1.5"}, "MAX_REQUEST_BYTES"),
     ({"PORT": "-1"}, "PORT"),
     ({"DEBUG": "maybe"}, "DEBUG"),
