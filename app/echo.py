@@ -58,7 +58,7 @@ def chat(ex: Exchange) -> Response:
     messages = ex.body["messages"]
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     answer = "Echo: " + (_text(last_user.get("content")) if last_user else "")
-    usage = _usage(sum(_words(_text(m.get("content"))) for m in messages), _words(answer))
+    usage = ex.usage = _usage(sum(_words(_text(m.get("content"))) for m in messages), _words(answer))
     created = int(time.time())
     if not ex.streaming:
         return json_response({
@@ -85,7 +85,7 @@ def completions(ex: Exchange) -> Response:
     prompt = ex.body.get("prompt", "")
     text_in = prompt if isinstance(prompt, str) else " ".join(p for p in prompt if isinstance(p, str))
     answer = "Echo: " + text_in
-    usage = _usage(_words(text_in), _words(answer))
+    usage = ex.usage = _usage(_words(text_in), _words(answer))
     base = {"id": ex.request_id, "object": "text_completion", "created": int(time.time()), "model": MODEL}
     if not ex.streaming:
         choice = {"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}
@@ -128,7 +128,7 @@ def embeddings(ex: Exchange) -> Response:
             embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     words = sum(_words(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 1 for x in inputs)
-    usage = {"prompt_tokens": words, "total_tokens": words}
+    usage = ex.usage = {"prompt_tokens": words, "total_tokens": words}
     return json_response({"object": "list", "data": data, "model": MODEL, "usage": usage})
 
 
