@@ -15,25 +15,6 @@ from tests.conftest import LiveServer
 from tests.fakes.openai_upstream import chat_chunk, chat_completion, json_reply, sse_reply
 
 ADMIN = "admin-token-0123456789"
-_DONE_LOG: list = []
-
-import app.transforms.pipeline as _pl  # noqa: E402  (debug)
-_orig_done = _pl.Pipeline.done
-
-
-def _dbg_done(self, ex):
-    import time as _t
-    import traceback as _tb
-    entry = [_t.monotonic(), ex.path, ex.outcome.status, dict(ex.state.get("access") or {}).get("admitted")]
-    _DONE_LOG.append(entry)
-    for t in self._done:
-        try:
-            t.done(ex)
-        except Exception:
-            entry.append((t.name, _tb.format_exc()[-800:]))
-
-
-_pl.Pipeline.done = _dbg_done
 MSG = [{"role": "user", "content": "hi"}]
 
 
@@ -49,6 +30,20 @@ def setup(database_url, make_app, store_at):
     server.stop()
 
 
+def stream(server, sdk, **body) -> list[dict]:
+    """A streamed chat call, read to its very end; returns the JSON chunks the client saw.
+
+    Not through the SDK: it hangs up right after `[DONE]`, before the closing chunk, and the
+    werkzeug test server then skips closing the response, so the `done` hooks would never run
+    (Gunicorn always closes it; see test_gunicorn_access.py for the SDK streaming through it)."""
+    r = requests.post(server.url + "/v1/chat/completions", json={"messages": MSG, "stream": True, **body},
+                      headers={"Authorization": f"Bearer {sdk.api_key}"}, timeout=10)
+    assert r.status_code == 200
+    lines = [ln[6:] for ln in r.text.split("\n") if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(ln) for ln in lines[:-1]]
+
+
 def rows(store):
     with store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(usage_records.select().order_by(usage_records.c.id))]
@@ -58,18 +53,17 @@ def test_usage_recorded_for_every_kind_of_call(setup, upstream):
     app, store, server, sdk, rec = setup
     out = sdk.chat.completions.create(model="m1", messages=MSG)
     assert out.usage.total_tokens == 7
-    chunks = list(sdk.chat.completions.create(model="m1", messages=MSG, stream=True))
-    assert all(c.usage is None for c in chunks) and chunks[-1].choices  # the client asked for no usage chunk
-    chunks = list(sdk.chat.completions.create(model="m1", messages=MSG, stream=True,
-                                              stream_options={"include_usage": True}))
-    assert chunks[-1].usage.total_tokens == 6 and chunks[-1].choices == []
+    chunks = stream(server, sdk, model="m1")
+    assert all("usage" not in c for c in chunks) and chunks[-1]["choices"]  # the client asked for no usage chunk
+    chunks = stream(server, sdk, model="m1", stream_options={"include_usage": True})
+    assert chunks[-1]["usage"]["total_tokens"] == 6 and chunks[-1]["choices"] == []
     # an upstream that reports no usage: estimated from the prompt and the generated text
     no_usage = chat_completion("Hello there, friend")  # 19 characters -> 5 tokens
     del no_usage["usage"]
     upstream.enqueue(json_reply(no_usage))
     sdk.chat.completions.create(model="m2", messages=MSG)
     upstream.enqueue(sse_reply([chat_chunk("Hello", role="assistant"), chat_chunk(" world!", finish="stop")]))
-    assert len(list(sdk.chat.completions.create(model="m2", messages=MSG, stream=True))) == 2
+    assert len(stream(server, sdk, model="m2")) == 2
     writer = guard_of(app).writer
     assert writer.wait_received(5, timeout=5)  # `done` runs as the server closes each response
     assert writer.flush()
@@ -91,11 +85,9 @@ def test_usage_recorded_for_every_kind_of_call(setup, upstream):
 def test_usage_endpoint_and_cli(setup, upstream):
     app, store, server, sdk, rec = setup
     sdk.chat.completions.create(model="m1", messages=MSG)
-    list(sdk.chat.completions.create(model="m1", messages=MSG, stream=True))
+    stream(server, sdk, model="m1")
     sdk.embeddings.create(model="e1", input="hello")
-    w = guard_of(app).writer
-    import time as _t
-    assert w.wait_received(3, timeout=5), (_t.monotonic(), w.received, w.pending(), w.written, _DONE_LOG[-4:])
+    assert guard_of(app).writer.wait_received(3, timeout=5)
     url = server.url + "/v1/usage"
     assert requests.get(url, timeout=5).status_code == 401
     wrong = requests.get(url, headers={"Authorization": "Bearer not-the-admin"}, timeout=5)
