@@ -16,7 +16,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote
@@ -95,12 +95,25 @@ class Relay:
             ex.outcome.error = exc.code or exc.type
             response = error_response(exc)
         ex.outcome.status = response.status_code
-        if not response.is_streamed:
+        if response.is_streamed:
+            response.response = self._then_done(response.response, ex)
+        else:
             ex.outcome.first_byte_at = time.monotonic()
+        # Also on close: a stream the client left before it started never runs the generator.
         response.call_on_close(lambda: self._done(ex))
         return response
 
+    def _then_done(self, body: Iterable[bytes], ex: Exchange) -> Iterator[bytes]:
+        """A streamed body that runs the done hooks once its last byte is out. Not only on
+        close: some WSGI servers (werkzeug's) skip close() when the client hangs up first."""
+        try:
+            yield from body
+        finally:
+            self._done(ex)
+
     def _done(self, ex: Exchange) -> None:
+        if ex.outcome.finished_at is not None:
+            return  # once per request
         ex.outcome.finished_at = time.monotonic()
         self.router.release(ex)
         self.pipeline.done(ex)

@@ -168,6 +168,10 @@ def _default_reply(rec: Recorded) -> Reply:
     return json_reply({"method": rec.method, "path": rec.path, "body_length": len(rec.body)})
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # the default 5 refuses connections in a burst from several workers
+
+
 class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
@@ -180,7 +184,7 @@ class FakeUpstream:
         self.responder: Callable[[Recorded], Reply] | None = None
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
