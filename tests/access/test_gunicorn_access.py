@@ -19,7 +19,7 @@ import requests
 from app.access.store import KeyStore
 from tests.access.conftest import TEST_REDIS_URL
 from tests.fakes.openai_upstream import FakeUpstream
-from tests.integration.test_gunicorn import ROOT, Gunicorn
+from tests.support import ROOT, Gunicorn
 
 MSG = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "m", "messages": MSG}
@@ -48,9 +48,9 @@ def module_upstream() -> Iterator[FakeUpstream]:
 @pytest.fixture(scope="module")
 def proxies(env, module_upstream) -> Iterator[tuple[Gunicorn, Gunicorn]]:
     common = {**env, "TARGET_BASE_URL": module_upstream.base_url}
-    a = Gunicorn({**common, "WEB_CONCURRENCY": "4"})
+    a = Gunicorn(common, workers=4)
     try:
-        b = Gunicorn({**common, "WEB_CONCURRENCY": "2"})
+        b = Gunicorn(common, workers=2)
     except BaseException:
         a.stop()
         raise

@@ -64,7 +64,7 @@ def test_bad_access_value_stops_gunicorn_naming_it():
     import subprocess
     import sys
 
-    from tests.integration.test_gunicorn import ROOT, free_port
+    from tests.support import ROOT, free_port
 
     env = {k: v for k, v in os.environ.items() if k != "TARGET_BASE_URL"}
     env.update(PORT=str(free_port()), HOST="127.0.0.1", REDIS_URL="http://not-redis")

@@ -9,57 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-import requests
 
 from tests.fakes.openai_upstream import FakeUpstream, Reply, chat_chunk, sse_reply
+from tests.support import ROOT, Gunicorn, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 MSG = [{"role": "user", "content": "hi"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gunicorn:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        full_env = {k: v for k, v in os.environ.items() if k not in ("TARGET_BASE_URL", "BACKEND_URL")}
-        full_env.update({"HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": "2", **env})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"],
-            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("gunicorn exited: " + self.proc.stdout.read().decode())
-            try:
-                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):
-                time.sleep(0.1)  # polling for start-up, not synchronising a test
-        self.stop()
-        raise RuntimeError("gunicorn did not start within 30 s")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            out, _ = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")

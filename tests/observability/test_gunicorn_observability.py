@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from tests.fakes.openai_upstream import FakeUpstream, Recorded, Reply, _default_reply, chat_chunk, sse_reply
-from tests.observability.helpers import Blackhole, Gunicorn, free_port, samples, total
+from tests.observability.helpers import Blackhole, samples, total
+from tests.support import Gunicorn, free_port
 
 CLIENT_KEY = "sk-client-SECRET-abcdefgh-9f3e"
 UPSTREAM_KEY = "sk-upstream-SECRET-zyxwvuts-77aa"

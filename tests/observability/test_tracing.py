@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.fakes.openai_upstream import FakeUpstream
-from tests.observability.helpers import Gunicorn
+from tests.support import Gunicorn
 
 pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.instrumentation.flask")
