@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..envparse import ConfigError
+from ..envparse import ConfigError, boolean, integer, number, text
 
 DEFAULT_DATABASE_URL = "sqlite:///data/cot-proxy.db"
 JWT_ALGORITHMS = frozenset({
@@ -27,50 +27,8 @@ class AccessConfigError(ConfigError):
     """An access variable is malformed; the message names it."""
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value.strip() if value is not None and value.strip() else None
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise AccessConfigError(f"{name}={raw!r}: not a boolean (use true or false)")
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise AccessConfigError(f"{name}={raw!r}: not an integer") from None
-    if value < minimum:
-        raise AccessConfigError(f"{name}={raw!r}: must be at least {minimum}")
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise AccessConfigError(f"{name}={raw!r}: not a number of seconds") from None
-    if not value >= 0:  # also refuses nan
-        raise AccessConfigError(f"{name}={raw!r}: must not be negative")
-    return value
-
-
 def _tokens(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    raw = _get(env, name)
+    raw = text(env, name)
     if raw is None:
         return ()
     tokens = tuple(t.strip() for t in raw.split(",") if t.strip())
@@ -81,7 +39,7 @@ def _tokens(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 def _database_url(env: Mapping[str, str]) -> str:
-    raw = _get(env, "DATABASE_URL") or DEFAULT_DATABASE_URL
+    raw = text(env, "DATABASE_URL") or DEFAULT_DATABASE_URL
     scheme = raw.split("://", 1)[0] if "://" in raw else ""
     dialect = scheme.split("+", 1)[0]
     if dialect not in ("sqlite", "postgresql", "postgres"):
@@ -90,7 +48,7 @@ def _database_url(env: Mapping[str, str]) -> str:
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:
-    raw = _get(env, "REDIS_URL")
+    raw = text(env, "REDIS_URL")
     if raw is None:
         return None
     parts = urlsplit(raw)
@@ -108,24 +66,24 @@ def _redacted(url: str) -> str:
 
 
 def _public_key(env: Mapping[str, str]) -> str | None:
-    raw = _get(env, "JWT_PUBLIC_KEY")
+    raw = text(env, "JWT_PUBLIC_KEY")
     if raw is None:
         return None
     if "-----BEGIN" in raw:
         return raw.replace("\\n", "\n")  # a PEM squeezed onto one line in an env file
     try:
-        text = Path(raw).read_text()
+        pem = Path(raw).read_text()
     except OSError as exc:
         raise AccessConfigError(
             f"JWT_PUBLIC_KEY={raw!r}: neither a PEM key nor a readable file ({exc.strerror})"
         ) from None
-    if "-----BEGIN" not in text:
+    if "-----BEGIN" not in pem:
         raise AccessConfigError(f"JWT_PUBLIC_KEY={raw!r}: the file holds no PEM key")
-    return text
+    return pem
 
 
 def _algorithms(env: Mapping[str, str], secret: str | None, public_key: str | None) -> tuple[str, ...]:
-    raw = _get(env, "JWT_ALGORITHMS")
+    raw = text(env, "JWT_ALGORITHMS")
     if raw is None:
         algorithms: list[str] = []
         if secret:
@@ -187,13 +145,13 @@ class AccessSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AccessSettings:
-        secret = _get(env, "JWT_SECRET")
+        secret = text(env, "JWT_SECRET")
         if secret is not None and len(secret.encode()) < 32:
             raise AccessConfigError("JWT_SECRET: use at least 32 bytes (RFC 7518 for HS256)")
         public_key = _public_key(env)
-        virtual_keys = _bool(env, "VIRTUAL_KEYS", False)
-        max_concurrent = _int(env, "MAX_CONCURRENT_REQUESTS", 0)
-        admin = _get(env, "ADMIN_TOKEN")
+        virtual_keys = boolean(env, "VIRTUAL_KEYS", False)
+        max_concurrent = integer(env, "MAX_CONCURRENT_REQUESTS", 0)
+        admin = text(env, "ADMIN_TOKEN")
         if admin is not None and len(admin) < 8:
             raise AccessConfigError("ADMIN_TOKEN: use at least 8 characters")
         return cls(
@@ -203,18 +161,18 @@ class AccessSettings:
             jwt_secret=secret,
             jwt_public_key=public_key,
             jwt_algorithms=_algorithms(env, secret, public_key),
-            jwt_audience=_get(env, "JWT_AUDIENCE"),
-            jwt_issuer=_get(env, "JWT_ISSUER"),
+            jwt_audience=text(env, "JWT_AUDIENCE"),
+            jwt_issuer=text(env, "JWT_ISSUER"),
             admin_token=admin,
             redis_url=_redis_url(env),
-            redis_prefix=_get(env, "REDIS_PREFIX") or "cot-proxy:",
-            fail_closed=_bool(env, "RATE_LIMIT_FAIL_CLOSED", False),
+            redis_prefix=text(env, "REDIS_PREFIX") or "cot-proxy:",
+            fail_closed=boolean(env, "RATE_LIMIT_FAIL_CLOSED", False),
             max_concurrent_requests=max_concurrent,
-            max_queued_requests=_int(env, "MAX_QUEUED_REQUESTS", max_concurrent),
-            queue_timeout=_seconds(env, "QUEUE_TIMEOUT_SECONDS", 10.0),
-            usage_accounting=_bool(env, "USAGE_ACCOUNTING", virtual_keys),
-            usage_flush_seconds=_seconds(env, "USAGE_FLUSH_SECONDS", 1.0),
-            strict_validation=_bool(env, "STRICT_VALIDATION", True),
-            max_tokens_cap=_int(env, "MAX_TOKENS_CAP", 1_048_576, minimum=1),
-            max_n=_int(env, "MAX_N", 128, minimum=1),
+            max_queued_requests=integer(env, "MAX_QUEUED_REQUESTS", max_concurrent),
+            queue_timeout=number(env, "QUEUE_TIMEOUT_SECONDS", 10.0),
+            usage_accounting=boolean(env, "USAGE_ACCOUNTING", virtual_keys),
+            usage_flush_seconds=number(env, "USAGE_FLUSH_SECONDS", 1.0),
+            strict_validation=boolean(env, "STRICT_VALIDATION", True),
+            max_tokens_cap=integer(env, "MAX_TOKENS_CAP", 1_048_576, low=1),
+            max_n=integer(env, "MAX_N", 128, low=1),
         )
