@@ -24,11 +24,11 @@ _EOL = (b"\n", b"\r")
 class Event:
     """One SSE event: its raw bytes, with fields and JSON parsed on demand."""
 
-    __slots__ = ("_raw", "_lines", "_json", "_parsed")
+    __slots__ = ("_raw", "_fields", "_json", "_parsed")
 
-    def __init__(self, raw: bytes, lines: list[bytes] | None = None) -> None:
+    def __init__(self, raw: bytes) -> None:
         self._raw = raw
-        self._lines = lines
+        self._fields: tuple[str | None, str | None, bool] | None = None
         self._json: Any = None
         self._parsed = False
 
@@ -46,42 +46,51 @@ class Event:
     def raw(self) -> bytes:
         return self._raw
 
-    def _field_lines(self) -> list[bytes]:
-        if self._lines is None:
-            self._lines = self._raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        return self._lines
-
-    def field(self, name: bytes) -> str | None:
-        """Value of the last `name:` line (`data` joins all its lines with `\\n`)."""
-        values = []
-        prefix = name + b":"
-        for line in self._field_lines():
-            if line == name or line.startswith(prefix):
-                value = line[len(prefix):] if line != name else b""
-                values.append(value[1:] if value.startswith(b" ") else value)
-        if not values:
-            return None
-        if name == b"data":
-            return b"\n".join(values).decode("utf-8", "replace")
-        return values[-1].decode("utf-8", "replace")
+    def _parse(self) -> tuple[str | None, str | None, bool]:
+        """(data, event name, is a comment only), parsed once."""
+        if self._fields is not None:
+            return self._fields
+        body = self._raw.rstrip(b"\r\n")
+        if body.startswith(b"data:") and b"\n" not in body and b"\r" not in body:
+            value = body[5:]  # the usual event: one data line
+            self._fields = ((value[1:] if value[:1] == b" " else value).decode("utf-8", "replace"), None, False)
+            return self._fields
+        data: list[bytes] = []
+        name: str | None = None
+        comment = True
+        for line in body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+            if not line or line[:1] == b":":
+                continue
+            comment = False
+            key, sep, value = line.partition(b":")
+            if sep and value[:1] == b" ":
+                value = value[1:]
+            if key == b"data":
+                data.append(value)
+            elif key == b"event":
+                name = value.decode("utf-8", "replace")
+        joined = b"\n".join(data).decode("utf-8", "replace") if data else None
+        self._fields = (joined, name, comment)
+        return self._fields
 
     @property
     def data(self) -> str | None:
-        return self.field(b"data")
+        """The `data` lines joined with `\\n`, or None when there is none."""
+        return self._parse()[0]
 
     @property
     def name(self) -> str | None:
         """The `event:` field, if any."""
-        return self.field(b"event")
+        return self._parse()[1]
 
     @property
     def is_done(self) -> bool:
-        data = self.data
+        data = self._parse()[0]
         return data is not None and data.startswith("[DONE]")
 
     @property
     def is_comment(self) -> bool:
-        return all(not line or line.startswith(b":") for line in self._field_lines())
+        return self._parse()[2]
 
     def json(self) -> Any:
         """The `data` as JSON, or None when it is absent or not JSON (cached)."""
@@ -98,7 +107,7 @@ class Event:
     def set_json(self, obj: Any) -> None:
         """Replace the data with `obj`; other fields of the event are dropped."""
         self._raw = b"data: " + orjson.dumps(obj) + b"\n\n"
-        self._lines = None
+        self._fields = None
         self._json, self._parsed = obj, True
 
 
