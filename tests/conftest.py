@@ -22,6 +22,14 @@ def _upstream_server() -> Iterator[FakeUpstream]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_upstream() -> Iterator[FakeUpstream]:
+    """A fake upstream of the module's own, for module-scoped proxies (Gunicorn)."""
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def upstream(_upstream_server: FakeUpstream) -> FakeUpstream:
     _upstream_server.reset()

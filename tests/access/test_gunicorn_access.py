@@ -18,7 +18,6 @@ import requests
 
 from app.access.store import KeyStore
 from tests.access.conftest import TEST_REDIS_URL
-from tests.fakes.openai_upstream import FakeUpstream
 from tests.support import ROOT, Gunicorn
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -36,13 +35,6 @@ def env(tmp_path_factory, _redis_client) -> Iterator[dict[str, str]]:
     keys = list(_redis_client.scan_iter(match=prefix + "*", count=1000))
     if keys:
         _redis_client.delete(*keys)
-
-
-@pytest.fixture(scope="module")
-def module_upstream() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

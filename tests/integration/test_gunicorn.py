@@ -20,13 +20,6 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def module_upstream() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def gunicorn(module_upstream: FakeUpstream) -> Iterator[Gunicorn]:
     g = Gunicorn({"TARGET_BASE_URL": module_upstream.base_url, "REQUEST_TIMEOUT_SECONDS": "20"})
     yield g

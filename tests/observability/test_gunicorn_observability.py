@@ -27,13 +27,6 @@ N = 40
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def webhook() -> Iterator[Blackhole]:
     hole = Blackhole()
     yield hole
@@ -41,7 +34,7 @@ def webhook() -> Iterator[Blackhole]:
 
 
 @pytest.fixture(scope="module")
-def proxy(upstream: FakeUpstream, webhook: Blackhole, tmp_path_factory) -> Iterator[Gunicorn]:
+def proxy(module_upstream: FakeUpstream, webhook: Blackhole, tmp_path_factory) -> Iterator[Gunicorn]:
     tmp = tmp_path_factory.mktemp("obs")
     metrics_port = free_port()
     multiproc = tmp / "multiproc"
@@ -49,7 +42,7 @@ def proxy(upstream: FakeUpstream, webhook: Blackhole, tmp_path_factory) -> Itera
     (multiproc / "counter_1.db").write_bytes(b"stale")  # a previous run's file: must be wiped at start
     g = Gunicorn({
         "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
-        "TARGET_BASE_URL": upstream.base_url,
+        "TARGET_BASE_URL": module_upstream.base_url,
         "UPSTREAM_API_KEY": UPSTREAM_KEY,
         "LLM_PARAMS": "model=sum-model;model=fake-model",
         "THINK_MODE": "separate",
@@ -68,9 +61,9 @@ def proxy(upstream: FakeUpstream, webhook: Blackhole, tmp_path_factory) -> Itera
 
 
 @pytest.fixture
-def up(upstream: FakeUpstream) -> FakeUpstream:
-    upstream.reset()
-    return upstream
+def up(module_upstream: FakeUpstream) -> FakeUpstream:
+    module_upstream.reset()
+    return module_upstream
 
 
 def _slow_default(rec: Recorded) -> Reply:
