@@ -127,7 +127,7 @@ class Relay:
             ex.client_model = model if isinstance(model, str) else None
         self.pipeline.admit(ex)
         if family.local is not None and (answer := family.local(ex)) is not None:
-            return answer
+            return self._local(ex, answer)
         plan = self.router.plan(ex)
         if not plan:
             if family.echo is None:
@@ -135,8 +135,17 @@ class Relay:
                     f"Echo mode (no TARGET_BASE_URL or BACKEND_URL set) does not serve /v1/{ex.path}.",
                     code="echo_mode",
                 )
-            return family.echo(ex)
+            return self._local(ex, family.echo(ex))
         return self._forward(family, ex, plan)
+
+    def _local(self, ex: Exchange, response: Response) -> Response:
+        """An answer the proxy made itself gets the same response-header steps as an
+        upstream's (rate-limit headers, scrubbing); its body is already final."""
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        self.pipeline.bind(ex).response_headers(response.status_code, headers)
+        response.headers.clear()
+        response.headers.update(headers)
+        return response
 
     def _exchange(self, family: Family, path: str | None) -> Exchange:
         headers = {k.lower(): v for k, v in request.headers.items()}
