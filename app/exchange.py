@@ -25,6 +25,8 @@ class Outcome:
     """Error kind: an error code (`upstream_timeout`, ...), `midstream` or `client_disconnected`."""
     attempts: list[str] = field(default_factory=list)
     """Targets tried, in order (fallbacks and retries)."""
+    failures: list[tuple[Any, str]] = field(default_factory=list)
+    """Attempts that failed before the one that answered: (target, error code or `http_<status>`)."""
 
     @property
     def duration(self) -> float:

@@ -193,6 +193,7 @@ class Relay:
                     self.router.finished(ex, attempt.target, ok=False, final=False)
                     if last:
                         raise
+                    ex.outcome.failures.append((attempt.target, exc.code or exc.type))
                     log.warning("attempt %s failed (%s); trying %s", attempt.label, exc.code, plan[n + 1].label)
                     continue
                 except BaseException:
@@ -201,6 +202,7 @@ class Relay:
                 fall_back = not last and should_fall_back(resp.status_code)
                 self.router.finished(ex, attempt.target, ok=resp.status_code < 500, final=not fall_back)
                 if fall_back:
+                    ex.outcome.failures.append((attempt.target, f"http_{resp.status_code}"))
                     log.warning("attempt %s answered %s; trying %s", attempt.label, resp.status_code,
                                 plan[n + 1].label)
                     retry_after = resp.headers.get("retry-after")

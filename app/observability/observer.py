@@ -195,6 +195,12 @@ class Observer(Transform):
         if target is not None and o.attempts:
             backend = label_value(getattr(target, "origin", None))
             metrics.backend_up.labels(provider, backend).set(0 if upstream in ("connect", "timeout", "5xx") else 1)
+        for failed, code in o.failures:  # attempts that failed before a fallback or retry answered
+            failed_provider = label_value(getattr(failed, "name", None))
+            kind = UPSTREAM_KINDS.get(code) or ("5xx" if code.startswith("http_5") else None)
+            if kind is not None:
+                metrics.upstream_errors.labels(failed_provider, kind).inc()
+                metrics.backend_up.labels(failed_provider, label_value(getattr(failed, "origin", None))).set(0)
         if len(o.attempts) > 1:
             metrics.fallbacks.labels(route, provider).inc(len(o.attempts) - 1)
         if status == 429 and not o.attempts:

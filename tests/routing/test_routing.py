@@ -354,3 +354,19 @@ providers:
     assert len(two[0].requests) == 1, "the second proxy never sent to the ejected backend"
     two[0].responder = None
     client.flushdb()
+
+
+def test_failed_attempts_are_counted_for_the_provider_that_failed(tmp_path, ups):
+    from app.observability import metrics
+
+    def errors(provider: str, kind: str) -> float:
+        labels = {"provider": provider, "kind": kind}
+        return metrics.REGISTRY.get_sample_value("cot_proxy_upstream_errors_total", labels) or 0
+
+    yaml_text = two_providers(ups, FALLBACK.format(first="a"))
+    before = errors("a", "5xx")
+    ups[0].enqueue(json_reply({"error": {"message": "busy"}}, status=503))
+    resp = chat(create_app(make(tmp_path, yaml_text)).test_client(), "fast")
+    assert resp.status_code == 200 and resp.headers["X-Cot-Proxy-Provider"] == "b/y"
+    resp.close()  # the done hooks run when the server closes the response
+    assert errors("a", "5xx") == before + 1
