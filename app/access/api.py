@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hmac
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from ..errors import AuthenticationError, InvalidRequest, NotFound
 from .auth import bearer
 from .guard import AccessGuard
-from .store import KeyStore
+
+if TYPE_CHECKING:
+    from .store import KeyStore
 
 bp = Blueprint("access", __name__)
 
@@ -48,6 +51,8 @@ def _store(app: Flask) -> tuple[KeyStore, AccessGuard | None]:
         return guard.store(), guard
     store = app.extensions.get("cot_proxy.access_store")
     if store is None:
+        from .store import KeyStore
+
         store = app.extensions["cot_proxy.access_store"] = KeyStore(app.config["COT"].access.database_url)
     return store, None
 

@@ -19,14 +19,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthenticationError, Overloaded
+from .keys import KEY_PREFIX, KeyRecord, hint, now_utc
 from .limits import Limits
 from .settings import KEY_CACHE_SECONDS, AccessSettings
-from .store import KEY_PREFIX, KeyRecord, KeyStore, hint, now_utc
+
+if TYPE_CHECKING:
+    from .store import KeyStore
 
 log = logging.getLogger("cot_proxy.guard")
 
@@ -158,6 +159,8 @@ class Authenticator:
         hit, record = self.cache.get(digest)
         if not hit:
             assert self._store is not None
+            from sqlalchemy.exc import SQLAlchemyError  # loaded only with virtual keys on
+
             try:
                 record = self._store().lookup(credential)
             except SQLAlchemyError as exc:

@@ -11,13 +11,17 @@ import json
 import re
 import sys
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from .api import parse_time
-from .store import KeyStore, now_utc
+from .keys import now_utc
+
+if TYPE_CHECKING:
+    from .store import KeyStore
 
 keys = AppGroup("keys", help="Virtual API keys (sk-cp-…) in the key store at DATABASE_URL.")
 
@@ -26,6 +30,8 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def _store() -> KeyStore:
+    from .store import KeyStore
+
     return KeyStore(current_app.config["COT"].access.database_url)
 
 

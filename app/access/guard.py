@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import validation
 from ..config import Config
@@ -30,6 +30,7 @@ from ..exchange import Exchange
 from ..sse import Event
 from ..transforms.base import Transform
 from .auth import Authenticator, Identity
+from .keys import now_utc
 from .limits import (
     Decision,
     Limiter,
@@ -42,7 +43,9 @@ from .limits import (
 )
 from .queue import SlotQueue
 from .settings import AccessSettings
-from .store import KeyStore, now_utc
+
+if TYPE_CHECKING:
+    from .store import KeyStore
 from .usage import UsageWriter, estimate_prompt_tokens, estimate_text_tokens, output_chars
 
 log = logging.getLogger("cot_proxy.guard")
@@ -96,6 +99,8 @@ class AccessGuard(Transform):
         if self._store is None:
             with self._store_lock:
                 if self._store is None:
+                    from .store import KeyStore  # SQLAlchemy only when virtual keys are on
+
                     self._store = KeyStore(self.settings.database_url)
         return self._store
 

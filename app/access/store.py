@@ -8,14 +8,12 @@ Tables are created on first use; `cot_` prefixes keep them apart from others.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +38,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from .keys import KEY_PREFIX, KeyRecord, hash_key, hint, now_utc, utc  # noqa: F401  (re-exported)
 from .limits import Limits
 
 log = logging.getLogger("cot_proxy.guard")
-
-KEY_PREFIX = "sk-cp-"
 
 metadata = MetaData()
 
@@ -82,57 +79,6 @@ usage_records = Table(
     Column("status", Integer),
     Column("latency_ms", Integer),
 )
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def hint(secret: str) -> str:
-    """What may be shown or logged of a secret: its last 4 characters."""
-    return "…" + secret[-4:] if len(secret) > 8 else "…"
-
-
-def utc(dt: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    if dt is None:
-        return None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    id: int
-    name: str
-    hint: str
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    models: tuple[str, ...] | None
-    limits: Limits
-    spent_tokens: int
-
-    def status(self, at: datetime | None = None) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= (at or now_utc()):
-            return "expired"
-        return "active"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "name": self.name, "key": KEY_PREFIX + "…" + self.hint, "status": self.status(),
-            "models": list(self.models) if self.models is not None else None,
-            "rpm": self.limits.rpm, "tpm": self.limits.tpm, "max_concurrent": self.limits.concurrency,
-            "budget": self.limits.budget, "spent_tokens": self.spent_tokens,
-            "created_at": self.created_at.isoformat(),
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-        }
 
 
 def _record(row: Any) -> KeyRecord:
