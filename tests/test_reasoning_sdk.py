@@ -143,3 +143,13 @@ def test_cot_proxy_readme_string_works_unchanged(upstream):
         "model": "Qwen3-32B", "temperature": 0.7, "top_k": 20, "top_p": 0.8}
     assert sent["messages"][-1]["content"] == "hi\n\n/no_think"
     assert (out.model, out.choices[0].message.content) == ("Qwen3-32B-Non-Thinking", "Hello!")
+
+
+def test_retrieve_a_configured_name_in_single_upstream_mode(upstream):
+    from app import create_app
+    from app.config import Config
+
+    cfg = Config.from_env({"TARGET_BASE_URL": upstream.base_url, "LLM_PARAMS": "model=r1,upstream_model_name=x"})
+    resp = create_app(cfg).test_client().get("/v1/models/r1")
+    assert resp.status_code == 200 and resp.get_json()["id"] == "r1"
+    assert upstream.requests == [], "answered by the proxy"

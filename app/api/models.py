@@ -19,10 +19,14 @@ bp = Blueprint("models", __name__)
 
 def from_catalog(ex: Exchange) -> Response | None:
     router: Router = current_app.extensions["cot_proxy.router"]
+    wanted = ex.path.removeprefix("models").strip("/")
     if router.transparent or not router.providers:
+        # One upstream: its list passes through (with LLM_PARAMS names added by the Overrides
+        # step); a single configured name is answered here, the upstream does not know it.
+        if wanted and wanted in router.catalog.aliases:
+            return echo.json_response({"id": wanted, "object": "model", "created": 0, "owned_by": "cot-proxy"})
         return None
     entries = router.model_entries()
-    wanted = ex.path.removeprefix("models").strip("/")
     if not wanted:
         return echo.json_response({"object": "list", "data": entries})
     for entry in entries:
