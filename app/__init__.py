@@ -47,10 +47,9 @@ def create_app(config: Config | None = None) -> Flask:
         log.info("Livepeer gateway routes go to %s", config.livepeer.gateway_url)
     for name, provider in router.providers.items():
         log.info("provider %s (%s): %s", name, provider.kind, ", ".join(b.target.origin for b in provider.backends))
-    if router.providers:
-        pass
-    elif config.livepeer is None:
-        log.warning("ECHO MODE: no TARGET_BASE_URL or BACKEND_URL set; answering locally, nothing is forwarded")
-    else:
-        log.warning("ECHO MODE for routes the gateway does not serve (no TARGET_BASE_URL or BACKEND_URL set)")
+    if not router.providers:
+        if config.livepeer is None:
+            log.warning("ECHO MODE: no TARGET_BASE_URL or BACKEND_URL set; answering locally, nothing is forwarded")
+        else:
+            log.warning("ECHO MODE for routes the gateway does not serve (no TARGET_BASE_URL or BACKEND_URL set)")
     return app
