@@ -48,7 +48,7 @@ class HealthCheck:
             timeout = min(PROBE_TIMEOUT, target.connect_timeout or PROBE_TIMEOUT)
             resp = self.upstream.session.get(target.base_url, timeout=(timeout, PROBE_TIMEOUT), stream=True)
             resp.close()
-            result = (200, {"status": "healthy", "target_url": target.origin})
+            result = (200, {"status": "healthy", "target_url": target.public_url})
         except Exception as exc:  # any failure to get an answer means unhealthy
             error: ProxyError = map_requests_error(exc, target)
             result = (503, {"status": "unhealthy", "error": f"Health check failed: {error.message}"})

@@ -41,6 +41,12 @@ class Target:
         return self.base_url + path + ("?" + query if query else "")
 
     @cached_property
+    def public_url(self) -> str:
+        """The base URL without credentials or query: what /health may show."""
+        parts = urlsplit(self.base_url)
+        return self.origin + parts.path
+
+    @cached_property
     def origin(self) -> str:
         """scheme://host:port: safe to show in messages and logs."""
         parts = urlsplit(self.base_url)

@@ -216,3 +216,12 @@ def test_echo_mode_errors_and_shapes(echo_client):
     assert_envelope(echo_client.post("/v1/chat/completions", json={"messages": "x"}), 400, "messages")
     assert echo_client.get("/health").get_json()["status"] == "healthy"
     assert echo_client.post("/v1/images/generations", json={"prompt": "x"}).status_code == 404
+
+
+def test_health_shows_target_without_credentials(upstream):
+    from app import create_app
+    from app.config import Config
+
+    url = upstream.base_url.replace("http://", "http://user:pw@") + "?key=sk-secret"
+    resp = create_app(Config(target_base_url=url, connect_timeout=2)).test_client().get("/health")
+    assert resp.get_json() == {"status": "healthy", "target_url": upstream.base_url}
