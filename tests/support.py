@@ -93,3 +93,12 @@ class Gunicorn:
             self.proc.wait()
         self._out.close()
         return self.log_path.read_text(errors="replace")
+
+
+def failed_start(env: dict[str, str]) -> tuple[int, str]:
+    """Start Gunicorn with `env` added, expecting it to refuse; (exit code, everything it printed)."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
+    full_env.update({"HOST": "127.0.0.1", "PORT": str(free_port()), **env})
+    proc = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"],
+                          cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stdout + proc.stderr

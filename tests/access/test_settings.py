@@ -60,15 +60,8 @@ def test_redis_password_not_in_error():
 
 def test_bad_access_value_stops_gunicorn_naming_it():
     """The master validates access settings too (app/access/settings.py is standard library only)."""
-    import os
-    import subprocess
-    import sys
+    from tests.support import failed_start
 
-    from tests.support import ROOT, free_port
-
-    env = {k: v for k, v in os.environ.items() if k != "TARGET_BASE_URL"}
-    env.update(PORT=str(free_port()), HOST="127.0.0.1", REDIS_URL="http://not-redis")
-    proc = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "REDIS_URL" in proc.stdout + proc.stderr
+    code, output = failed_start({"REDIS_URL": "http://not-redis"})
+    assert code != 0
+    assert "REDIS_URL" in output

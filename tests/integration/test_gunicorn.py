@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -14,7 +11,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_upstream import FakeUpstream, Reply, chat_chunk, sse_reply
-from tests.support import ROOT, Gunicorn, free_port
+from tests.support import Gunicorn, failed_start
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -84,9 +81,6 @@ def test_echo_mode_under_gunicorn():
 
 
 def test_bad_config_stops_startup_naming_variable():
-    env = {k: v for k, v in os.environ.items() if k != "TARGET_BASE_URL"}
-    env.update(PORT=str(free_port()), HOST="127.0.0.1", TARGET_BASE_URL="not a url")
-    proc = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "TARGET_BASE_URL" in proc.stdout + proc.stderr
+    code, output = failed_start({"TARGET_BASE_URL": "not a url"})
+    assert code != 0
+    assert "TARGET_BASE_URL" in output
