@@ -26,7 +26,7 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env()
     app = Flask("cot_proxy")
     app.config["COT"] = config
-    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    app.config["MAX_CONTENT_LENGTH"] = config.bounds.max_request_bytes
     app.json.sort_keys = False
     observability.init_app(app, config)  # logging first, then GET /metrics and its request hooks
 

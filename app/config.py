@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .access.settings import AccessSettings
+from .bounds import Bounds
 from .envparse import ConfigError, boolean, choice, integer, number, text, url
 from .livepeer.settings import LivepeerSettings, listen_address
 from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, parse_llm_params
@@ -73,7 +74,8 @@ class Config:
     port: int = 5000
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
-    max_request_bytes: int = 32 * 1024 * 1024
+    bounds: Bounds = field(default_factory=Bounds)
+    """Size and time limits on request and response bodies (app/bounds.py)."""
     health_cache_seconds: float = 2.0
     livepeer: LivepeerSettings | None = None
     """Livepeer gateway routes (`GATEWAY_URL` set), else None."""
@@ -152,7 +154,7 @@ class Config:
             port=port,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            max_request_bytes=integer(env, "MAX_REQUEST_BYTES", 32 * 1024 * 1024, low=1),
+            bounds=Bounds.from_env(env),
             access=access,
             observability=observability,
             extra=dict(env),

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from app import create_app
+from app.bounds import Bounds
 from app.config import Config
 from app.envparse import ConfigError
 from app.livepeer.settings import LivepeerSettings, listen_address
@@ -162,6 +163,6 @@ def test_timeout_504_and_unreachable_502(gateway):
 
 
 def test_oversized_body_413_not_truncated(gateway):
-    c = create_app(replace(lp_config(gateway), max_request_bytes=64)).test_client()
+    c = create_app(replace(lp_config(gateway), bounds=Bounds(max_request_bytes=64))).test_client()
     assert c.post("/v1/embeddings", json={"input": "x" * 100}).status_code == 413
     assert gateway.requests == []

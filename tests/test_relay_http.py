@@ -54,7 +54,7 @@ def test_too_large_413(upstream):
     from app import create_app
     from tests.conftest import proxy_config
 
-    c = create_app(proxy_config(upstream, max_request_bytes=100)).test_client()
+    c = create_app(proxy_config(upstream, bounds=Bounds(max_request_bytes=100))).test_client()
     resp = c.post("/v1/chat/completions", json={**CHAT, "pad": "x" * 200})
     assert_envelope(resp, 413)
     resp = c.post("/v1/audio/transcriptions", data=b"x" * 200, content_type="application/octet-stream")

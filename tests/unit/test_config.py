@@ -8,7 +8,7 @@ from app.config import Config, ConfigError
 def test_defaults_echo_mode():
     c = Config.from_env({})
     assert c.echo_mode and c.port == 5000 and c.host == "0.0.0.0"
-    assert (c.connect_timeout, c.read_timeout, c.max_request_bytes) == (10.0, 600.0, 33554432)
+    assert (c.connect_timeout, c.read_timeout, c.bounds.max_request_bytes) == (10.0, 600.0, 33554432)
 
 
 def test_target_base_url_gets_trailing_slash():
