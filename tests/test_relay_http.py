@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from app.bounds import Bounds
 from tests.fakes.openai_upstream import Reply, chat_chunk, json_reply, sse_reply
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
