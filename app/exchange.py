@@ -52,6 +52,8 @@ class Exchange:
     """Parsed JSON body (mutable), or None for non-JSON bodies."""
     client_model: str | None = None
     """The model name the client asked for, before any alias."""
+    needs_model: bool = False
+    """Set by `authenticate` hooks: find `client_model` in a non-JSON family's body too."""
     target: Any = None
     """The `upstream.Target` chosen by the router (None in echo mode)."""
     state: dict[str, Any] = field(default_factory=dict)

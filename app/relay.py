@@ -119,6 +119,7 @@ class Relay:
         self.pipeline.done(ex)
 
     def _handle(self, family: Family, ex: Exchange) -> Response:
+        self.pipeline.authenticate(ex)
         if family.json_body and ex.method in ("POST", "PUT", "PATCH"):
             ex.body = read_json_object()
             if family.validate is not None:

@@ -1,8 +1,11 @@
 """`AccessGuard`: the transform that authenticates, checks and limits requests, and accounts for them.
 
-`admit`, before routing, in this order (each step may refuse):
-  1. authenticate (401)       bearer token / virtual key / JWT; `/v1/metadata` stays open
-  2. model allowed (403)      the key's model globs against the model the client named
+`authenticate`, from the headers before the body is read:
+  1. authenticate (401)       bearer token / virtual key / JWT, on every relayed route and method
+                              (the open probes and GET /v1/metadata never reach the relay)
+`admit`, after the body is read, before routing, in this order (each step may refuse):
+  2. model allowed (403)      the key's model globs against the model the request names
+                              (JSON `model`, or the multipart/form `model` field, on any route)
   3. strict input checks (400) app/validation.py `strict`, unless STRICT_VALIDATION=false
   4. per-key limits (429)     budget, concurrency, requests/min, tokens/min (prompt estimate)
   5. global slot (503)        MAX_CONCURRENT_REQUESTS, waiting up to QUEUE_TIMEOUT_SECONDS
@@ -50,8 +53,6 @@ from .usage import UsageWriter, estimate_prompt_tokens, estimate_text_tokens, ou
 
 log = logging.getLogger("cot_proxy.guard")
 
-OPEN_PATHS = frozenset({"metadata"})
-"""Paths under /v1/ that need no credentials."""
 TOKEN_FAMILIES = frozenset({"chat", "completions", "embeddings"})
 GENERATION = frozenset({"chat", "completions"})
 FAIL_OPEN_LOG_EVERY = 10.0
@@ -106,13 +107,16 @@ class AccessGuard(Transform):
 
     # -- admit ----------------------------------------------------------------
 
-    def admit(self, ex: Exchange) -> None:
-        if ex.path.rstrip("/") in OPEN_PATHS:
-            return
+    def authenticate(self, ex: Exchange) -> None:
         identity = self.auth.authenticate(ex.headers)
         # Known from here on, also to observers (access log) if a later check refuses; `admitted` is set last.
-        state: dict[str, Any] = {"identity": identity, "estimate": 0, "admitted": False}
-        ex.state[self.name] = state
+        ex.state[self.name] = {"identity": identity, "estimate": 0, "admitted": False}
+        if identity.models is not None:
+            ex.needs_model = True
+
+    def admit(self, ex: Exchange) -> None:
+        state: dict[str, Any] = ex.state[self.name]
+        identity: Identity = state["identity"]
         self._check_model(identity, ex.client_model, ex.family)
         if self.settings.strict_validation:
             validation.strict(ex.family, ex.body, max_tokens_cap=self.settings.max_tokens_cap,

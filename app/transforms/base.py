@@ -1,7 +1,8 @@
 """The transform contract: small objects with optional hooks, called in order.
 
 A transform overrides only the hooks it needs; the relay calls nothing else.
-Hooks run in list order: `admit` (every request, before routing), then for
+Hooks run in list order: `authenticate` (headers only, before the body is read),
+`admit` (every request, before routing), then for
 transforms whose `applies` is true, `request` on the way out and
 `response_headers`, `response_json`, `stream_event`, `stream_end` on the way
 back; finally `done` (every request, after the last byte).
@@ -25,8 +26,13 @@ class Transform:
         """Whether this transform takes part in `ex` at all (checked once per request)."""
         return True
 
+    def authenticate(self, ex: Exchange) -> None:
+        """From the headers alone, before the body is read: raise a `ProxyError` to refuse.
+        Set `ex.needs_model` if `admit` must know the model of a non-JSON family."""
+
     def admit(self, ex: Exchange) -> None:
-        """Before routing, for every request: raise a `ProxyError` to refuse it (auth, limits)."""
+        """After the body is read, before routing, for every request: raise a `ProxyError`
+        to refuse it (model allow-list, strict checks, limits)."""
 
     def request(self, ex: Exchange) -> None:
         """Edit `ex.body` / `ex.headers` before they go upstream."""

@@ -16,8 +16,13 @@ log = logging.getLogger("cot_proxy.transforms")
 class Pipeline:
     def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
+        self._authenticate = [t for t in self.transforms if overrides(t, "authenticate")]
         self._admit = [t for t in self.transforms if overrides(t, "admit")]
         self._done = [t for t in self.transforms if overrides(t, "done")]
+
+    def authenticate(self, ex: Exchange) -> None:
+        for t in self._authenticate:
+            t.authenticate(ex)
 
     def admit(self, ex: Exchange) -> None:
         for t in self._admit:
@@ -84,6 +89,3 @@ class BoundPipeline:
             events.extend(flushed)
         return events
 
-
-def chain(events: Iterable[Event]) -> bytes:
-    return b"".join(e.raw for e in events)
