@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask
 
-from . import access, api, discovery, errors, observability, probes, request_id
+from . import access, api, discovery, errors, observability, paths, probes, request_id
 from .config import Config
 from .probes import HealthCheck
 from .relay import Relay
@@ -37,6 +37,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["cot_proxy.relay"] = Relay(config, router, upstream, build_pipeline(config))
 
     request_id.init_app(app)
+    paths.init_app(app)  # before routing: no path that could leave the upstream's base
     errors.register(app)
     probes.init_app(app, HealthCheck(config, router, upstream))
     discovery.init_app(app)

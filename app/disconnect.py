@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ClientDisconnected
 
 
-def _gevent_active() -> bool:
+def gevent_active() -> bool:
     try:
         from gevent import monkey
     except ImportError:
@@ -38,7 +38,7 @@ class DisconnectWatch:
     def start(cls, environ: dict[str, Any]) -> DisconnectWatch:
         watch = cls()
         sock = environ.get("gunicorn.socket")
-        if sock is not None and _gevent_active():
+        if sock is not None and gevent_active():
             import gevent
 
             watch._greenlet = gevent.spawn(_watch, sock, gevent.getcurrent())

@@ -7,19 +7,25 @@
     │   ├── PermissionDenied        403 model_not_allowed: the key may not use this model
     │   ├── NotFound                404
     │   ├── MethodNotAllowed        405
-    │   ├── PayloadTooLarge         413
+    │   ├── RequestTimeout          408 request_timeout: the body took longer than REQUEST_BODY_TIMEOUT_SECONDS
+    │   ├── PayloadTooLarge         413 request_too_large: the body is over MAX_REQUEST_BYTES
     │   └── RateLimited             429 rate_limit_exceeded, with Retry-After
     │       └── QuotaExceeded       429 insufficient_quota: the key's token budget is spent (no retry)
+    ├── InternalError               500 internal_error: a bug in the proxy (a step raised something
+    │                                   else than a ProxyError); logged with its traceback
     ├── Overloaded                  503 overloaded: no slot within QUEUE_TIMEOUT_SECONDS, or the
     │                                   limiter's Redis is down with RATE_LIMIT_FAIL_CLOSED
     └── UpstreamError               the upstream is at fault (5xx)
         ├── UpstreamUnavailable     502 cannot connect, TLS failure
-        ├── UpstreamBadResponse     502 garbage where JSON was promised, broken framing
+        ├── UpstreamBadResponse     502 garbage where JSON was promised, broken framing; also
+        │                               `upstream_response_too_large` (MAX_RESPONSE_BYTES),
+        │                               `upstream_event_too_large` (MAX_SSE_EVENT_BYTES),
+        │                               `upstream_not_streaming` (no SSE for a stream request)
         └── UpstreamTimeout         504 no byte within the timeout
 
 `ClientDisconnected` is not a `ProxyError`: nobody is left to answer.
-Foreign exceptions (`requests`) are mapped to this tree in one place,
-`app.upstream.map_requests_error`. `register(app)` installs the single handler
+Foreign exceptions (`requests`, `urllib3`, sockets) are mapped to this tree in
+one place, the `app.upstream.mapped_errors` context manager. `register(app)` installs the single handler
 that renders every one of them as `{"error": {message, type, param, code}}`.
 """
 
@@ -71,6 +77,11 @@ class MethodNotAllowed(ClientError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"
@@ -96,6 +107,12 @@ class RateLimited(ClientError):
 class QuotaExceeded(RateLimited):
     type = "insufficient_quota"
     code = "insufficient_quota"
+
+
+class InternalError(ProxyError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
 
 
 class Overloaded(ProxyError):
@@ -150,7 +167,7 @@ def from_http_exception(exc: HTTPException) -> ProxyError:
         err = ClientError(exc.description or exc.name)
         err.status = exc.code
         return err
-    return ProxyError("Internal error.")
+    return InternalError("Internal error in the proxy.")
 
 
 def register(app: Flask) -> None:
@@ -167,4 +184,4 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         app.logger.exception("unhandled error")
-        return error_response(ProxyError("Internal error in the proxy."))
+        return error_response(InternalError("Internal error in the proxy."))

@@ -1,6 +1,7 @@
 """The one relay every API family goes through.
 
-    request -> read + validate -> admit (guards) -> route (a plan of attempts)
+    request -> authenticate (headers) -> read body (bounded) + validate -> admit (guards)
+            -> route (a plan of attempts)
             -> per attempt: transforms.request -> upstream
             -> transforms.response_headers -> body: SSE events | JSON | raw bytes -> client
             -> done hooks, after the last byte
@@ -13,23 +14,25 @@ timeout, 429, 5xx) moves on to the plan's next attempt; after that, never.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 
 import orjson
-import requests
 from flask import Response, g, request, stream_with_context
 from werkzeug.exceptions import HTTPException
 
+from .body import RequestBody, SizedStream, model_in
 from .config import Config
 from .disconnect import DisconnectWatch
 from .errors import (
     ClientDisconnected,
+    InternalError,
     InvalidRequest,
     NotFound,
     ProxyError,
@@ -43,11 +46,10 @@ from .exchange import Exchange
 from .routing.router import Attempt, Router
 from .sse import Event, SSEDecoder
 from .transforms import BoundPipeline, Pipeline
-from .upstream import Target, Upstream, iter_decoded, iter_raw, map_requests_error
+from .upstream import DECODABLE, Answer, Target, Upstream
 
 log = logging.getLogger("cot_proxy.relay")
 
-MAX_ERROR_BODY = 1024 * 1024
 RETRY_AFTER_CAP = 10.0
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -78,22 +80,32 @@ def should_fall_back(status: int) -> bool:
 class Relay:
     def __init__(self, config: Config, router: Router, upstream: Upstream, pipeline: Pipeline) -> None:
         self.config = config
+        self.bounds = config.bounds
         self.router = router
         self.upstream = upstream
         self.pipeline = pipeline
 
     # -- request side -------------------------------------------------------
 
-    def handle(self, family: Family, path: str | None = None) -> Response:
-        ex = self._exchange(family, path)
+    def handle(self, family: Family) -> Response:
+        """Every outcome becomes a response here, and the done hooks run exactly once after it."""
+        ex = self._exchange(family)
         try:
             try:
                 response = self._handle(family, ex)
-            except HTTPException as exc:  # e.g. 413 from werkzeug while reading the body
+            except HTTPException as exc:  # werkzeug's own, e.g. while parsing a form
                 raise from_http_exception(exc) from None
         except ProxyError as exc:
             ex.outcome.error = exc.code or exc.type
             response = error_response(exc)
+        except ClientDisconnected:
+            ex.outcome.error = "client_disconnected"
+            log.info("client went away before the upstream answered")
+            response = Response(status=499)
+        except Exception:
+            log.exception("internal error while relaying %s /v1/%s", ex.method, ex.path)
+            ex.outcome.error = "internal_error"
+            response = error_response(InternalError("Internal error in the proxy."))
         ex.outcome.status = response.status_code
         if response.is_streamed:
             response.response = self._then_done(response.response, ex)
@@ -115,17 +127,31 @@ class Relay:
         if ex.outcome.finished_at is not None:
             return  # once per request
         ex.outcome.finished_at = time.monotonic()
-        self.router.release(ex)
+        try:
+            self.router.release(ex)
+        except Exception:
+            log.exception("releasing the backend failed")
         self.pipeline.done(ex)
 
     def _handle(self, family: Family, ex: Exchange) -> Response:
-        self.pipeline.authenticate(ex)
+        self.pipeline.authenticate(ex)  # from the headers: no body is read for a client we refuse
+        body = RequestBody(request.environ, self.bounds)
+        raw_body: bytes | SizedStream | None = None
         if family.json_body and ex.method in ("POST", "PUT", "PATCH"):
-            ex.body = read_json_object()
+            ex.body = read_json_object(body)
             if family.validate is not None:
                 family.validate(ex.body)
             model = ex.body.get("model")
             ex.client_model = model if isinstance(model, str) else None
+        elif body.present:
+            # A declared length streams upstream as it arrives; chunked bodies, and bodies whose
+            # model a key's allow-list must see, are read whole first (within MAX_REQUEST_BYTES).
+            if body.length is not None and not ex.needs_model:
+                raw_body = body.stream()
+            else:
+                raw_body = body.read()
+                if ex.needs_model:
+                    ex.client_model = model_in(raw_body, ex.headers.get("content-type", ""))
         self.pipeline.admit(ex)
         if family.local is not None and (answer := family.local(ex)) is not None:
             return self._local(ex, answer)
@@ -137,7 +163,7 @@ class Relay:
                     code="echo_mode",
                 )
             return self._local(ex, family.echo(ex))
-        return self._forward(family, ex, plan)
+        return self._forward(family, ex, plan, raw_body)
 
     def _local(self, ex: Exchange, response: Response) -> Response:
         """An answer the proxy made itself gets the same response-header steps as an
@@ -145,35 +171,32 @@ class Relay:
         headers = {k.lower(): v for k, v in response.headers.items()}
         self.pipeline.bind(ex).response_headers(response.status_code, headers)
         response.headers.clear()
-        response.headers.update(headers)
+        response.headers.update(safe_headers(headers))
         return response
 
-    def _exchange(self, family: Family, path: str | None) -> Exchange:
+    def _exchange(self, family: Family) -> Exchange:
         headers = {k.lower(): v for k, v in request.headers.items()}
         headers["x-request-id"] = g.request_id
         return Exchange(
             request_id=g.request_id,
             family=family.name,
             method=request.method,
-            path=path if path is not None else quote(request.path.removeprefix("/v1/"), safe=_PATH_SAFE),
+            path=quote(request.path.removeprefix("/v1/"), safe=_PATH_SAFE),
             query=request.query_string.decode("latin-1"),
             headers=headers,
         )
 
-    def _raw_body(self) -> bytes | SizedStream | None:
-        if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") and not request.content_length:
-            return None
-        if request.content_length is not None:
-            return SizedStream(request.stream, request.content_length)  # multipart uploads, unchanged
-        return request.get_data(cache=False)
-
     # -- upstream -----------------------------------------------------------
 
-    def _forward(self, family: Family, ex: Exchange, plan: list[Attempt]) -> Response:
-        raw_body = None if ex.body is not None else self._raw_body()
+    def _forward(
+        self, family: Family, ex: Exchange, plan: list[Attempt], raw_body: bytes | SizedStream | None,
+    ) -> Response:
         if isinstance(raw_body, SizedStream):
             plan = plan[:1]  # a streamed upload cannot be replayed
         original_body, original_headers = ex.body, ex.headers
+        if family.parse_response or ex.body is not None:
+            # The proxy reads this answer: ask only for encodings it can decode.
+            original_headers = accept_decodable(original_headers)
         # A body still being streamed upstream would look like client activity.
         watch = DisconnectWatch() if isinstance(raw_body, SizedStream) else DisconnectWatch.start(request.environ)
         retry_after: str | None = None
@@ -186,10 +209,10 @@ class Relay:
                 ex.body = copy.deepcopy(original_body) if len(plan) > 1 else original_body
                 ex.headers = dict(original_headers)
                 bound = self._prepare(ex, attempt)
-                body = orjson.dumps(ex.body) if ex.body is not None else raw_body
+                body = dump_json(ex.body) if ex.body is not None else raw_body
                 self.router.begin(ex, attempt.target)
                 try:
-                    resp = self._send(ex, attempt.target, body)
+                    answer = self._send(ex, attempt.target, body)
                 except UpstreamError as exc:
                     self.router.finished(ex, attempt.target, ok=False, final=False)
                     if last:
@@ -197,24 +220,16 @@ class Relay:
                     ex.outcome.failures.append((attempt.target, exc.code or exc.type))
                     log.warning("attempt %s failed (%s); trying %s", attempt.label, exc.code, plan[n + 1].label)
                     continue
-                except BaseException:
-                    self.router.release(ex)
-                    raise
-                fall_back = not last and should_fall_back(resp.status_code)
-                self.router.finished(ex, attempt.target, ok=resp.status_code < 500, final=not fall_back)
+                fall_back = not last and should_fall_back(answer.status)
+                self.router.finished(ex, attempt.target, ok=answer.status < 500, final=not fall_back)
                 if fall_back:
-                    ex.outcome.failures.append((attempt.target, f"http_{resp.status_code}"))
-                    log.warning("attempt %s answered %s; trying %s", attempt.label, resp.status_code,
+                    ex.outcome.failures.append((attempt.target, f"http_{answer.status}"))
+                    log.warning("attempt %s answered %s; trying %s", attempt.label, answer.status,
                                 plan[n + 1].label)
-                    retry_after = resp.headers.get("retry-after")
-                    resp.close()
+                    retry_after = answer.headers.get("retry-after")
+                    answer.close()
                     continue
-                return self._respond(family, ex, bound, attempt, resp, watch)
-        except ClientDisconnected:
-            watch.stop()
-            ex.outcome.error = "client_disconnected"
-            log.info("client went away before the upstream answered")
-            return Response(status=499)
+                return self._respond(family, ex, bound, attempt, answer, watch)
         except BaseException:
             watch.stop()
             raise
@@ -234,110 +249,101 @@ class Relay:
             ex.headers["content-type"] = "application/json"
         return bound
 
-    def _send(self, ex: Exchange, target: Target, body: bytes | SizedStream | None) -> requests.Response:
+    def _send(self, ex: Exchange, target: Target, body: bytes | SizedStream | None) -> Answer:
         return self.upstream.send(target, ex.method, target.url(ex.path, ex.query), ex.headers, body)
 
     # -- response side ------------------------------------------------------
 
     def _respond(
-        self, family: Family, ex: Exchange, bound: BoundPipeline, attempt: Attempt,
-        resp: requests.Response, watch: DisconnectWatch,
+        self, family: Family, ex: Exchange, bound: BoundPipeline, attempt: Attempt, answer: Answer,
+        watch: DisconnectWatch,
     ) -> Response:
-        target = attempt.target
         try:
-            headers = {k.lower(): v for k, v in resp.headers.items()}
-            bound.response_headers(resp.status_code, headers)
+            headers = dict(answer.headers)
+            bound.response_headers(answer.status, headers)
             headers[PROVIDER_HEADER] = attempt.label
             content_type = headers.get("content-type", "")
-            if resp.status_code >= 400:
-                return self._error_passthrough(resp, headers, target, watch)
-            if content_type.startswith("text/event-stream"):
-                for key in ("content-length", "content-encoding"):
-                    headers.pop(key, None)
+            reads_body = family.parse_response or bound.wants_json or ex.body is not None
+            if ex.method == "HEAD":
+                answer.close()
+                watch.stop()
+                return Response(status=answer.status, headers=safe_headers(
+                    _without_length(headers) if reads_body else headers))
+            if answer.status >= 400:
+                return self._error(answer, headers, watch)
+            sse = content_type.startswith("text/event-stream")
+            if ex.streaming and not sse:
+                raise not_streaming(answer)
+            if sse:
+                headers = _without_length(headers)
                 headers.update(SSE_HEADERS)
                 ex.outcome.streamed = True
-                body = self._sse(ex, bound, resp, target, watch)
-                return Response(stream_with_context(body), status=resp.status_code, headers=headers)
-            if family.parse_response or bound.wants_json:
-                return self._json(bound, resp, headers, target, watch)
-            return Response(self._raw(ex, resp, target, watch), status=resp.status_code, headers=headers)
+                chunks = answer.chunks()
+                first = next(chunks, b"")  # before the headers go: a JSON body here is no stream
+                if first.lstrip()[:1] in (b"{", b"[", b"<"):
+                    raise not_streaming(answer)
+                body = self._sse(ex, bound, answer, first, chunks, watch)
+                return Response(stream_with_context(body), status=answer.status, headers=safe_headers(headers))
+            if reads_body:
+                return self._json(bound, answer, headers, watch)
+            return Response(self._raw(ex, answer, watch), status=answer.status, headers=safe_headers(headers))
         except BaseException:
-            resp.close()
+            answer.close()
             raise
 
-    def _read_all(self, resp: requests.Response, target: Target, limit: int | None = None) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        try:
-            for chunk in iter_decoded(resp):
-                parts.append(chunk)
-                size += len(chunk)
-                if limit is not None and size >= limit:
-                    break
-        except ClientDisconnected:
-            raise
-        except Exception as exc:
-            raise map_requests_error(exc, target) from None
-        finally:
-            resp.close()
-        return b"".join(parts)
-
-    def _json(
-        self, bound: BoundPipeline, resp: requests.Response, headers: dict[str, str],
-        target: Target, watch: DisconnectWatch,
-    ) -> Response:
-        raw = self._read_all(resp, target)
+    def _json(self, bound: BoundPipeline, answer: Answer, headers: dict[str, str], watch: DisconnectWatch) -> Response:
+        raw = answer.read(self.bounds.max_response_bytes)
         watch.stop()
         headers = _without_length(headers)
-        if not raw and resp.status_code == 204:
-            return Response(status=204, headers=headers)
+        if not raw and answer.status == 204:
+            return Response(status=204, headers=safe_headers(headers))
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise UpstreamBadResponse(f"Upstream {target.origin} sent a body that is not JSON.") from None
+            raise UpstreamBadResponse(f"Upstream {answer.target.origin} sent a body that is not JSON.") from None
         if bound.wants_json:
             data = bound.response_json(data)
-            raw = orjson.dumps(data)
+            raw = dump_json(data)
         headers["content-type"] = "application/json"
-        return Response(raw, status=resp.status_code, headers=headers)
+        return Response(raw, status=answer.status, headers=safe_headers(headers))
 
-    def _error_passthrough(
-        self, resp: requests.Response, headers: dict[str, str], target: Target, watch: DisconnectWatch
-    ) -> Response:
-        raw = self._read_all(resp, target, limit=MAX_ERROR_BODY)
+    def _error(self, answer: Answer, headers: dict[str, str], watch: DisconnectWatch) -> Response:
+        """An upstream error status passes with its JSON body; any other body is wrapped as `message`."""
+        raw = answer.read(self.bounds.max_error_bytes, truncate=True)
         watch.stop()
         headers = _without_length(headers)
         try:
             orjson.loads(raw)
         except orjson.JSONDecodeError:
-            text = raw.decode("utf-8", "replace").strip() or resp.reason or f"HTTP {resp.status_code}"
-            raw = orjson.dumps(error_body(text, "upstream_error", None, str(resp.status_code)))
+            text = raw.decode("utf-8", "replace").strip() or answer.reason or f"HTTP {answer.status}"
+            raw = orjson.dumps(error_body(text, "upstream_error", None, str(answer.status)))
             headers["content-type"] = "application/json"
-        return Response(raw, status=resp.status_code, headers=headers)
+        return Response(raw, status=answer.status, headers=safe_headers(headers))
 
-    def _raw(self, ex: Exchange, resp: requests.Response, target: Target, watch: DisconnectWatch) -> Iterator[bytes]:
+    def _raw(self, ex: Exchange, answer: Answer, watch: DisconnectWatch) -> Iterator[bytes]:
         try:
-            for chunk in iter_raw(resp):
+            for chunk in answer.raw_chunks():
                 if ex.outcome.first_byte_at is None:
                     ex.outcome.first_byte_at = time.monotonic()
                 yield chunk
         except ClientDisconnected:
             ex.outcome.error = "client_disconnected"
-        except Exception as exc:  # headers are sent: all we can do is cut the body short
+        except ProxyError as exc:  # headers are sent: all we can do is cut the body short
             ex.outcome.error = "midstream"
-            log.warning("upstream body broke off: %s", map_requests_error(exc, target).message)
+            log.warning("upstream body broke off: %s", exc.message)
         finally:
             watch.stop()
-            resp.close()
+            answer.close()
 
     def _sse(
-        self, ex: Exchange, bound: BoundPipeline, resp: requests.Response, target: Target, watch: DisconnectWatch
+        self, ex: Exchange, bound: BoundPipeline, answer: Answer, first: bytes, rest: Iterator[bytes],
+        watch: DisconnectWatch,
     ) -> Iterator[bytes]:
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(self.bounds.max_event_bytes)
         transform = bound.touches_stream
         ended = False
         try:
-            for chunk in iter_decoded(resp):
+            for chunk in itertools.chain((first,), rest):
                 events = decoder.feed(chunk)
                 if not events:
                     continue
@@ -363,29 +369,17 @@ class Relay:
                     yield b"".join(e.raw for e in tail)
         except ClientDisconnected:
             ex.outcome.error = "client_disconnected"
-        except Exception as exc:
-            error = exc if isinstance(exc, ProxyError) else map_requests_error(exc, target)
-            ex.outcome.error = "midstream"
-            log.warning("upstream stream failed: %s", error.message)
-            yield Event.from_json(error.envelope()).raw
+        except ProxyError as exc:
+            ex.outcome.error = "midstream" if isinstance(exc, UpstreamError) else (exc.code or exc.type)
+            log.warning("stream failed: %s", exc.message)
+            yield Event.from_json(exc.envelope()).raw
+        except Exception:  # a bug in a step: the stream ends with one error event, counted as ours
+            log.exception("internal error in a stream step")
+            ex.outcome.error = "internal_error"
+            yield Event.from_json(InternalError("Internal error in the proxy.").envelope()).raw
         finally:
             watch.stop()
-            resp.close()
-
-
-class SizedStream:
-    """A request body stream with a known length, so it goes upstream with
-    Content-Length rather than chunked (many model servers reject chunked uploads)."""
-
-    def __init__(self, stream: IO[bytes], length: int) -> None:
-        self._stream = stream
-        self._length = length
-
-    def __len__(self) -> int:
-        return self._length
-
-    def read(self, size: int = -1) -> bytes:
-        return self._stream.read(size)
+            answer.close()
 
 
 def pause_before(attempt: Attempt, previous: Attempt, retry_after: str | None) -> None:
@@ -405,18 +399,64 @@ def _without_length(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in ("content-length", "content-encoding")}
 
 
-def read_json_object() -> dict[str, Any]:
+def read_json_object(body: RequestBody) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 that says what is wrong."""
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise InvalidRequest(
             f"Content-Type must be application/json (got {mimetype or 'none'}).", code="invalid_content_type"
         )
-    raw = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413 from werkzeug
+    raw = body.read()
     try:
-        body = orjson.loads(raw)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
-    if not isinstance(body, dict):
+    if not isinstance(obj, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_json")
-    return body
+    return obj
+
+
+def dump_json(obj: Any) -> bytes:
+    """orjson refuses what it cannot write (nesting over 254 levels, huge integers): the client's fault."""
+    try:
+        return orjson.dumps(obj)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidRequest(f"The request body cannot be relayed: {exc}.", code="invalid_json") from None
+
+
+def not_streaming(answer: Answer) -> UpstreamBadResponse:
+    return UpstreamBadResponse(f"Upstream {answer.target.origin} did not answer a stream request with "
+                               "an event stream.", code="upstream_not_streaming")
+
+
+def accept_decodable(headers: dict[str, str]) -> dict[str, str]:
+    """The client's Accept-Encoding, less what this worker cannot decode."""
+    given = headers.get("accept-encoding")
+    if given is None:
+        return headers
+    keep = [p for p in (part.strip() for part in given.split(","))
+            if p and p.split(";", 1)[0].strip().lower() in DECODABLE]
+    out = dict(headers)
+    if keep:
+        out["accept-encoding"] = ", ".join(keep)
+    else:
+        out["accept-encoding"] = "identity"
+    return out
+
+
+def safe_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Headers a WSGI server can write: a value with CR, LF, NUL or non-Latin-1 characters
+    (an upstream's, or one a step copied from the request) is dropped, never a 500."""
+    out = {}
+    for key, value in headers.items():
+        value = str(value)
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            log.warning("dropped response header %s: not Latin-1", key)
+            continue
+        if any(c in value for c in "\r\n\0"):
+            log.warning("dropped response header %s: control characters", key)
+            continue
+        out[key] = value
+    return out

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from .errors import UpstreamBadResponse
+
 _EOL = (b"\n", b"\r")
 
 
@@ -114,7 +116,9 @@ class Event:
 class SSEDecoder:
     """Turns a byte stream into complete `Event`s; holds back only the incomplete rest."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self.max_event_bytes = max_event_bytes
+        """An unterminated event longer than this raises `UpstreamBadResponse` (bounded memory)."""
         self._buf = bytearray()
         self._event_start = 0   # where the current event begins in _buf
         self._scan = 0          # where to look for the next line end
@@ -162,6 +166,10 @@ class SSEDecoder:
             self._scan -= self._event_start
             self._line_start -= self._event_start
             self._event_start = 0
+        if self.max_event_bytes is not None and len(buf) > self.max_event_bytes:
+
+            raise UpstreamBadResponse(f"The upstream sent an event longer than {self.max_event_bytes} bytes "
+                                      "(MAX_SSE_EVENT_BYTES).", code="upstream_event_too_large")
         return events
 
     def pending(self) -> bytes:

@@ -1,13 +1,22 @@
-"""Talking to upstream servers: one pooled `requests.Session` per worker.
+"""Talking to upstream servers: one pooled `requests` adapter per worker.
 
-`map_requests_error` is the one place where `requests`/`urllib3` exceptions
-become our own (`app.errors`). Messages name the upstream by scheme, host and
+`mapped_errors` is the one place where `requests`/`urllib3`/socket exceptions
+become our own (`app.errors`), for sending and for reading bodies alike; the
+cause is kept (`raise ... from`). Messages name the upstream by scheme, host and
 port only: never a path, query or header, which may carry a secret.
+
+`Answer` is an upstream response as the relay reads it: decoded (gzip, deflate,
+and br / zstd when their packages are installed) or raw for pass-through, in
+bounded pieces (urllib3 caps decompressed output per read, so a compression
+bomb cannot grow a worker), with informational answers (`103 Early Hints`)
+skipped so the real status is the one relayed.
 """
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO
@@ -16,11 +25,23 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
+from urllib3.util.request import ACCEPT_ENCODING
 
-from .errors import ProxyError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from .errors import (
+    ClientDisconnected,
+    InvalidRequest,
+    ProxyError,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 READ_SIZE = 64 * 1024
+DECODABLE = frozenset(ACCEPT_ENCODING.split(","))
+"""Content-Encodings this worker can decode (urllib3's, with the optional packages installed)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,9 @@ class Target:
     """Sent with every request to this target, after the transforms ran."""
 
     def url(self, path: str, query: str = "") -> str:
+        """`path` (under the base, no leading slash) appended; never a way out of the base path."""
+        if any(seg in (".", "..") for seg in path.split("/")) or "//" in path or "\\" in path:
+            raise InvalidRequest("The request path may not leave the upstream's base path.", code="invalid_path")
         return self.base_url + path + ("?" + query if query else "")
 
     @cached_property
@@ -51,6 +75,17 @@ class Target:
         """scheme://host:port: safe to show in messages and logs."""
         parts = urlsplit(self.base_url)
         return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+@contextmanager
+def mapped_errors(target: Target) -> Iterator[None]:
+    """Foreign exceptions inside become our `UpstreamError`s (cause kept); ours pass."""
+    try:
+        yield
+    except (ProxyError, ClientDisconnected):
+        raise
+    except Exception as exc:
+        raise map_requests_error(exc, target) from exc
 
 
 def map_requests_error(exc: BaseException, target: Target) -> ProxyError:
@@ -92,7 +127,7 @@ class Upstream:
         session = requests.Session()
         session.trust_env = False
         session.headers.clear()
-        self.adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+        self.adapter = _Adapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
         session.mount("http://", self.adapter)
         session.mount("https://", self.adapter)
         self.session = session
@@ -106,8 +141,8 @@ class Upstream:
         headers: dict[str, str],
         body: bytes | IO[bytes] | Iterator[bytes] | None,
         read_timeout: float | None = None,
-    ) -> requests.Response:
-        """Send and return the response with its body unread (`stream=True`)."""
+    ) -> Answer:
+        """Send; the answer's body is still unread."""
         timeout = (target.connect_timeout, read_timeout if read_timeout is not None else target.read_timeout)
         prepared = requests.PreparedRequest()
         prepared.method = method
@@ -119,32 +154,91 @@ class Upstream:
             prepared.headers["Content-Length"] = str(len(body))  # never chunked: see relay.SizedStream
         elif method in ("POST", "PUT", "PATCH"):
             prepared.headers["Content-Length"] = "0"
-        try:
-            return self.adapter.send(prepared, stream=True, timeout=timeout)
-        except requests.RequestException as exc:
-            raise map_requests_error(exc, target) from None
+        with mapped_errors(target):
+            return Answer(self.adapter.send(prepared, stream=True, timeout=timeout), target)
 
     def close(self) -> None:
         self.session.close()
 
 
-def iter_decoded(resp: requests.Response) -> Iterator[bytes]:
-    """Body bytes (content-decoded) as they arrive, whatever the framing.
+class Answer:
+    """An upstream response whose body the relay reads once: decoded, raw, or whole."""
 
-    `iter_content(None)` only yields per chunk for chunked bodies; for a body
-    with a Content-Length or one delimited by close it would wait for the end.
-    """
-    raw = resp.raw
-    if raw.chunked and raw.supports_chunked_reads():
-        yield from raw.stream(None, decode_content=True)
-        return
-    while True:
-        data = raw.read1(READ_SIZE)
-        if not data:
-            return
-        yield data
+    def __init__(self, resp: requests.Response, target: Target) -> None:
+        self.resp = resp
+        self.target = target
+        self.status = resp.status_code
+        self.reason = resp.reason or ""
+        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+
+    def chunks(self) -> Iterator[bytes]:
+        """Body bytes, content-decoded, as they arrive, whatever the framing.
+
+        `iter_content(None)` only yields per chunk for chunked bodies; for a body
+        with a Content-Length or one delimited by close it would wait for the end."""
+        raw = self.resp.raw
+        with mapped_errors(self.target):
+            if raw.chunked and raw.supports_chunked_reads():
+                yield from raw.read_chunked(READ_SIZE, decode_content=True)
+                return
+            while data := raw.read1(READ_SIZE, decode_content=True):
+                yield data
+
+    def raw_chunks(self) -> Iterator[bytes]:
+        """Body bytes exactly as sent (still content-encoded), for pass-through."""
+        with mapped_errors(self.target):
+            yield from self.resp.raw.stream(READ_SIZE, decode_content=False)
+
+    def read(self, limit: int, *, truncate: bool = False) -> bytes:
+        """The decoded body, at most `limit` bytes: beyond it, cut (`truncate`) or a 502."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            for chunk in self.chunks():
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    if truncate:
+                        return b"".join(parts)[:limit]
+                    raise UpstreamBadResponse(
+                        f"Upstream {self.target.origin} sent an answer larger than {limit} bytes "
+                        "(MAX_RESPONSE_BYTES).", code="upstream_response_too_large")
+        finally:
+            self.close()
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.resp.close()
 
 
-def iter_raw(resp: requests.Response) -> Iterator[bytes]:
-    """Body bytes exactly as sent (still content-encoded), for pass-through."""
-    yield from resp.raw.stream(READ_SIZE, decode_content=False)
+class _FinalResponse(http.client.HTTPResponse):
+    """Skips informational answers (102, 103 Early Hints) as http.client does for 100."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if not 101 < status < 200:
+                return version, status, reason
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]
+
+
+class _HTTPConnection(HTTPConnection):
+    response_class = _FinalResponse
+
+
+class _HTTPSConnection(HTTPSConnection):
+    response_class = _FinalResponse
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}

@@ -7,9 +7,9 @@ from flask import Flask, Response, current_app
 from ..relay import Family, Relay
 
 
-def relay(family: Family, path: str | None = None) -> Response:
+def relay(family: Family) -> Response:
     r: Relay = current_app.extensions["cot_proxy.relay"]
-    return r.handle(family, path)
+    return r.handle(family)
 
 
 def init_app(app: Flask) -> None:
