@@ -1,7 +1,8 @@
-"""Images and audio: binary-safe, so bodies stream through in chunks and never sit whole in memory.
+"""Images and audio: binary-safe request bodies (multipart uploads go upstream unchanged, streamed).
 
-JSON requests (image generation) are still forwarded as the client sent them;
-multipart uploads (transcriptions, image edits) go upstream unchanged.
+Images answers are JSON (`data: [{url | b64_json}]`), so they are read and checked
+like any JSON family, within MAX_RESPONSE_BYTES. Audio answers may be binary
+(speech) or text (transcription formats): they stream through untouched.
 """
 
 from flask import Blueprint, Response
@@ -10,10 +11,15 @@ from ..relay import Family
 from . import relay
 
 bp = Blueprint("media", __name__)
-MEDIA = Family("media")
+IMAGES = Family("images", parse_response=True)
+AUDIO = Family("audio")
 
 
 @bp.route("/v1/images/<path:rest>", methods=["POST"])
+def images(rest: str) -> Response:
+    return relay(IMAGES)
+
+
 @bp.route("/v1/audio/<path:rest>", methods=["POST"])
-def media(rest: str) -> Response:
-    return relay(MEDIA)
+def audio(rest: str) -> Response:
+    return relay(AUDIO)

@@ -35,6 +35,8 @@ UPSTREAM_KINDS = {
     "upstream_unavailable": "connect",
     "upstream_timeout": "timeout",
     "upstream_bad_response": "bad_response",
+    "upstream_response_too_large": "bad_response",
+    "upstream_not_streaming": "bad_response",
     "midstream": "midstream",
 }
 _KIND = re.compile(r"^[a-z0-9_]{1,48}$")
