@@ -105,7 +105,8 @@ def test_a_stream_step_that_raises_ends_the_stream_with_one_internal_error(broke
     upstream_errors = metric(client, "cot_proxy_upstream_errors_total")
     internal = metric(client, "cot_proxy_request_errors_total", kind="internal_error")
     upstream.enqueue(sse_reply([chat_chunk("a"), chat_chunk("b", finish="stop")]))
-    resp = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers={"x-break": "stream_event"}, buffered=True)
+    resp = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers={"x-break": "stream_event"},
+                       buffered=True)
     body = resp.get_data(as_text=True)
     assert resp.status_code == 200
     errors = [line for line in body.splitlines() if '"error"' in line]
@@ -123,6 +124,7 @@ def test_a_done_hook_that_raises_does_not_stop_the_others(broken_app):
     app, broken = broken_app
     client = app.test_client()
     for _ in range(4):
-        assert client.post("/v1/chat/completions", json=CHAT, headers={"x-break": "done"}, buffered=True).status_code == 200
+        resp = client.post("/v1/chat/completions", json=CHAT, headers={"x-break": "done"}, buffered=True)
+        assert resp.status_code == 200
     assert client.post("/v1/chat/completions", json=CHAT, buffered=True).status_code == 200  # slots came back
     assert metric(client, "cot_proxy_requests_in_flight", route="chat") == 0
