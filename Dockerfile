@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv/cot-proxy
 
-COPY requirements.txt .
+# The set CI tested: requirements.txt reads constraints.txt (exact pins) with `-c`.
+COPY requirements.txt constraints.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY cot_proxy.py gunicorn.conf.py ./
@@ -21,9 +22,12 @@ USER 10001
 
 EXPOSE 5000
 
-# Listens on 0.0.0.0:5000 unless PORT/HOST (or GATEWAY_PORT, or PROXY_ADDR) say otherwise.
-# No curl in the slim image: the probe uses Python's standard library and the same port rule.
+# Listens on 0.0.0.0:5000 unless HOST/GATEWAY_HOST, PORT/GATEWAY_PORT or PROXY_ADDR say otherwise:
+# app/listen.py's rule, which gunicorn.conf.py and Config use. The probe is that same file run as
+# a script (standard library only, no curl in the slim image; -P: app/ is not put on sys.path),
+# a GET /healthz on the address the rule gives.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; e = os.environ.get; p = e('PORT') or e('GATEWAY_PORT') or e('PROXY_ADDR', ':5000').rpartition(':')[2] or '5000'; u.urlopen('http://127.0.0.1:%s/healthz' % p, timeout=4)"]
+    CMD ["python", "-P", "app/listen.py", "--probe"]
 
+# README command 1, as .ci/run's smoke test runs it.
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"]

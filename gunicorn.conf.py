@@ -55,22 +55,48 @@ def _check_app_config() -> None:
 _check_app_config()
 
 
+def _master_module(name: str) -> types.ModuleType:
+    """app/<name>.py (standard library only at import) under the private package
+    `_cot_proxy_master`, kept loaded: the master uses it."""
+    if "_cot_proxy_master" not in sys.modules:
+        _private_app("_cot_proxy_master")
+    return importlib.import_module("_cot_proxy_master." + name)
+
+
 def _bind() -> str:
-    host, port = _env("HOST", "") or _env("GATEWAY_HOST", ""), _env("PORT", "") or _env("GATEWAY_PORT", "")
-    addr = _env("PROXY_ADDR", "")  # the Livepeer gateway proxy's name: ":8090" or "host:port"
-    if addr and not (host or port):
-        addr_host, _, addr_port = addr.rpartition(":")
-        host, port = addr_host.strip("[]"), addr_port
-    return f"{host or '0.0.0.0'}:{port or 5000}"
+    """app/listen.py's rule (HOST, GATEWAY_HOST, PROXY_ADDR; PORT, GATEWAY_PORT, PROXY_ADDR),
+    the same one Config and the Docker HEALTHCHECK follow. After _check_app_config, so `.env` counts."""
+    listen = _master_module("listen")
+    try:
+        return listen.bind(os.environ)
+    except listen.ListenAddressError as exc:
+        raise SystemExit(f"cot-proxy: configuration error: {exc}") from None
 
 
 bind = _bind()
+
+WORKER_CLASSES = {
+    "gevent": "gevent", "gunicorn.workers.ggevent.GeventWorker": "gevent",
+    "gthread": "gthread", "gunicorn.workers.gthread.ThreadWorker": "gthread",
+    "sync": "sync", "gunicorn.workers.sync.SyncWorker": "sync",
+}
+
+
+def _worker_class() -> str:
+    """GUNICORN_WORKER_CLASS, refused with one line unless it is a worker the proxy supports."""
+    raw = _env("GUNICORN_WORKER_CLASS", "gevent")
+    found = WORKER_CLASSES.get(raw) or WORKER_CLASSES.get(raw.lower())
+    if found is None:
+        raise SystemExit(f"cot-proxy: configuration error: GUNICORN_WORKER_CLASS={raw!r}: "
+                         "use gevent (the default), gthread or sync")
+    return found
+
 
 # gevent: a stream is one greenlet blocked on a socket, so one worker holds
 # thousands of slow SSE streams (bench/: 1,000 streams on 2 cores, no errors).
 # A sync worker would hold one stream per process; gthread one per thread, with
 # far slower time-to-first-chunk under load (shared/reference/baseline.md).
-worker_class = _env("GUNICORN_WORKER_CLASS", "gevent")
+worker_class = _worker_class()
 # One worker per core: the proxy is I/O-bound and gevent multiplexes inside a worker.
 workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count())
 # Open connections per gevent worker; above it new clients wait in the accept backlog.
@@ -86,6 +112,9 @@ keepalive = _int("GUNICORN_KEEPALIVE", 5)
 backlog = _int("GUNICORN_BACKLOG", 2048)
 
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+# Gunicorn's default (combined) layout, minus what can carry a secret: the request line
+# without its query string (`?api_key=...`), and "-" for the Basic-auth user and the Referer.
+access_log_format = '%(h)s %(l)s - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "-" "%(a)s"'
 errorlog = "-"
 loglevel = "debug" if _env("DEBUG", "false").lower() == "true" else "info"
 # No preload: each worker builds its own app (and HTTP pool) after gevent patched.
@@ -97,7 +126,7 @@ control_socket_disable = True
 def _observability() -> types.ModuleType:
     """app/observability/gunicorn_hooks.py (standard library only at import), kept
     loaded: the master calls its hooks."""
-    return importlib.import_module(_private_app("_cot_proxy_master") + ".observability.gunicorn_hooks")
+    return _master_module("observability.gunicorn_hooks")
 
 
 # Metrics summed over workers (PROMETHEUS_MULTIPROC_DIR), the OBSERVABILITY_PORT

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from .access.settings import AccessSettings
 from .bounds import Bounds
-from .envparse import ConfigError, boolean, choice, integer, number, text, url
-from .livepeer.settings import LivepeerSettings, listen_address
+from .envparse import ConfigError, boolean, choice, number, text, url
+from .listen import ListenAddressError, listen_address
+from .livepeer.settings import LivepeerSettings
 from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, parse_llm_params
 from .observability.settings import ObservabilitySettings
 from .routing.settings import RoutingSettings, single_provider
@@ -125,11 +126,10 @@ class Config:
             base = None
         # Every settings module raises envparse.ConfigError (or a subclass) naming the variable.
         livepeer = LivepeerSettings.from_env(env)
-        proxy_addr = listen_address(env)
-        # HOST/PORT, the Nexus gateway's GATEWAY_HOST/GATEWAY_PORT, then PROXY_ADDR.
-        host = text(env, "HOST", "GATEWAY_HOST") or (proxy_addr[0] if proxy_addr else "0.0.0.0")
-        port = integer(env, "PORT", proxy_addr[1] if proxy_addr else 5000, low=1, high=65535,
-                       aliases=("GATEWAY_PORT",))
+        try:  # app/listen.py: the rule Gunicorn's bind and the Docker HEALTHCHECK use too
+            host, port = listen_address(env)
+        except ListenAddressError as exc:
+            raise ConfigError(str(exc)) from None
         think_tag, think_end_tag = text(env, "THINK_TAG") or "<think>", text(env, "THINK_END_TAG") or "</think>"
         connect_timeout = number(env, "CONNECT_TIMEOUT_SECONDS", 10.0)
         read_timeout = number(env, "REQUEST_TIMEOUT_SECONDS", 600.0, aliases=("API_REQUEST_TIMEOUT",))

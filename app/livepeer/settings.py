@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..envparse import ConfigError, integer, items, text
+from ..listen import ListenAddressError
+from ..listen import listen_address as _listen_address
 
 STATUS_TIMEOUT_SECONDS = 30
 
@@ -93,12 +95,10 @@ class LivepeerSettings:
         return base64.b64encode(json.dumps(payload, sort_keys=True, **compact).encode()).decode()
 
 
-def listen_address(env: Mapping[str, str]) -> tuple[str, int] | None:
-    """`PROXY_ADDR` (`:8090` or `host:port`) as (host, port), or None when unset."""
-    raw = text(env, "PROXY_ADDR")
-    if raw is None:
-        return None
-    host, sep, port = raw.rpartition(":")
-    if not sep or not port.isdigit():
-        raise LivepeerConfigError(f"PROXY_ADDR={raw!r}: expected ':PORT' or 'HOST:PORT'")
-    return (host.strip("[]") or "0.0.0.0", int(port))
+def listen_address(env: Mapping[str, str]) -> tuple[str, int]:
+    """Where the proxy listens, `PROXY_ADDR` (`:8090`, `host:port`, `[::1]:8090`) included:
+    app/listen.py's rule, the one Gunicorn, Config and the Docker HEALTHCHECK use."""
+    try:
+        return _listen_address(env)
+    except ListenAddressError as exc:
+        raise LivepeerConfigError(str(exc)) from None
