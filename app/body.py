@@ -8,7 +8,10 @@ the same limits hold with or without a Content-Length:
 - slower than the time limit: 408 (exact under gevent, where the read itself is
   interrupted; per socket read on other workers);
 - broken framing (a malformed chunk size): 400 `invalid_body`.
-Every such answer closes the connection: the rest of the body is never read.
+Each such answer asks for `Connection: close` (the dev server honours it);
+Gunicorn ignores that header and drops the rest of the body within its
+keep-alive timeout (GUNICORN_KEEPALIVE) before closing, so a dribbling client
+is still cut off in bounded time.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ RETRY_AFTER_CAP = 10.0
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 PROVIDER_HEADER = "x-cot-proxy-provider"
+MAX_JSON_DEPTH = 128
 
 
 @dataclass(frozen=True)
@@ -413,7 +414,25 @@ def read_json_object(body: RequestBody) -> dict[str, Any]:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_json")
+    # orjson writes at most 254 levels; counting brackets first keeps the usual body at C speed.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and json_depth(obj) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"Request body is nested deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
     return obj
+
+
+def json_depth(obj: Any) -> int:
+    """How deeply lists and objects nest in `obj` (iterative: no recursion limit)."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return deepest
 
 
 def dump_json(obj: Any) -> bytes:
