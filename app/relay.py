@@ -194,10 +194,8 @@ class Relay:
     ) -> Response:
         if isinstance(raw_body, SizedStream):
             plan = plan[:1]  # a streamed upload cannot be replayed
-        original_body, original_headers = ex.body, ex.headers
-        if family.parse_response or ex.body is not None:
-            # The proxy reads this answer: ask only for encodings it can decode.
-            original_headers = accept_decodable(original_headers)
+        # Any answer may need reading (errors, streams): ask only for encodings this worker decodes.
+        original_body, original_headers = ex.body, accept_decodable(ex.headers)
         # A body still being streamed upstream would look like client activity.
         watch = DisconnectWatch() if isinstance(raw_body, SizedStream) else DisconnectWatch.start(request.environ)
         retry_after: str | None = None
