@@ -195,7 +195,7 @@ def encoding_available(encoding: str) -> bool:
 def compress(data: bytes, encoding: str) -> tuple[bytes, str]:
     """(compressed bytes, Content-Encoding value)."""
     if encoding == "gzip":
-        return gzip.compress(data), "gzip"
+        return gzip.compress(data, mtime=0), "gzip"  # deterministic: the same bytes every time
     if encoding == "deflate":
         return zlib.compress(data), "deflate"
     if encoding == "deflate-raw":
