@@ -8,6 +8,12 @@ record is dropped, counted (`cot_proxy_completion_sink_dropped_total`) and logge
 
 Built in: `JsonlFileSink` (COMPLETION_LOG_FILE) and `WebhookSink`
 (COMPLETION_WEBHOOK_URL). Yours: COMPLETION_SINKS=pkg.module:Class.
+
+Every sink, built in or yours, gets the record with its secrets redacted
+(`redact_record`, on the sink's worker): the value of any key, at any depth,
+whose name looks like a credential (`api_key`, `Authorization`, `access_token`,
+`password`, `client_secret`, ...) becomes "[redacted]", and so does a bearer token
+anywhere in a string.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import importlib
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from typing import Any
@@ -28,6 +35,69 @@ import orjson
 from . import metrics
 
 log = logging.getLogger("cot_proxy.observability")
+
+
+REDACTED = "[redacted]"
+# Names compared lower-cased with `-`, `_`, `.` and spaces removed: `X-Api-Key`, `api_key`, `apiKey` alike.
+_SECRET_NAMES = frozenset({
+    "key", "token", "secret", "password", "passwd", "pwd", "auth", "bearer", "authorization",
+    "cookie", "setcookie", "credential", "credentials", "sessionid", "jwt",
+})
+_SECRET_SUFFIXES = (
+    "apikey", "apikeys", "secretkey", "privatekey", "accesskey", "authkey", "token", "secret", "secrets",
+    "password", "passwords", "passwd", "auth", "authorization", "credential", "credentials", "cookie",
+)
+_NAME_NOISE = re.compile(r"[-_.\s]")
+# A whole value `Bearer <token>`, and one inside text when it looks like a token (a digit and
+# 8+ characters, or 20+), so that prose such as "the bearer of bad news" stays.
+_WHOLE_BEARER = re.compile(r"(?i)^\s*bearer\s+\S+\s*$")
+_BEARER_IN_TEXT = re.compile(
+    r"(?i)\b(bearer(?:\s+|%20|\+))((?=[A-Za-z0-9._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]{8,}|[A-Za-z0-9._~+/=-]{20,})"
+)
+_MAX_DEPTH = 100
+
+
+def secret_name(name: str) -> bool:
+    """True for keys whose values are credentials (`api_key`, `Authorization`, `refresh-token`, ...)."""
+    n = _NAME_NOISE.sub("", name.lower())
+    return n in _SECRET_NAMES or n.endswith(_SECRET_SUFFIXES)
+
+
+def redact(obj: Any, depth: int = 0) -> Any:
+    """A copy of `obj` (decoded JSON) with secret-named values and bearer tokens replaced by "[redacted]".
+
+    A dict or list under a secret name is searched rather than replaced (a JSON schema's property
+    called `token` stays readable); a string, number or list of them under it is replaced. Past
+    100 levels nothing can be checked, so nothing is kept."""
+    if depth > _MAX_DEPTH:
+        return REDACTED
+    if isinstance(obj, dict):
+        # A log-probability entry's `token` is a piece of text, not a credential.
+        logprob = "logprob" in obj
+        out = {}
+        for k, v in obj.items():
+            if (isinstance(k, str) and secret_name(k) and not (logprob and k == "token")
+                    and v is not None and not isinstance(v, (bool, dict))
+                    and not (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v))):
+                out[k] = REDACTED
+            else:
+                out[k] = redact(v, depth + 1)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, depth + 1) for v in obj]
+    if isinstance(obj, str) and "bearer" in obj.lower():
+        return REDACTED if _WHOLE_BEARER.match(obj) else _BEARER_IN_TEXT.sub(r"\1" + REDACTED, obj)
+    return obj
+
+
+def redact_record(record: dict[str, Any]) -> dict[str, Any]:
+    """What a sink is given: `record` redacted, except `client.key`, which the proxy already
+    reduced to the key's name or its last 4 characters."""
+    out = redact(record)
+    client = record.get("client")
+    if isinstance(client, dict) and isinstance(out.get("client"), dict) and "key" in client:
+        out["client"]["key"] = client["key"]
+    return out
 
 
 class CompletionSink:
@@ -178,7 +248,7 @@ class AsyncSink:
             try:
                 if record is None:
                     return
-                self.sink.handle(record)
+                self.sink.handle(redact_record(record))
                 self.handled += 1
             except Exception as exc:
                 self.failed += 1
