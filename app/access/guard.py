@@ -49,7 +49,7 @@ from .settings import AccessSettings
 
 if TYPE_CHECKING:
     from .store import KeyStore
-from .usage import UsageWriter, estimate_prompt_tokens, estimate_text_tokens, output_chars
+from .usage import UsageWriter, estimate_prompt_tokens, estimate_reserve, estimate_text_tokens, output_chars
 
 log = logging.getLogger("cot_proxy.guard")
 
@@ -82,7 +82,8 @@ class AccessGuard(Transform):
         self.auth = Authenticator(s, self.store)
         lease_seconds = max(config.read_timeout + 60.0, 300.0)
         self.limiter: Limiter = (
-            RedisLimiter(s.redis_url, s.redis_prefix, lease_seconds) if s.redis_url else MemoryLimiter()
+            RedisLimiter(s.redis_url, s.redis_prefix, lease_seconds) if s.redis_url
+            else MemoryLimiter(lease_seconds=lease_seconds)
         )
         self.queue = (
             SlotQueue(s.max_concurrent_requests, s.max_queued_requests, s.queue_timeout)
@@ -124,8 +125,11 @@ class AccessGuard(Transform):
         if ex.family in TOKEN_FAMILIES:
             state["estimate"] = estimate_prompt_tokens(ex.family, ex.body)
         if identity.limits.any:
+            # Against a budget, hold what the request may spend (prompt + max_tokens x n), settled in `done`.
+            reserve = (estimate_reserve(ex.family, ex.body, state["estimate"], cap=self.settings.max_tokens_cap,
+                                        max_n=self.settings.max_n) if identity.limits.budget else 0)
             ticket = Ticket(identity.subject, identity.limits, state["estimate"],
-                            spent_at_lookup=identity.spent_tokens)
+                            spent_at_lookup=identity.spent_tokens, reserve=reserve)
             decision = self._limit(ticket)
             if decision is not None:
                 if not decision.allowed:
@@ -181,8 +185,17 @@ class AccessGuard(Transform):
     def _refusal(self, d: Decision, identity: Identity, ticket: Ticket) -> ProxyError:
         lim = ticket.limits
         if d.reason == "budget":
-            return QuotaExceeded(f"The token budget of {lim.budget} for key {identity.name!r} is spent.",
-                                 headers={"x-should-retry": "false"})
+            left = d.remaining_budget or 0
+            if left <= 0:
+                message = (f"The token budget of {lim.budget} for key {identity.name!r} is spent "
+                           "(counting what requests in flight may still use).")
+            else:
+                asked = (f"this request may use up to {ticket.hold} tokens (about {ticket.estimate} of prompt"
+                         + (" plus max_tokens); lower max_tokens" if ticket.hold > ticket.estimate else ")")
+                         + " or raise the budget")
+                message = (f"Only {left} tokens of the {lim.budget}-token budget for key {identity.name!r} remain "
+                           f"(counting what requests in flight may still use), but {asked}.")
+            return QuotaExceeded(message, headers={"x-should-retry": "false"})
         if d.reason == "too_large":
             err = RateLimited(f"Request too large: about {ticket.estimate} prompt tokens, but key "
                               f"{identity.name!r} allows {lim.tpm} tokens per minute.",

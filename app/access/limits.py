@@ -6,6 +6,17 @@ moment the oldest counted request leaves the window. Tokens are reserved at
 admission with an estimate (the prompt) and the reservation is replaced by
 the real usage when the response ends (`release`).
 
+Budget (total tokens over a key's life): a request reserves what it may spend
+(`Ticket.reserve`: prompt estimate + max_tokens x n, at least 1 token) and is
+admitted only if that fits in budget - spent - reserved; at `release` the
+reservation goes and the real usage is added to `spent`. So a burst cannot
+overshoot: while every request uses no more than it reserved, the admitted
+requests' usage never exceeds the budget. A request without max_tokens
+reserves only its prompt, so the budget can be exceeded by at most what the
+requests then in flight generate. `spent` never drops below the key store's
+figure (`Ticket.spent_at_lookup`: every worker's flushed usage). A reservation
+whose request never ends (its worker died) expires with the lease.
+
 State lives in one of:
 - `MemoryLimiter`: this worker's memory (limits then hold per worker);
 - `RedisLimiter`: Redis, with each check-and-record done by one Lua script
@@ -50,6 +61,8 @@ class Decision:
     reason: str | None = None
     """Why refused: `requests`, `tokens`, `too_large`, `concurrency` or `budget`."""
     retry_after_ms: int = 0
+    remaining_budget: int | None = None
+    """Tokens of the budget neither spent nor reserved (after this request's reservation if admitted)."""
     remaining_requests: int | None = None
     reset_requests_ms: int = 0
     remaining_tokens: int | None = None
@@ -65,6 +78,12 @@ class Ticket:
     estimate: int
     lease: str = field(default_factory=lambda: uuid.uuid4().hex)
     spent_at_lookup: int = 0
+    reserve: int = 0
+    """What the request may spend, held against the budget while it runs (at least 1 is held)."""
+
+    @property
+    def hold(self) -> int:
+        return max(self.reserve, 1)
 
 
 class LimiterUnavailable(Exception):
@@ -76,7 +95,8 @@ class Limiter:
         raise NotImplementedError
 
     def release(self, ticket: Ticket, actual_tokens: int | None) -> None:
-        """Free the concurrency slot; replace the token estimate by `actual_tokens` (None = keep it)."""
+        """Free the concurrency slot; replace the token estimate by `actual_tokens` (None = keep it);
+        drop the budget reservation and spend `actual_tokens` (None = the whole reservation)."""
         raise NotImplementedError
 
 
@@ -91,7 +111,7 @@ def _tokens_to_free(entries: list[tuple[float, int]], used: int, need: int, limi
 
 
 class _Subject:
-    __slots__ = ("requests", "tokens", "leases", "spent")
+    __slots__ = ("requests", "tokens", "leases", "spent", "reserved")
 
     def __init__(self) -> None:
         self.requests: deque[float] = deque()
@@ -99,13 +119,16 @@ class _Subject:
         """lease -> (admitted at, tokens), in admission order."""
         self.leases: set[str] = set()
         self.spent: int | None = None
+        self.reserved: dict[str, tuple[float, int]] = {}
+        """lease -> (admitted at, tokens held against the budget)."""
 
 
 class MemoryLimiter(Limiter):
     """Counters in this process: exact within one worker, not across workers."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.monotonic, lease_seconds: float = 900.0) -> None:
         self._clock = clock
+        self.lease_ms = lease_seconds * 1000.0
         self._lock = threading.Lock()
         self._subjects: dict[str, _Subject] = {}
 
@@ -128,8 +151,11 @@ class MemoryLimiter(Limiter):
             if limits.budget:
                 # Other workers' spending arrives through the key store (flushed usage): never go below it.
                 s.spent = max(s.spent or 0, ticket.spent_at_lookup)
-                if s.spent >= limits.budget:
-                    return Decision(False, "budget")
+                for lease in [k for k, (ts, _) in s.reserved.items() if ts <= now - self.lease_ms]:
+                    del s.reserved[lease]
+                free = limits.budget - s.spent - sum(t for _, t in s.reserved.values())
+                if ticket.hold > free:
+                    return Decision(False, "budget", remaining_budget=max(free, 0))
             if limits.concurrency and len(s.leases) >= limits.concurrency:
                 return Decision(False, "concurrency", retry_after_ms=1000)
             if limits.rpm and len(s.requests) >= limits.rpm:
@@ -145,6 +171,9 @@ class MemoryLimiter(Limiter):
                     return Decision(False, "tokens", retry, remaining_tokens=max(limits.tpm - used, 0),
                                     reset_tokens_ms=retry)
             decision = Decision(True)
+            if limits.budget:
+                s.reserved[ticket.lease] = (now, ticket.hold)
+                decision.remaining_budget = free - ticket.hold
             if limits.rpm:
                 s.requests.append(now)
                 decision.remaining_requests = limits.rpm - len(s.requests)
@@ -164,23 +193,26 @@ class MemoryLimiter(Limiter):
             if s is None:
                 return
             s.leases.discard(ticket.lease)
-            held = s.tokens.get(ticket.lease)
-            if actual_tokens is None:
-                return
-            if held is not None:
-                s.tokens[ticket.lease] = (held[0], actual_tokens)
             if ticket.limits.budget:
-                s.spent = (s.spent or 0) + actual_tokens
+                s.reserved.pop(ticket.lease, None)
+                s.spent = (s.spent or 0) + (ticket.hold if actual_tokens is None else actual_tokens)
+            held = s.tokens.get(ticket.lease)
+            if actual_tokens is not None and held is not None:
+                s.tokens[ticket.lease] = (held[0], actual_tokens)
 
 
-# KEYS: requests zset, tokens zset, concurrency zset, spent counter
-# ARGV: rpm, tpm, concurrency, budget, estimate, lease, window ms, lease ms, spent from the key store
+# KEYS: requests zset, tokens zset, concurrency zset, spent counter, budget reservations zset
+# ARGV: rpm, tpm, concurrency, budget, estimate, lease, window ms, lease ms, spent from the key store,
+#       tokens to reserve against the budget
+# Returns: reason, retry ms, remaining requests, reset ms, remaining tokens, reset ms, remaining budget
 ADMIT = """
 local rpm, tpm, conc, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local est, lease, window, lease_ms = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local hold = tonumber(ARGV[10])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function amount(member) return tonumber(string.match(member, '|(%-?%d+)$')) end
+local free = -1
 if budget > 0 then
   local spent = tonumber(redis.call('GET', KEYS[4]) or '-1')
   local floor = tonumber(ARGV[9])
@@ -188,11 +220,15 @@ if budget > 0 then
     spent = floor
     redis.call('SET', KEYS[4], spent, 'EX', 86400)
   end
-  if spent >= budget then return {'budget', 0, -1, 0, -1, 0} end
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - lease_ms)
+  local reserved = 0
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do reserved = reserved + amount(member) end
+  free = budget - spent - reserved
+  if hold > free then return {'budget', 0, -1, 0, -1, 0, math.max(free, 0)} end
 end
 if conc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - lease_ms)
-  if redis.call('ZCARD', KEYS[3]) >= conc then return {'concurrency', 1000, -1, 0, -1, 0} end
+  if redis.call('ZCARD', KEYS[3]) >= conc then return {'concurrency', 1000, -1, 0, -1, 0, -1} end
 end
 local n, oldest = 0, now
 if rpm > 0 then
@@ -201,7 +237,7 @@ if rpm > 0 then
   if n > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) end
   if n >= rpm then
     local retry = oldest + window - now
-    return {'requests', retry, 0, retry, -1, 0}
+    return {'requests', retry, 0, retry, -1, 0, -1}
   end
 end
 local used, first = 0, now
@@ -210,7 +246,7 @@ if tpm > 0 then
   local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
   for i = 1, #entries, 2 do used = used + amount(entries[i]) end
   if #entries > 0 then first = tonumber(entries[2]) end
-  if est > tpm then return {'too_large', 0, -1, 0, -1, 0} end
+  if est > tpm then return {'too_large', 0, -1, 0, -1, 0, -1} end
   if used + est > tpm then
     local freed, retry = 0, window
     for i = 1, #entries, 2 do
@@ -220,7 +256,7 @@ if tpm > 0 then
         break
       end
     end
-    return {'tokens', retry, -1, 0, math.max(tpm - used, 0), retry}
+    return {'tokens', retry, -1, 0, math.max(tpm - used, 0), retry, -1}
   end
 end
 local rem_req, rem_tok = -1, -1
@@ -238,24 +274,32 @@ if conc > 0 then
   redis.call('ZADD', KEYS[3], now, lease)
   redis.call('PEXPIRE', KEYS[3], lease_ms)
 end
-return {'ok', 0, rem_req, oldest + window - now, rem_tok, first + window - now}
+if budget > 0 then
+  redis.call('ZADD', KEYS[5], now, lease .. '|' .. hold)
+  redis.call('PEXPIRE', KEYS[5], lease_ms)
+  free = free - hold
+end
+return {'ok', 0, rem_req, oldest + window - now, rem_tok, first + window - now, free}
 """
 
-# KEYS: tokens zset, concurrency zset, spent counter
-# ARGV: lease, estimate, actual tokens (-1 = unknown), count towards the budget (0/1)
+# KEYS: tokens zset, concurrency zset, spent counter, budget reservations zset
+# ARGV: lease, estimate, actual tokens (-1 = unknown), count towards the budget (0/1), tokens reserved
 RELEASE = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 local actual = tonumber(ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('ZREM', KEYS[4], ARGV[1] .. '|' .. ARGV[5])
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('INCRBY', KEYS[3], actual < 0 and tonumber(ARGV[5]) or actual)
+    redis.call('EXPIRE', KEYS[3], 86400)
+  end
+end
 if actual < 0 then return 0 end
 local old = ARGV[1] .. '|' .. ARGV[2]
 local score = redis.call('ZSCORE', KEYS[1], old)
 if score then
   redis.call('ZREM', KEYS[1], old)
   redis.call('ZADD', KEYS[1], score, ARGV[1] .. '|' .. actual)
-end
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('INCRBY', KEYS[3], actual)
-  redis.call('EXPIRE', KEYS[3], 86400)
 end
 return 1
 """
@@ -282,32 +326,33 @@ class RedisLimiter(Limiter):
         self._admit = self.client.register_script(ADMIT)
         self._release = self.client.register_script(RELEASE)
 
-    def _keys(self, subject: str) -> tuple[str, str, str, str]:
+    def _keys(self, subject: str) -> tuple[str, str, str, str, str]:
         base = f"{self.prefix}limits:{{{subject}}}:"
-        return base + "requests", base + "tokens", base + "concurrent", base + "spent"
+        return base + "requests", base + "tokens", base + "concurrent", base + "spent", base + "reserved"
 
     def admit(self, ticket: Ticket) -> Decision:
         lim = ticket.limits
         args = [lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0, lim.budget or 0, ticket.estimate, ticket.lease,
-                WINDOW_MS, self.lease_ms, ticket.spent_at_lookup]
+                WINDOW_MS, self.lease_ms, ticket.spent_at_lookup, ticket.hold]
         try:
             out = self._admit(keys=list(self._keys(ticket.subject)), args=args)
         except self._errors as exc:
             raise LimiterUnavailable(str(exc)) from exc
         reason = out[0].decode() if isinstance(out[0], bytes) else out[0]
-        retry, rem_req, reset_req, rem_tok, reset_tok = (_num(v) for v in out[1:6])
+        retry, rem_req, reset_req, rem_tok, reset_tok, rem_budget = (_num(v) for v in out[1:7])
         return Decision(
             allowed=reason == "ok", reason=None if reason == "ok" else reason, retry_after_ms=retry,
+            remaining_budget=None if rem_budget < 0 else rem_budget,
             remaining_requests=None if rem_req < 0 else rem_req, reset_requests_ms=reset_req,
             remaining_tokens=None if rem_tok < 0 else rem_tok, reset_tokens_ms=reset_tok,
         )
 
     def release(self, ticket: Ticket, actual_tokens: int | None) -> None:
-        req, tok, conc, spent = self._keys(ticket.subject)
+        req, tok, conc, spent, reserved = self._keys(ticket.subject)
         args = [ticket.lease, ticket.estimate, -1 if actual_tokens is None else actual_tokens,
-                1 if ticket.limits.budget else 0]
+                1 if ticket.limits.budget else 0, ticket.hold]
         try:
-            self._release(keys=[tok, conc, spent], args=args)
+            self._release(keys=[tok, conc, spent, reserved], args=args)
         except self._errors as exc:
             raise LimiterUnavailable(str(exc)) from exc
 

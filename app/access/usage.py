@@ -69,6 +69,28 @@ def estimate_prompt_tokens(family: str, body: Any) -> int:
     return 0
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def estimate_reserve(family: str, body: Any, prompt: int, *, cap: int, max_n: int) -> int:
+    """What a request may spend, as far as it says: the prompt estimate plus its output limit
+    (`max_completion_tokens`, else `max_tokens`, at most `cap`) times the choices it asks for
+    (`n`, or `best_of` for completions, at most `max_n`); at least 1 token. Held against a key's
+    budget while the request runs. Without an output limit only the prompt is held."""
+    completion = 0
+    if family in ("chat", "completions") and isinstance(body, dict):
+        limit = _count(body.get("max_completion_tokens")) if family == "chat" else None
+        if limit is None:
+            limit = _count(body.get("max_tokens"))
+        if limit is not None:
+            choices = _count(body.get("n")) or 1
+            if family == "completions":
+                choices = max(choices, _count(body.get("best_of")) or 1)
+            completion = min(limit, cap) * min(choices, max_n)
+    return max(prompt + completion, 1)
+
+
 def output_chars(obj: Any) -> int:
     """Characters of generated text in a chat/completions answer or stream chunk."""
     if not isinstance(obj, dict):

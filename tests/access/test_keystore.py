@@ -132,7 +132,8 @@ def test_budget_exhaustion(database_url, make_app, store_at, shared, request):
     app = make_app(virtual_keys=True, database_url=database_url, usage_accounting=True, usage_flush_seconds=60,
                    **extra)
     store = store_at(database_url)
-    secret, rec = store.create("small", budget=10)  # the fake upstream's answer costs 7 tokens
+    # the fake upstream's answer costs 7 tokens; each request holds its 8-token prompt estimate while it runs
+    secret, rec = store.create("small", budget=16)
     c = app.test_client()
     assert c.post("/v1/chat/completions", json=CHAT, headers=auth(secret), buffered=True).status_code == 200  # 7 spent
     assert c.post("/v1/chat/completions", json=CHAT, headers=auth(secret), buffered=True).status_code == 200  # 14 spent
