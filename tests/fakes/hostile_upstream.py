@@ -353,12 +353,24 @@ class BadRequest(Exception):
     pass
 
 
+class Incomplete(Exception):
+    """The connection ended before the request's body did (the proxy gave up mid-upload)."""
+
+    def __init__(self, request: RawRequest) -> None:
+        super().__init__("request body cut short")
+        self.request = request
+
+
 class HostileUpstream:
     def __init__(self) -> None:
         self.requests: list[RawRequest] = []
         """Every client request relayed to us, in arrival order."""
         self.background: list[RawRequest] = []
         """The proxy's own model-list fetches and probes (its background User-Agent)."""
+        self.aborted: list[RawRequest] = []
+        """Requests whose connection ended before their body did (never answered)."""
+        self.seen: list[bytes] = []
+        """Every request line, recorded as soon as its head is read (before the body): all contact."""
         self.arrived = threading.Event()
         self.responder: Callable[[RawRequest], Answer | None] | None = None
         self._queue: list[Answer] = []
@@ -409,6 +421,8 @@ class HostileUpstream:
         with self._lock:
             self.requests.clear()
             self.background.clear()
+            self.aborted.clear()
+            self.seen.clear()
             self._queue.clear()
             self.responder = None
         self.arrived.clear()
@@ -463,6 +477,10 @@ class HostileUpstream:
                     return
                 try:
                     req = self._read_request(reader)
+                except Incomplete as exc:
+                    with self._lock:
+                        self.aborted.append(exc.request)
+                    return
                 except (BadRequest, OSError, TimeoutError, ValueError):
                     return
                 if req is None:
@@ -488,8 +506,15 @@ class HostileUpstream:
             except OSError:
                 pass
 
+    def _read_request(self, reader: Any) -> RawRequest | None:
+        return self._read(reader, self._saw)
+
+    def _saw(self, line: bytes) -> None:
+        with self._lock:
+            self.seen.append(line)
+
     @staticmethod
-    def _read_request(reader: Any) -> RawRequest | None:
+    def _read(reader: Any, on_head: Callable[[bytes], None]) -> RawRequest | None:
         line = reader.readline(MAX_LINE + 1)
         if not line:
             return None
@@ -507,10 +532,18 @@ class HostileUpstream:
         else:
             raise BadRequest("too many headers")
         lowered = {k.lower(): v for k, v in headers}
+        if lowered.get("user-agent") != BACKGROUND_AGENT:
+            on_head(line.rstrip(b"\r\n"))
         body = bytearray()
+
+        def cut_short() -> Incomplete:
+            return Incomplete(RawRequest(line.rstrip(b"\r\n"), headers, bytes(body), bytes(raw)))
+
         if "chunked" in lowered.get("transfer-encoding", "").lower():
             for _ in range(1_000_000):
                 size_line = reader.readline(MAX_LINE)
+                if not size_line:
+                    raise cut_short()
                 raw += size_line
                 size = int(size_line.split(b";")[0].strip(), 16)
                 if size == 0:
@@ -524,11 +557,17 @@ class HostileUpstream:
                     raise BadRequest("body too large")
                 data = reader.read(size)
                 body += data
-                raw += data + reader.readline(MAX_LINE)
+                raw += data
+                if len(data) < size:
+                    raise cut_short()
+                raw += reader.readline(MAX_LINE)
         elif lowered.get("content-length"):
             n = int(lowered["content-length"])
             if n > MAX_BODY:
                 raise BadRequest("body too large")
-            body += reader.read(n)
-            raw += body
+            data = reader.read(n)
+            body += data
+            raw += data
+            if len(data) < n:
+                raise cut_short()
         return RawRequest(line.rstrip(b"\r\n"), headers, bytes(body), bytes(raw))

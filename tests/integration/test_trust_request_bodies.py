@@ -84,7 +84,7 @@ def test_content_length_body_over_limit_413(proxy, up, route):
     content_type, body = ROUTES[route](3 * LIMIT)
     r = raw_request(proxy.port, "POST", route, {**AUTH, "Content-Type": content_type}, body)
     _assert_error(r, 413, "request_too_large")
-    assert not up.requests, [x.line for x in up.requests]
+    assert not up.seen, up.seen
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
@@ -96,7 +96,7 @@ def test_chunked_body_over_limit_413(proxy, up, route):
         conn.send(head + _chunks(body, 300))
         r = conn.read_response("POST")
     _assert_error(r, 413, "request_too_large")
-    assert not up.requests, [x.line for x in up.requests]
+    assert not up.seen, up.seen
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
@@ -148,7 +148,10 @@ def test_dribbled_body_408_within_bound(proxy, up, route, chunked):
     assert r is not None, f"no answer after {waited:.1f} s and {sent} dribbled bytes"
     _assert_error(r, 408, "request_timeout")
     assert waited < 5.0, f"408 only after {waited:.1f} s"
+    # A pass-through upload may be streamed upstream as it arrives; it must then be cut off, never completed.
     assert not up.requests, [x.line for x in up.requests]
+    if route == "/v1/chat/completions":
+        assert not up.seen, up.seen  # a JSON body is read whole before anything is sent
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -159,7 +162,7 @@ def test_dribbled_body_without_credentials_401_at_once(proxy, up, route, chunked
     _assert_error(r, 401, "invalid_api_key")
     assert waited < 0.8, f"401 only after {waited:.1f} s ({sent} body bytes): not before the body"
     assert sent < 400
-    assert not up.requests, [x.line for x in up.requests]
+    assert not up.seen, up.seen
 
 
 @pytest.mark.parametrize("size_line", [b"zz", b"-5", b"5 5"])
@@ -172,4 +175,4 @@ def test_malformed_chunk_size_400(proxy, up, route, size_line):
         conn.send(head + size_line + b"\r\nhello\r\n0\r\n\r\n")
         r = conn.read_response("POST")
     _assert_error(r, 400, "invalid_body")
-    assert not up.requests, [x.line for x in up.requests]
+    assert not up.seen, up.seen
