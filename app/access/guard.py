@@ -82,7 +82,7 @@ class AccessGuard(Transform):
         self.auth = Authenticator(s, self.store)
         lease_seconds = max(config.read_timeout + 60.0, 300.0)
         self.limiter: Limiter = (
-            RedisLimiter(s.redis_url, s.redis_prefix, lease_seconds) if s.redis_url
+            RedisLimiter(s.redis_url, s.redis_prefix, lease_seconds, timeout=s.redis_timeout) if s.redis_url
             else MemoryLimiter(lease_seconds=lease_seconds)
         )
         self.queue = (
@@ -95,6 +95,7 @@ class AccessGuard(Transform):
         )
         self.fail_open_total = 0
         self._fail_open_logged = -1e9
+        self._release_failed_logged = -1e9
 
     def store(self) -> KeyStore:
         """The key store, opened on first use (a proxy with no keys and no accounting never opens it)."""
@@ -167,15 +168,17 @@ class AccessGuard(Transform):
         try:
             return self.limiter.admit(ticket)
         except LimiterUnavailable as exc:
+            now = time.monotonic()
             if self.settings.fail_closed:
                 _count_refusal("limiter_unavailable")
-                log.error("rate limiter unreachable, refusing (RATE_LIMIT_FAIL_CLOSED): %s", exc)
+                if now - self._fail_open_logged >= FAIL_OPEN_LOG_EVERY:  # at most every 10 s, like fail-open
+                    self._fail_open_logged = now
+                    log.error("rate limiter unreachable, refusing (RATE_LIMIT_FAIL_CLOSED): %s", exc)
                 raise Overloaded("The rate limiter is unavailable; retry shortly.", code="rate_limiter_unavailable",
                                  headers={"Retry-After": "1"}) from None
             self.fail_open_total += 1
             if FAIL_OPEN is not None:
                 FAIL_OPEN.inc()
-            now = time.monotonic()
             if now - self._fail_open_logged >= FAIL_OPEN_LOG_EVERY:
                 self._fail_open_logged = now
                 log.warning("rate limiter unreachable, serving without limits (fail-open; %d so far): %s",
@@ -281,7 +284,11 @@ class AccessGuard(Transform):
         try:
             self.limiter.release(ticket, tokens)
         except LimiterUnavailable as exc:
-            log.warning("rate limiter unreachable at release (its lease expires by itself): %s", exc)
+            now = time.monotonic()
+            if now - self._release_failed_logged >= FAIL_OPEN_LOG_EVERY:
+                self._release_failed_logged = now
+                log.warning("rate limiter unreachable at release (applied when it answers again, else its "
+                            "lease expires): %s", exc)
 
     @staticmethod
     def _usage_record(ex: Exchange, identity: Identity, prompt: int, completion: int, total: int,

@@ -24,20 +24,36 @@ State lives in one of:
   clock). Keys of one subject share a hash tag, so Redis Cluster works too.
 
 A Redis failure raises `LimiterUnavailable`; the guard then serves (fail-open)
-or refuses (fail-closed).
+or refuses (fail-closed). Every Redis call is bounded by REDIS_TIMEOUT_SECONDS
+(connect and read, default 0.25 s, no retries), and after a failure a `Circuit`
+skips Redis for a back-off (1 s, doubling to 30 s, then one probe), so while
+Redis is down or hung the answer comes at once instead of after a timeout per
+request. Releases missed meanwhile are kept (bounded) and applied when Redis
+answers again; the lease expiry is the backstop.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+log = logging.getLogger("cot_proxy.guard")
 
 WINDOW_MS = 60_000
+REDIS_TIMEOUT_SECONDS = 0.25
+"""Default bound on connecting to Redis and on each reply (REDIS_TIMEOUT_SECONDS)."""
+BACKOFF_FIRST_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+MAX_PENDING_RELEASES = 10_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,78 @@ class Ticket:
 
 class LimiterUnavailable(Exception):
     """The shared limit store (Redis) cannot be reached."""
+
+
+class Circuit:
+    """Skip a failing service for a while instead of waiting for its timeout on every call.
+
+    Closed, every call goes through. A failure opens it for a back-off (1 s, doubling with each
+    failure in a row, at most 30 s): `allow()` is then False at once. When the back-off is over, one
+    call (the probe) is let through: success closes the circuit, failure opens it for twice as long.
+    Calls already in flight when it opened do not lengthen the back-off."""
+
+    def __init__(self, name: str, first: float = BACKOFF_FIRST_SECONDS, most: float = BACKOFF_MAX_SECONDS,
+                 clock: Callable[[], float] = time.monotonic, logger: logging.Logger = log) -> None:
+        self.name = name
+        self.log = logger
+        self.first = first
+        self.most = most
+        self.clock = clock
+        self.failures = 0
+        """Failures in a row; 0 = closed."""
+        self.open_until = 0.0
+        self._probe_since: float | None = None
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        if not self.failures:
+            return True
+        with self._lock:
+            if not self.failures:
+                return True
+            now = self.clock()
+            if now < self.open_until:
+                return False
+            if self._probe_since is not None and now - self._probe_since < self.most:
+                return False  # one probe at a time (a lost probe is replaced after `most`)
+            self._probe_since = now
+            return True
+
+    def retry_in(self) -> float:
+        return max(self.open_until - self.clock(), 0.0)
+
+    def succeeded(self) -> None:
+        if not self.failures:
+            return
+        with self._lock:
+            if self.failures:
+                self.log.warning("%s answers again after %d failed attempt(s)", self.name, self.failures)
+            self.failures = 0
+            self._probe_since = None
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            now = self.clock()
+            if self.failures and self._probe_since is None and now < self.open_until:
+                return  # started before the circuit opened: already counted
+            self.failures += 1
+            backoff = min(self.first * 2 ** min(self.failures - 1, 30), self.most)
+            self.open_until = now + backoff
+            self._probe_since = None
+        self.log.warning("%s unreachable (%s: %s); skipping it for %g s", self.name, type(exc).__name__, exc,
+                         backoff)
+
+
+def redis_client(url: str, timeout: float = REDIS_TIMEOUT_SECONDS) -> Any:
+    """A Redis client whose every call gives up after `timeout` (connect, and each reply), with no retries."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False, health_check_interval=30,
+    )
 
 
 class Limiter:
@@ -313,18 +401,46 @@ class RedisLimiter(Limiter):
     """Counters in Redis, shared by every worker and replica; exact (atomic scripts)."""
 
     def __init__(self, url: str, prefix: str = "cot-proxy:", lease_seconds: float = 900.0,
-                 socket_timeout: float = 0.5) -> None:
+                 timeout: float = REDIS_TIMEOUT_SECONDS) -> None:
         import redis
 
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-            health_check_interval=30, retry_on_timeout=False,
-        )
+        self.client = redis_client(url, timeout)
+        self.circuit = Circuit("Redis (rate limits)")
         self.prefix = prefix
         self.lease_ms = int(lease_seconds * 1000)
         self._admit = self.client.register_script(ADMIT)
         self._release = self.client.register_script(RELEASE)
+        self._pending: deque[tuple[list[str], list[Any]]] = deque(maxlen=MAX_PENDING_RELEASES)
+        """Releases that could not be sent; applied before the next call that reaches Redis."""
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """`fn()` against Redis, unless the circuit is open; every failure becomes `LimiterUnavailable`."""
+        if not self.circuit.allow():
+            raise LimiterUnavailable(f"Redis skipped for {self.circuit.retry_in():.1f} s more after a failure")
+        try:
+            if self._pending:
+                self._apply_pending()
+            out = fn()
+        except self._errors as exc:
+            self.circuit.failed(exc)
+            raise LimiterUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self.circuit.succeeded()
+        return out
+
+    def _apply_pending(self) -> None:
+        batch = []
+        while self._pending:
+            batch.append(self._pending.popleft())
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in batch:
+                self._release(keys=keys, args=args, client=pipe)
+            pipe.execute()
+        except BaseException:
+            self._pending.extendleft(reversed(batch))
+            raise
+        log.info("applied %d rate-limit release(s) missed while Redis was unreachable", len(batch))
 
     def _keys(self, subject: str) -> tuple[str, str, str, str, str]:
         base = f"{self.prefix}limits:{{{subject}}}:"
@@ -334,10 +450,7 @@ class RedisLimiter(Limiter):
         lim = ticket.limits
         args = [lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0, lim.budget or 0, ticket.estimate, ticket.lease,
                 WINDOW_MS, self.lease_ms, ticket.spent_at_lookup, ticket.hold]
-        try:
-            out = self._admit(keys=list(self._keys(ticket.subject)), args=args)
-        except self._errors as exc:
-            raise LimiterUnavailable(str(exc)) from exc
+        out = self._call(lambda: self._admit(keys=list(self._keys(ticket.subject)), args=args))
         reason = out[0].decode() if isinstance(out[0], bytes) else out[0]
         retry, rem_req, reset_req, rem_tok, reset_tok, rem_budget = (_num(v) for v in out[1:7])
         return Decision(
@@ -351,10 +464,12 @@ class RedisLimiter(Limiter):
         req, tok, conc, spent, reserved = self._keys(ticket.subject)
         args = [ticket.lease, ticket.estimate, -1 if actual_tokens is None else actual_tokens,
                 1 if ticket.limits.budget else 0, ticket.hold]
+        keys = [tok, conc, spent, reserved]
         try:
-            self._release(keys=[tok, conc, spent, reserved], args=args)
-        except self._errors as exc:
-            raise LimiterUnavailable(str(exc)) from exc
+            self._call(lambda: self._release(keys=keys, args=args))
+        except LimiterUnavailable:
+            self._pending.append((keys, args))
+            raise
 
 
 def retry_after_seconds(ms: int) -> str:

@@ -57,6 +57,14 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _redis_timeout(env: Mapping[str, str]) -> float:
+    value = number(env, "REDIS_TIMEOUT_SECONDS", 0.25, positive=True)
+    if value > 10:
+        raise AccessConfigError(f"REDIS_TIMEOUT_SECONDS={value:g}: at most 10 (every request may wait this long "
+                                "once when Redis hangs)")
+    return value
+
+
 def _redacted(url: str) -> str:
     """The URL without its password, for error messages."""
     parts = urlsplit(url)
@@ -121,6 +129,8 @@ class AccessSettings:
     redis_url: str | None = field(default=None, repr=False)
     """`REDIS_URL`: shared limit counters; None = in memory, per worker."""
     redis_prefix: str = "cot-proxy:"
+    redis_timeout: float = 0.25
+    """`REDIS_TIMEOUT_SECONDS`: bound on connecting to Redis and on each reply (rate limits, shared ejections)."""
     fail_closed: bool = False
     """`RATE_LIMIT_FAIL_CLOSED`: refuse (503) rather than serve unlimited while Redis is unreachable."""
     max_concurrent_requests: int = 0
@@ -166,6 +176,7 @@ class AccessSettings:
             admin_token=admin,
             redis_url=_redis_url(env),
             redis_prefix=text(env, "REDIS_PREFIX") or "cot-proxy:",
+            redis_timeout=_redis_timeout(env),
             fail_closed=boolean(env, "RATE_LIMIT_FAIL_CLOSED", False),
             max_concurrent_requests=max_concurrent,
             max_queued_requests=integer(env, "MAX_QUEUED_REQUESTS", max_concurrent),

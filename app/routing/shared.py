@@ -4,7 +4,10 @@ A worker that takes a backend out writes `cot-proxy:ejected:<base url>` with the
 cool-down as its time-to-live; every worker reads those keys about once a
 second (from the catalog's background thread) and takes the same backends out
 until the key expires. Redis trouble never fails a request: each worker then
-keeps its own view, as without Redis.
+keeps its own view, as without Redis. Every call is bounded by the Redis timeout
+(REDIS_TIMEOUT_SECONDS, default 0.25 s, no retries), and after a failure Redis is
+skipped for a back-off (1 s doubling to 30 s, then one probe; see
+`app.access.limits.Circuit`), so a hung Redis costs one timeout, not one per ejection.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from ..access.limits import REDIS_TIMEOUT_SECONDS, Circuit, redis_client
 from .backends import Backend
 
 log = logging.getLogger("cot_proxy.routing")
@@ -21,28 +25,36 @@ SYNC_SECONDS = 1.0
 
 
 class SharedEjections:
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, timeout: float = REDIS_TIMEOUT_SECONDS) -> None:
         import redis
 
         self._errors = (redis.RedisError, OSError)
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.client = redis_client(redis_url, timeout)
+        self.circuit = Circuit("Redis (shared ejections)", logger=log)
 
     def publish(self, backend: Backend) -> None:
+        if not self.circuit.allow():
+            return  # this worker's own view still has it out
         try:
             self.client.set(PREFIX + backend.target.base_url, "1", px=max(1, int(backend.cooldown_seconds * 1000)))
         except self._errors as exc:
-            log.warning("sharing an ejection through Redis failed: %s", type(exc).__name__)
+            self.circuit.failed(exc)
+            return
+        self.circuit.succeeded()
 
     def sync(self, backends: Iterable[Backend]) -> None:
         backends = list(backends)
+        if not backends or not self.circuit.allow():
+            return
         try:
             pipe = self.client.pipeline(transaction=False)
             for b in backends:
                 pipe.pttl(PREFIX + b.target.base_url)
             ttls = pipe.execute()
         except self._errors as exc:
-            log.warning("reading shared ejections from Redis failed: %s", type(exc).__name__)
+            self.circuit.failed(exc)
             return
+        self.circuit.succeeded()
         now = time.monotonic()
         for backend, ttl in zip(backends, ttls, strict=True):
             if isinstance(ttl, int) and ttl > 0:

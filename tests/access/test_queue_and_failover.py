@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import jwt
 import pytest
@@ -101,5 +102,8 @@ def test_redis_stopped_mid_run(make_app, own_redis, fail_closed):
     else:
         assert during.status_code == 200  # served without limits...
         assert guard_of(app).fail_open_total == 1  # ...and counted
-    own_redis.start()  # back on the same port: limits hold again, counting afresh
+    own_redis.start()  # back on the same port: limits hold again, counting afresh...
+    circuit = guard_of(app).limiter.circuit  # ...once the 1 s back-off after the failure is over
+    assert not circuit.allow()
+    circuit.clock = lambda: time.monotonic() + 1.01
     assert [post().status_code for _ in range(4)] == [200, 200, 200, 429]
