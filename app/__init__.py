@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask
 
-from . import access, api, discovery, errors, observability, paths, probes, request_id
+from . import access, api, discovery, errors, observability, openapi, paths, probes, request_id
 from .config import Config
 from .probes import HealthCheck
 from .relay import Relay
@@ -41,6 +41,7 @@ def create_app(config: Config | None = None) -> Flask:
     errors.register(app)
     probes.init_app(app, HealthCheck(config, router, upstream))
     discovery.init_app(app)
+    openapi.init_app(app)  # GET /openapi.json, open like the probes
     access.init_app(app)  # `keys` CLI and GET /v1/usage (before the /v1/ catch-all)
     api.init_app(app)
 

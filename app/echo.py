@@ -22,14 +22,22 @@ from .sse import Event
 
 MODEL = "echo"
 EMBEDDING_DIMENSIONS = 16
+MAX_EMBEDDING_DIMENSIONS = 4096
+"""A larger `dimensions` gets the default: echo vectors are for trying things out."""
 
 
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(p["text"] for p in content
+                        if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
     return ""
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _words(text: str) -> int:
@@ -55,7 +63,7 @@ def _sse(events: Iterator[dict[str, Any]]) -> Response:
 
 
 def chat(ex: Exchange) -> Response:
-    messages = ex.body["messages"]
+    messages = [m for m in ex.body.get("messages") or () if isinstance(m, dict)]
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     answer = "Echo: " + (_text(last_user.get("content")) if last_user else "")
     usage = ex.usage = _usage(sum(_words(_text(m.get("content"))) for m in messages), _words(answer))
@@ -66,7 +74,7 @@ def chat(ex: Exchange) -> Response:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
             "usage": usage,
         })
-    include_usage = bool((ex.body.get("stream_options") or {}).get("include_usage"))
+    include_usage = _include_usage(ex.body)
 
     def chunks() -> Iterator[dict[str, Any]]:
         base = {"id": ex.request_id, "object": "chat.completion.chunk", "created": created, "model": MODEL}
@@ -82,8 +90,11 @@ def chat(ex: Exchange) -> Response:
 
 
 def completions(ex: Exchange) -> Response:
-    prompt = ex.body.get("prompt", "")
-    text_in = prompt if isinstance(prompt, str) else " ".join(p for p in prompt if isinstance(p, str))
+    prompt = ex.body.get("prompt")
+    if isinstance(prompt, str):
+        text_in = prompt
+    else:
+        text_in = " ".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else ""
     answer = "Echo: " + text_in
     usage = ex.usage = _usage(_words(text_in), _words(answer))
     base = {"id": ex.request_id, "object": "text_completion", "created": int(time.time()), "model": MODEL}
@@ -94,7 +105,7 @@ def completions(ex: Exchange) -> Response:
     def chunks() -> Iterator[dict[str, Any]]:
         yield {**base, "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": None}]}
         yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]}
-        if (ex.body.get("stream_options") or {}).get("include_usage"):
+        if _include_usage(ex.body):
             yield {**base, "choices": [], "usage": usage}
 
     return _sse(chunks())
@@ -115,10 +126,14 @@ def unit_vector(text: str, dimensions: int) -> list[float]:
 
 
 def embeddings(ex: Exchange) -> Response:
-    raw = ex.body["input"]
-    inputs = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else raw
+    raw = ex.body.get("input")
+    if not isinstance(raw, list):
+        inputs: list[Any] = [raw if isinstance(raw, str) else ""]
+    else:
+        inputs = [raw] if raw and not isinstance(raw[0], (str, list)) else raw  # one list of token ids
     dims = ex.body.get("dimensions")
-    dims = dims if isinstance(dims, int) and 0 < dims <= 4096 else EMBEDDING_DIMENSIONS
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 0 < dims <= MAX_EMBEDDING_DIMENSIONS:
+        dims = EMBEDDING_DIMENSIONS
     as_base64 = ex.body.get("encoding_format") == "base64"
     data = []
     for i, item in enumerate(inputs):

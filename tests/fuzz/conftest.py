@@ -1,0 +1,94 @@
+"""Fixtures for the fuzz tests: the app in echo mode, in proxy mode and with authentication on.
+
+Proxy and auth modes relay to a real fake upstream of the module's own (tests/conftest.py
+`module_upstream`), made fit for thousands of requests by `support.prepare_upstream`.
+
+FUZZ_SCALE (default 1) multiplies every fuzz test's number of examples, for a longer
+local run: `FUZZ_SCALE=20 python -m pytest tests/fuzz -q`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app import create_app
+from tests.fakes.openai_upstream import FakeUpstream
+from tests.fuzz import support
+
+SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1") or 1))
+CASES: Counter[str] = Counter()
+"""Cases run per test id (shown after the run)."""
+SECONDS: Counter[str] = Counter()
+KNOWN_SEEN: Counter[str] = Counter()
+"""How often each known failure turned up (shown after the run)."""
+
+
+def examples(n: int) -> int:
+    return n * SCALE
+
+
+@dataclass
+class Target:
+    name: str
+    app: Flask
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client(self):
+        return self.app.test_client()
+
+
+@pytest.fixture(scope="module")
+def fuzz_upstream(module_upstream: FakeUpstream) -> Iterator[FakeUpstream]:
+    yield support.prepare_upstream(module_upstream)
+    module_upstream.reset()
+
+
+@pytest.fixture(scope="module")
+def targets(fuzz_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Target]]:
+    db = tmp_path_factory.mktemp("fuzz-keys") / "keys.db"
+    built = {
+        "echo": Target("echo", create_app(support.echo_config())),
+        "proxy": Target("proxy", create_app(support.relay_config(fuzz_upstream))),
+        "auth": Target("auth", create_app(support.auth_config(fuzz_upstream, f"sqlite:///{db}"))),
+    }
+    yield built
+    support.close_apps(*(t.app for t in built.values()))
+
+
+@pytest.fixture(autouse=True)
+def _count_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    SECONDS[request.node.nodeid] += time.perf_counter() - started
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not CASES:
+        return
+    tr = terminalreporter
+    tr.section("fuzz cases")
+    by_file: Counter[str] = Counter()
+    time_by_file: Counter[str] = Counter()
+    for nodeid, n in CASES.items():
+        by_file[nodeid.split("::")[0]] += n
+    for nodeid, s in SECONDS.items():
+        if nodeid.startswith("tests/fuzz/"):
+            time_by_file[nodeid.split("::")[0]] += s
+    for path, n in sorted(by_file.items()):
+        tr.write_line(f"{path}: {n} cases in {time_by_file[path]:.1f} s")
+    tr.write_line(f"total: {sum(CASES.values())} cases (FUZZ_SCALE={SCALE})")
+    if tr.config.getoption("verbose") > 0:
+        for nodeid, n in sorted(CASES.items()):
+            tr.write_line(f"  {n:6d}  {SECONDS[nodeid]:6.2f} s  {nodeid}")
+    for name, n in sorted(KNOWN_SEEN.items()):
+        known = next(k for k in support.KNOWN_FAILURES if k.name == name)
+        tr.write_line(f"known failure {name} ({known.where}) seen {n} times: {known.reason}")
