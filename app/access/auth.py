@@ -108,6 +108,8 @@ class KeyCache:
 class Authenticator:
     def __init__(self, settings: AccessSettings, store: Callable[[], KeyStore] | None = None) -> None:
         self.settings = settings
+        for warning in settings.warnings:  # once per worker, as it starts
+            log.warning("%s", warning)
         self._tokens = [t.encode() for t in settings.bearer_tokens]
         self._store = store
         self.cache = KeyCache(KEY_CACHE_SECONDS)

@@ -21,21 +21,44 @@ JWT_ALGORITHMS = frozenset({
 })
 KEY_CACHE_SECONDS = 0.5
 """How long a worker trusts a key it looked up: revocation and expiry show within this (well under 1 s)."""
+WEAK_TOKEN_CHARS = 16
+"""A fixed token shorter than this starts the proxy with a warning (logged by each worker at start)."""
 
 
 class AccessConfigError(ConfigError):
     """An access variable is malformed; the message names it."""
 
 
-def _tokens(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+def _check_token(name: str, token: str, where: str, warnings: list[str], *, listed: bool = True) -> None:
+    """Refuse what cannot be meant (empty, whitespace inside); warn about what is merely weak.
+
+    Never puts the token itself in a message."""
+    if not token:
+        raise AccessConfigError(f"{name}: {where} is empty (a stray comma?)")
+    if any(c.isspace() for c in token):
+        raise AccessConfigError(f"{name}: {where} has whitespace inside; "
+                                + ("separate several tokens with commas, and " if listed else "")
+                                + "leave out any 'Bearer ' prefix")
+    if len(token) < WEAK_TOKEN_CHARS:
+        warnings.append(f"WEAK CREDENTIAL: {name} ({where}) has only {len(token)} characters: anyone who guesses "
+                        f"it gets in. Use at least {WEAK_TOKEN_CHARS} random characters, e.g. `openssl rand -hex 32`.")
+
+
+def _tokens(env: Mapping[str, str], name: str, warnings: list[str]) -> tuple[str, ...]:
     raw = text(env, name)
     if raw is None:
         return ()
-    tokens = tuple(t.strip() for t in raw.split(",") if t.strip())
-    for t in tokens:
-        if len(t) < 8 or any(c.isspace() for c in t):
-            raise AccessConfigError(f"{name}: every token needs at least 8 characters and no spaces")
+    tokens = tuple(t.strip() for t in raw.split(","))
+    for i, t in enumerate(tokens, 1):
+        _check_token(name, t, f"token {i} of {len(tokens)}" if len(tokens) > 1 else "the token", warnings)
     return tokens
+
+
+def _admin_token(env: Mapping[str, str], warnings: list[str]) -> str | None:
+    raw = text(env, "ADMIN_TOKEN")
+    if raw is not None:
+        _check_token("ADMIN_TOKEN", raw, "the token", warnings, listed=False)
+    return raw
 
 
 def _database_url(env: Mapping[str, str]) -> str:
@@ -144,6 +167,8 @@ class AccessSettings:
     strict_validation: bool = True
     max_tokens_cap: int = 1_048_576
     max_n: int = 128
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Weak but accepted settings (short tokens); the access guard logs each once when the app starts."""
 
     @property
     def jwt_enabled(self) -> bool:
@@ -161,11 +186,11 @@ class AccessSettings:
         public_key = _public_key(env)
         virtual_keys = boolean(env, "VIRTUAL_KEYS", False)
         max_concurrent = integer(env, "MAX_CONCURRENT_REQUESTS", 0)
-        admin = text(env, "ADMIN_TOKEN")
-        if admin is not None and len(admin) < 8:
-            raise AccessConfigError("ADMIN_TOKEN: use at least 8 characters")
+        warnings: list[str] = []
+        bearer_tokens = _tokens(env, "GATEWAY_BEARER_TOKEN", warnings)
+        admin = _admin_token(env, warnings)
         return cls(
-            bearer_tokens=_tokens(env, "GATEWAY_BEARER_TOKEN"),
+            bearer_tokens=bearer_tokens,
             virtual_keys=virtual_keys,
             database_url=_database_url(env),
             jwt_secret=secret,
@@ -186,4 +211,5 @@ class AccessSettings:
             strict_validation=boolean(env, "STRICT_VALIDATION", True),
             max_tokens_cap=integer(env, "MAX_TOKENS_CAP", 1_048_576, low=1),
             max_n=integer(env, "MAX_N", 128, low=1),
+            warnings=tuple(warnings),
         )

@@ -40,12 +40,12 @@ def test_public_key_from_file(tmp_path):
     ({"MAX_CONCURRENT_REQUESTS": "many"}, "MAX_CONCURRENT_REQUESTS"),
     ({"QUEUE_TIMEOUT_SECONDS": "-1"}, "QUEUE_TIMEOUT_SECONDS"),
     ({"RATE_LIMIT_FAIL_CLOSED": "maybe"}, "RATE_LIMIT_FAIL_CLOSED"),
-    ({"GATEWAY_BEARER_TOKEN": "short"}, "GATEWAY_BEARER_TOKEN"),
+    ({"GATEWAY_BEARER_TOKEN": "has space"}, "GATEWAY_BEARER_TOKEN"),
     ({"JWT_SECRET": "short"}, "JWT_SECRET"),
     ({"JWT_PUBLIC_KEY": "/no/such/file.pem"}, "JWT_PUBLIC_KEY"),
     ({"JWT_ALGORITHMS": "none", "JWT_SECRET": "0123456789abcdef0123456789abcdef"}, "JWT_ALGORITHMS"),
     ({"MAX_N": "0"}, "MAX_N"),
-    ({"ADMIN_TOKEN": "x"}, "ADMIN_TOKEN"),
+    ({"ADMIN_TOKEN": "x y"}, "ADMIN_TOKEN"),
 ])
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(ConfigError, match=name):
