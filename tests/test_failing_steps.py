@@ -85,6 +85,7 @@ def test_a_step_that_raises_gives_500_and_frees_every_slot(broken_app, hook):
     app, broken = broken_app
     client = app.test_client()
     upstream_errors = metric(client, "cot_proxy_upstream_errors_total")
+    in_flight = metric(client, "cot_proxy_requests_in_flight", route="chat")  # the gauge is per process
     for _ in range(4):  # twice the concurrency limit: a leak would leave no slot
         resp = client.post("/v1/chat/completions", json=CHAT, headers={"x-break": hook}, buffered=True)
         assert resp.status_code == 500
@@ -92,7 +93,7 @@ def test_a_step_that_raises_gives_500_and_frees_every_slot(broken_app, hook):
         assert "bug in" not in resp.get_data(as_text=True)  # no internals in the answer
     resp = client.post("/v1/chat/completions", json=CHAT, buffered=True)
     assert resp.status_code == 200, resp.get_data(as_text=True)
-    assert metric(client, "cot_proxy_requests_in_flight", route="chat") == 0
+    assert metric(client, "cot_proxy_requests_in_flight", route="chat") == in_flight
     router = app.extensions["cot_proxy.router"]
     assert all(b.in_flight == 0 for p in router.providers.values() for b in p.backends)
     assert set(broken.done_calls.values()) == {1}  # done exactly once per request
@@ -104,6 +105,7 @@ def test_a_stream_step_that_raises_ends_the_stream_with_one_internal_error(broke
     client = app.test_client()
     upstream_errors = metric(client, "cot_proxy_upstream_errors_total")
     internal = metric(client, "cot_proxy_request_errors_total", kind="internal_error")
+    in_flight = metric(client, "cot_proxy_requests_in_flight", route="chat")
     upstream.enqueue(sse_reply([chat_chunk("a"), chat_chunk("b", finish="stop")]))
     resp = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers={"x-break": "stream_event"},
                        buffered=True)
@@ -114,7 +116,7 @@ def test_a_stream_step_that_raises_ends_the_stream_with_one_internal_error(broke
     # Counted as ours, not as a failure of the upstream's provider.
     assert metric(client, "cot_proxy_upstream_errors_total") == upstream_errors
     assert metric(client, "cot_proxy_request_errors_total", kind="internal_error") == internal + 1
-    assert metric(client, "cot_proxy_requests_in_flight", route="chat") == 0
+    assert metric(client, "cot_proxy_requests_in_flight", route="chat") == in_flight
     assert set(broken.done_calls.values()) == {1}
     for _ in range(3):
         assert client.post("/v1/chat/completions", json=CHAT, buffered=True).status_code == 200
@@ -123,8 +125,9 @@ def test_a_stream_step_that_raises_ends_the_stream_with_one_internal_error(broke
 def test_a_done_hook_that_raises_does_not_stop_the_others(broken_app):
     app, broken = broken_app
     client = app.test_client()
+    in_flight = metric(client, "cot_proxy_requests_in_flight", route="chat")
     for _ in range(4):
         resp = client.post("/v1/chat/completions", json=CHAT, headers={"x-break": "done"}, buffered=True)
         assert resp.status_code == 200
     assert client.post("/v1/chat/completions", json=CHAT, buffered=True).status_code == 200  # slots came back
-    assert metric(client, "cot_proxy_requests_in_flight", route="chat") == 0
+    assert metric(client, "cot_proxy_requests_in_flight", route="chat") == in_flight
