@@ -28,6 +28,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["COT"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.bounds.max_request_bytes
     app.json.sort_keys = False
+    # No answers Flask makes on its own: OPTIONS under /v1/ is relayed (and authenticated) like any method.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     observability.init_app(app, config)  # logging first, then GET /metrics and its request hooks
 
     router = Router(config)
