@@ -184,4 +184,10 @@ def model_in(raw: bytes, content_type: str) -> str | None:
         if len(values) > 1:
             raise InvalidRequest("The body names more than one model.", param="model")
         return values.pop() if values else None
-    return None
+    # Any other label: some servers parse the body as JSON whatever it says, so look as they would.
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    value = obj.get("model") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None

@@ -266,8 +266,9 @@ class Relay:
             if ex.method == "HEAD":
                 answer.close()
                 watch.stop()
-                return Response(status=answer.status, headers=safe_headers(
-                    _without_length(headers) if reads_body else headers))
+                if "content-encoding" in headers and reads_body:
+                    headers = _without_length(headers)  # a GET would be answered decoded
+                return Response(status=answer.status, headers=safe_headers(headers))
             if answer.status >= 400:
                 return self._error(answer, headers, watch)
             sse = content_type.startswith("text/event-stream")

@@ -30,6 +30,14 @@ def _json_body(extra: dict) -> Builder:
     return build
 
 
+def _mislabelled(extra: dict) -> Builder:
+    """JSON labelled text/plain: some servers parse it anyway, so the allow-list must too."""
+    def build(model: str) -> tuple[str, bytes]:
+        return "text/plain", json.dumps({"model": model, **extra}).encode()
+
+    return build
+
+
 def _multipart(model_first: bool = True, content_type: str = "audio/wav") -> Builder:
     def build(model: str) -> tuple[str, bytes]:
         boundary = "----trust" + uuid.uuid4().hex
@@ -47,6 +55,7 @@ ROUTES = {
     "/v1/responses": _json_body({"input": "hi"}),
     "/v1/images/generations": _json_body({"prompt": "a cat"}),
     "/v1/moderations": _json_body({"input": "hi"}),
+    "/v1/responses#text-plain": _mislabelled({"input": "hi"}),
     "/v1/audio/speech": _json_body({"input": "hi", "voice": "alloy"}),
     "/v1/audio/transcriptions": _multipart(),
     "/v1/audio/transcriptions#model-last": _multipart(model_first=False),
