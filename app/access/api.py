@@ -1,14 +1,19 @@
 """`GET /v1/usage`: usage totals per key and model, for the holder of ADMIN_TOKEN.
 
-Query: `key` (a key's name), `since` and `until` (ISO 8601 or Unix seconds).
-Off (404) while ADMIN_TOKEN is unset. This worker's pending records are
-written first, so a caller sees its own requests at once; other workers'
-arrive within USAGE_FLUSH_SECONDS.
+Query: `key` (a key's name), `since` and `until` (ISO 8601 or Unix seconds), each
+at most once. A parameter with control characters, an absurd length or a value
+that is not a time is 400 `invalid_request_error` naming it; nothing unchecked
+reaches SQL. (Werkzeug keeps %-escapes that are not UTF-8 as written: plain text.)
+Off (404) while ADMIN_TOKEN is unset. This worker's pending records are written
+first, so a caller sees its own requests at once; other workers' arrive within
+USAGE_FLUSH_SECONDS.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
+import unicodedata
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -23,6 +28,11 @@ if TYPE_CHECKING:
 
 bp = Blueprint("access", __name__)
 
+MAX_KEY_CHARS = 200
+"""A key's name is at most this long (the column's size)."""
+MAX_TIME_CHARS = 64
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+
 
 def find_guard(app: Flask) -> AccessGuard | None:
     relay = app.extensions.get("cot_proxy.relay")
@@ -32,17 +42,35 @@ def find_guard(app: Flask) -> AccessGuard | None:
     return None
 
 
+def check_text(value: str, param: str, max_chars: int) -> str:
+    """`value` if it is text a database can hold and compare; else 400 naming `param`."""
+    if len(value) > max_chars:
+        raise InvalidRequest(f"'{param}' is too long ({len(value)} characters; at most {max_chars}).", param=param)
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise InvalidRequest(f"'{param}' must not contain control characters.", param=param)
+    return value
+
+
 def parse_time(value: str | None, param: str) -> datetime | None:
+    """ISO 8601 (a zone-less time is UTC) or Unix seconds -> an aware UTC datetime; None if empty."""
     if value is None or not value.strip():
         return None
-    value = value.strip()
+    value = check_text(value.strip(), param, MAX_TIME_CHARS)
+    bad = InvalidRequest(f"'{param}' must be an ISO 8601 time or Unix seconds (got {value!r}).", param=param)
     try:
-        if value.replace(".", "", 1).isdigit():
+        if _UNIX_SECONDS.fullmatch(value):
             return datetime.fromtimestamp(float(value), timezone.utc)
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (ValueError, OverflowError):
-        raise InvalidRequest(f"'{param}' must be ISO 8601 or Unix seconds (got {value!r}).", param=param) from None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    except (ValueError, OverflowError, OSError):  # also a year past 9999 or before 1 once moved to UTC
+        raise bad from None
+
+
+def _once(name: str) -> str | None:
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise InvalidRequest(f"Give '{name}' at most once (got it {len(values)} times).", param=name)
+    return values[0] if values else None
 
 
 def _store(app: Flask) -> tuple[KeyStore, AccessGuard | None]:
@@ -66,9 +94,13 @@ def usage() -> Response:
     if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
         raise AuthenticationError("GET /v1/usage needs 'Authorization: Bearer <ADMIN_TOKEN>'.",
                                   headers={"WWW-Authenticate": "Bearer"})
-    since = parse_time(request.args.get("since"), "since")
-    until = parse_time(request.args.get("until"), "until")
-    key = request.args.get("key") or None
+    since = parse_time(_once("since"), "since")
+    until = parse_time(_once("until"), "until")
+    if since is not None and until is not None and since > until:
+        raise InvalidRequest("'until' must not be before 'since'.", param="until")
+    key = _once("key") or None
+    if key is not None:
+        check_text(key, "key", MAX_KEY_CHARS)
     store, guard = _store(current_app)
     if guard is not None and guard.writer is not None:
         guard.writer.flush()

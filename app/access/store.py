@@ -4,6 +4,13 @@ Keys are `sk-cp-` + 43 random URL-safe characters (256 bits), shown once at
 creation and stored only as their SHA-256 (a slow hash adds nothing for a
 random secret this long) plus their last 4 characters for display.
 Tables are created on first use; `cot_` prefixes keep them apart from others.
+
+Text that reaches SQL is made storable first: usage records (whose model and key
+names come from clients) have control characters and lone surrogates replaced
+(PostgreSQL refuses NUL, neither driver encodes a lone surrogate), text cut to
+its column and counts clamped to the column's range, so one odd request cannot
+poison the writer's batch; a batch the database still refuses is written row by
+row and only the refused rows are dropped. Key names are checked at creation.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import json
 import logging
 import secrets
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +44,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from .keys import KEY_PREFIX, KeyRecord, hash_key, hint, now_utc, utc  # noqa: F401  (re-exported)
 from .limits import Limits
@@ -79,6 +87,65 @@ usage_records = Table(
     Column("status", Integer),
     Column("latency_ms", Integer),
 )
+
+
+INT32_MAX = 2_147_483_647
+NAME_CHARS = 200
+REFUSED_DATA = (DataError, IntegrityError, ValueError, TypeError, OverflowError)
+"""The database or its driver refuses a row's data (UnicodeEncodeError is a ValueError), as opposed to
+being unreachable (OperationalError: the writer keeps the batch for the next round)."""
+
+
+def _unstorable(c: str) -> bool:
+    return unicodedata.category(c) in ("Cc", "Cs")
+
+
+def storable_text(value: Any, limit: int | None) -> str | None:
+    """Text any backend stores as given: control characters and lone surrogates become U+FFFD, cut to `limit`."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if any(_unstorable(c) for c in text):
+        text = "".join("\ufffd" if _unstorable(c) else c for c in text)
+    return text[:limit] if limit else text
+
+
+def _clamp(value: Any, high: int, nullable: bool) -> int | None:
+    if value is None:
+        return None if nullable else 0
+    try:
+        n = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return min(max(n, 0), high)
+
+
+def _usage_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record as the table can take it (unknown fields dropped)."""
+    row: dict[str, Any] = {}
+    for col in usage_records.columns:
+        if col.name == "id" or col.name not in rec:
+            continue
+        value = rec[col.name]
+        if isinstance(col.type, String):
+            value = storable_text(value, col.type.length)
+        elif isinstance(col.type, Boolean):
+            value = bool(value)
+        elif isinstance(col.type, (Integer, BigInteger)) and col.name != "key_id":
+            value = _clamp(value, INT32_MAX, bool(col.nullable))
+        row[col.name] = value
+    return row
+
+
+def check_name(name: str) -> str:
+    """A key's name as given, or ValueError: 1 to 200 characters, no control characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("a key's name must not be empty")
+    if len(name) > NAME_CHARS:
+        raise ValueError(f"a key's name has at most {NAME_CHARS} characters (got {len(name)})")
+    if any(_unstorable(c) for c in name):
+        raise ValueError("a key's name must not contain control characters")
+    return name
 
 
 def _record(row: Any) -> KeyRecord:
@@ -146,7 +213,10 @@ class KeyStore:
         self, name: str, *, models: Sequence[str] | None = None, rpm: int | None = None, tpm: int | None = None,
         max_concurrent: int | None = None, budget: int | None = None, expires_at: datetime | None = None,
     ) -> tuple[str, KeyRecord]:
-        """A new key: returns the secret (shown once) and its record."""
+        """A new key: returns the secret (shown once) and its record. ValueError for an unusable name."""
+        check_name(name)
+        if models and any(not isinstance(m, str) or any(_unstorable(c) for c in m) for m in models):
+            raise ValueError("model names and globs must not contain control characters")
         self.ensure_schema()
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         values = {
@@ -183,6 +253,8 @@ class KeyStore:
     def revoke(self, ident: str) -> list[KeyRecord]:
         """Revoke by id, by name (every active key of that name), or by the full key. Returns those revoked."""
         self.ensure_schema()
+        if storable_text(ident, None) != ident:
+            return []  # no stored key, name or id has such characters
         active = and_(api_keys.c.revoked_at.is_(None))
         if ident.startswith(KEY_PREFIX):
             cond = api_keys.c.key_hash == hash_key(ident)
@@ -201,11 +273,31 @@ class KeyStore:
     # -- usage ------------------------------------------------------------
 
     def add_usage(self, records: Iterable[dict[str, Any]]) -> int:
-        """Insert usage records and add their tokens to each key's `spent_tokens`, in one transaction."""
-        rows = list(records)
+        """Insert usage records and add their tokens to each key's `spent_tokens`, in one transaction.
+
+        Records are made storable first (`_usage_row`). If the database still refuses the batch's data,
+        each record is written on its own and the refused ones are logged and dropped (returns the
+        number written); a store that is down raises, and the caller keeps the batch."""
+        rows = [_usage_row(r) for r in records]
         if not rows:
             return 0
         self.ensure_schema()
+        try:
+            self._insert_usage(rows)
+            return len(rows)
+        except REFUSED_DATA:
+            pass
+        written = 0
+        for row in rows:
+            try:
+                self._insert_usage([row])
+                written += 1
+            except REFUSED_DATA as exc:
+                log.error("usage record %s dropped, the database refuses it: %s", row.get("request_id"),
+                          type(getattr(exc, "orig", None) or exc).__name__)
+        return written
+
+    def _insert_usage(self, rows: list[dict[str, Any]]) -> None:
         spent: dict[int, int] = {}
         for r in rows:
             if r.get("key_id") is not None:
@@ -216,13 +308,14 @@ class KeyStore:
                 if tokens:
                     conn.execute(update(api_keys).where(api_keys.c.id == key_id)
                                  .values(spent_tokens=api_keys.c.spent_tokens + tokens))
-        return len(rows)
 
     def usage(
         self, *, key: str | None = None, since: datetime | None = None, until: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Totals per key and model, most tokens first."""
         self.ensure_schema()
+        if key is not None and storable_text(key, NAME_CHARS) != key:
+            return []  # stored names never hold such characters (and PostgreSQL cannot compare a NUL)
         u = usage_records.c
         query = select(
             u.key_name, u.model,
