@@ -48,13 +48,18 @@ def _requirements(name: str) -> tuple[list[str], list[Requirement]]:
 
 
 def _pins() -> dict[str, Version]:
+    """constraints.txt's exact pins for this Python (lines whose marker does not apply are skipped)."""
     pins = {}
     for raw in (ROOT / "constraints.txt").read_text().splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
-            name, sep, version = line.partition("==")
-            assert sep and "[" not in name, f"constraints.txt: not an exact pin: {line!r}"
-            pins[canonicalize_name(name)] = Version(version)
+            req = Requirement(line)
+            specs = list(req.specifier)
+            assert not req.extras and len(specs) == 1 and specs[0].operator == "==", f"not an exact pin: {line!r}"
+            if req.marker is None or req.marker.evaluate():
+                name = canonicalize_name(req.name)
+                assert name not in pins, f"constraints.txt pins {req.name} twice for this Python"
+                pins[name] = Version(specs[0].version)
     return pins
 
 
