@@ -31,7 +31,7 @@ bp = Blueprint("access", __name__)
 MAX_KEY_CHARS = 200
 """A key's name is at most this long (the column's size)."""
 MAX_TIME_CHARS = 64
-_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+_UNIX_SECONDS = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")  # as app/openapi.yaml's Instant
 
 
 def find_guard(app: Flask) -> AccessGuard | None:
