@@ -54,14 +54,41 @@ def fuzz_upstream(module_upstream: FakeUpstream) -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def targets(fuzz_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Target]]:
-    db = tmp_path_factory.mktemp("fuzz-keys") / "keys.db"
+    """echo: no upstream; proxy: one transparent upstream; auth: proxy with every kind of credential
+    on; routed: two providers from a config file (prefix affinity, retries, an alias) with
+    LLM_PARAMS overrides and THINK_MODE=separate, so the transforms see every body too."""
+    tmp = tmp_path_factory.mktemp("fuzz")
     built = {
         "echo": Target("echo", create_app(support.echo_config())),
         "proxy": Target("proxy", create_app(support.relay_config(fuzz_upstream))),
-        "auth": Target("auth", create_app(support.auth_config(fuzz_upstream, f"sqlite:///{db}"))),
+        "auth": Target("auth", create_app(support.auth_config(fuzz_upstream, f"sqlite:///{tmp / 'keys.db'}"))),
+        "routed": Target("routed", create_app(support.routed_config(fuzz_upstream, tmp / "config.yaml"))),
     }
     yield built
     support.close_apps(*(t.app for t in built.values()))
+
+
+@pytest.fixture(scope="module")
+def postgresql_url() -> Iterator[str]:
+    """A schema of our own in the test PostgreSQL (TEST_DATABASE_URL, as tests/access uses), dropped after."""
+    import uuid
+
+    base = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        import psycopg
+
+        conn = psycopg.connect(base, connect_timeout=3, autocommit=True)
+    except Exception:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL at {base} is required under CI=true")
+        pytest.skip(f"PostgreSQL at {base} not reachable")
+    schema = f"cot_fuzz_{uuid.uuid4().hex[:10]}"
+    conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{base}?options=-csearch_path%3D{schema}"
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
 
 
 @pytest.fixture(autouse=True)

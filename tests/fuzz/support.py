@@ -20,7 +20,6 @@ import logging
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -60,6 +59,25 @@ def auth_config(upstream: FakeUpstream, database_url: str) -> Config:
         "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET, "USAGE_FLUSH_SECONDS": "0.2",
     })
     return replace(relay_config(upstream), access=access)
+
+
+def routed_config(upstream: FakeUpstream, path: Any) -> Config:
+    """Two providers on the fake upstream from a config file, LLM_PARAMS and THINK_MODE=separate."""
+    url = upstream.base_url
+    path.write_text(
+        "providers:\n"
+        f"  a: {{type: openai, base_url: {url}, retries: 0}}\n"
+        f"  b: {{type: openai, backends: [{{base_url: {url}}}, {{base_url: {url}, weight: 2}}],"
+        " balance: prefix_affinity, retries: 1}\n"
+        "models:\n"
+        "  alias: {route: [a/fake-model, b/fake-model]}\n"
+        "default_provider: b\n"
+    )
+    return Config.from_env({
+        "COT_PROXY_CONFIG": str(path), "CONNECT_TIMEOUT_SECONDS": "2", "REQUEST_TIMEOUT_SECONDS": "5",
+        "LLM_PARAMS": "model=default,temperature=0.5,default.top_p=0.9,append_to_last_user_message= (be brief)",
+        "THINK_MODE": "separate", "LOG_LEVEL": "warning",
+    })
 
 
 def _tolerant_reply(rec: Recorded) -> Reply:
@@ -156,13 +174,16 @@ def envelope_problem(body: bytes) -> str | None:
     return None
 
 
-def problems(status: int, headers: Mapping[str, Any], body: bytes) -> list[str]:
-    """Every invariant this response breaks (empty if none)."""
+def problems(status: int, headers: Mapping[str, Any], body: bytes, method: str = "GET") -> list[str]:
+    """Every invariant this response breaks (empty if none). A HEAD answer has no body to check."""
     found: list[str] = []
     relayed = is_relayed(headers)
     if status >= 500 and not relayed:
         found.append(f"the proxy answered {status}: {body[:300]!r}")
-    if status >= 400 and status != 499 and not relayed and (why := envelope_problem(body)):
+    if method.upper() == "HEAD":
+        if body:
+            found.append(f"HEAD answered with a body: {body[:100]!r}")
+    elif status >= 400 and status != 499 and not relayed and (why := envelope_problem(body)):
         found.append(f"{status} without an OpenAI error envelope: {why}")
     for name, value in _values(headers):
         try:
@@ -198,52 +219,16 @@ class Known:
     matches: Callable[[Sent, list[str]], bool]
 
 
-def _answered_500(found: list[str]) -> bool:
-    return bool(found) and all(p.startswith("the proxy answered 500") for p in found)
+KNOWN_FAILURES: tuple[Known, ...] = ()
+"""None left: the causes outside the fuzz work's files that it met were fixed in their own files
+meanwhile (the model name in x-cot-proxy-provider: app/relay.py drops unsafe header values;
+GET /v1/usage with a time out of range in UTC, or NUL in `key` on PostgreSQL: app/access/api.py,
+7d580f1). An entry names its file in `where`, with a matcher over (Sent, problems), e.g.:
 
-
-def _instant_overflows(value: Any) -> bool:
-    """What app/access/api.py parse_time trips on: a valid ISO 8601 time with an offset that
-    puts it outside datetime's range once converted to UTC (0001-01-01T00:00+01:00)."""
-    if not isinstance(value, str):
-        return False
-    try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except (ValueError, OverflowError):
-        return False
-    if dt.tzinfo is None:
-        return False
-    try:
-        dt.astimezone(timezone.utc)
-    except OverflowError:
-        return True
-    return False
-
-
-def _usage_time_overflow(sent: Sent, found: list[str]) -> bool:
-    return (sent.path == "/v1/usage" and _answered_500(found)
-            and any(_instant_overflows(sent.query.get(k)) for k in ("since", "until")))
-
-
-def _usage_key_nul_postgresql(sent: Sent, found: list[str]) -> bool:
-    key = sent.query.get("key")
-    return (sent.path == "/v1/usage" and sent.target.endswith("postgresql") and _answered_500(found)
-            and isinstance(key, str) and "\0" in key)
-
-
-KNOWN_FAILURES: tuple[Known, ...] = (
-    Known(
-        "usage-time-overflow", "app/access/api.py (parse_time)",
-        "GET /v1/usage?since=0001-01-01T00:00:00%2B01:00 (or until=9999-12-31T23:59:59-01:00): "
-        "dt.astimezone(timezone.utc) raises OverflowError outside the try -> 500",
-        _usage_time_overflow,
-    ),
-    Known(
-        "usage-key-nul-postgresql", "app/access/api.py (usage) / app/access/store.py",
-        "GET /v1/usage?key=%00 on PostgreSQL: psycopg refuses NUL in a string literal (ValueError) -> 500",
-        _usage_key_nul_postgresql,
-    ),
-)
+    Known("usage-key-nul-postgresql", "app/access/api.py",
+          "psycopg refuses NUL in a string literal -> 500",
+          lambda sent, found: sent.path == "/v1/usage" and "\\0" in str(sent.query.get("key")))
+"""
 
 
 def known_failure(sent: Sent, found: list[str]) -> Known | None:
