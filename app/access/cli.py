@@ -76,6 +76,8 @@ def create(name: str, models: tuple[str, ...], rpm: int | None, tpm: int | None,
     try:
         secret, record = store.create(name, models=_models(models), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
                                       budget=budget, expires_at=_expiry(expires))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     finally:
         store.close()
     if as_json:
