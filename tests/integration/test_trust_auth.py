@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fakes.hostile_upstream import HostileUpstream
 from tests.support import Gunicorn, raw_request
 
 TOKEN = "tok-right-0123456789"
@@ -61,25 +60,12 @@ PATHS = OPEN + ROUTES + SPELLINGS
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[HostileUpstream]:
-    server = HostileUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(upstream) -> Iterator[Gunicorn]:
     # No UPSTREAM_API_KEY: the client's Authorization must be dropped by the proxy itself.
     g = Gunicorn({"TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "GATEWAY_BEARER_TOKEN": TOKEN,
                   "REQUEST_TIMEOUT_SECONDS": "10"}, workers=1)
     yield g
     g.stop()
-
-
-@pytest.fixture
-def up(upstream: HostileUpstream) -> HostileUpstream:
-    upstream.reset()
-    return upstream
 
 
 def _is_open(method: str, path: str) -> bool:

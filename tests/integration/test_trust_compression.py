@@ -20,7 +20,6 @@ import pytest
 
 from tests.fakes.hostile_upstream import (
     STREAM_TEXT,
-    HostileUpstream,
     chat_stream_bytes,
     compress,
     compressed,
@@ -57,23 +56,10 @@ ANSWERS = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[HostileUpstream]:
-    server = HostileUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(upstream) -> Iterator[Gunicorn]:
     g = Gunicorn({"TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "REQUEST_TIMEOUT_SECONDS": "10"}, workers=1)
     yield g
     g.stop()
-
-
-@pytest.fixture
-def up(upstream: HostileUpstream) -> HostileUpstream:
-    upstream.reset()
-    return upstream
 
 
 def _call(g: Gunicorn, method: str, path: str, body: dict | None) -> RawResponse:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from app.access.store import KeyStore
-from tests.fakes.hostile_upstream import HostileUpstream
 from tests.support import Gunicorn, raw_request
 
 ALLOWED = "allowed-model"
@@ -72,13 +71,6 @@ ROUTES = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[HostileUpstream]:
-    server = HostileUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def setup(upstream, tmp_path_factory) -> Iterator[tuple[Gunicorn, str]]:
     db = tmp_path_factory.mktemp("allowlist") / "keys.db"
     store = KeyStore(f"sqlite:///{db}")
@@ -91,12 +83,6 @@ def setup(upstream, tmp_path_factory) -> Iterator[tuple[Gunicorn, str]]:
                  workers=1)
     yield g, secret
     g.stop()
-
-
-@pytest.fixture
-def up(upstream: HostileUpstream) -> HostileUpstream:
-    upstream.reset()
-    return upstream
 
 
 def _post(g: Gunicorn, secret: str, route: str, model: str):

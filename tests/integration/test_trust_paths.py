@@ -80,13 +80,6 @@ def _config_file(tmp_path_factory, upstream: HostileUpstream) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[HostileUpstream]:
-    server = HostileUpstream().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module", params=["target", "provider", "livepeer"])
 def proxy(request, upstream, tmp_path_factory) -> Iterator[tuple[str, Gunicorn]]:
     mode = request.param
@@ -100,12 +93,6 @@ def proxy(request, upstream, tmp_path_factory) -> Iterator[tuple[str, Gunicorn]]
     g = Gunicorn(env, workers=1)
     yield mode, g
     g.stop()
-
-
-@pytest.fixture
-def up(upstream: HostileUpstream) -> HostileUpstream:
-    upstream.reset()
-    return upstream
 
 
 def _escapes_upper(line: bytes) -> bytes:

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fakes.hostile_upstream import HostileUpstream
 from tests.support import Gunicorn, RawConnection, RawResponse, raw_request, request_bytes
 
 TOKEN = "tok-bodies-0123456789"
@@ -48,25 +47,12 @@ ROUTES = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[HostileUpstream]:
-    server = HostileUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(upstream) -> Iterator[Gunicorn]:
     g = Gunicorn({"TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "GATEWAY_BEARER_TOKEN": TOKEN,
                   "MAX_REQUEST_BYTES": str(LIMIT), "REQUEST_BODY_TIMEOUT_SECONDS": "1",
                   "REQUEST_TIMEOUT_SECONDS": "10"}, workers=1)
     yield g
     g.stop()
-
-
-@pytest.fixture
-def up(upstream: HostileUpstream) -> HostileUpstream:
-    upstream.reset()
-    return upstream
 
 
 def _chunks(body: bytes, size: int) -> bytes:

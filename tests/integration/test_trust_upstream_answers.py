@@ -23,7 +23,6 @@ import pytest
 
 from tests.fakes.hostile_upstream import (
     EndlessEvent,
-    HostileUpstream,
     chat_stream_bytes,
     early_hints,
     garbage,
@@ -62,13 +61,6 @@ JSON_ROUTES = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[HostileUpstream]:
-    server = HostileUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(upstream) -> Iterator[Gunicorn]:
     g = Gunicorn({**ENV, "TARGET_BASE_URL": upstream.url("/tenant-a/v1/")}, workers=1)
     yield g
@@ -80,12 +72,6 @@ def livepeer(upstream) -> Iterator[Gunicorn]:
     g = Gunicorn({**ENV, "GATEWAY_URL": upstream.root}, workers=1)
     yield g
     g.stop()
-
-
-@pytest.fixture
-def up(upstream: HostileUpstream) -> HostileUpstream:
-    upstream.reset()
-    return upstream
 
 
 def _call(g: Gunicorn, method: str, path: str, body: dict | None, timeout: float = 15) -> RawResponse:
