@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from .access.settings import AccessSettings
 from .bounds import Bounds
@@ -25,6 +26,20 @@ from .routing.settings import RoutingSettings, single_provider
 from .routing.settings import load as load_routing
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
+
+
+def api_base(target: str) -> str:
+    """`TARGET_BASE_URL` as the API prefix `/v1/<rest>` maps under, ending in `/`.
+
+    Both conventions work: a URL with a path is the API prefix (`https://api.openai.com/v1/`,
+    `http://h/tenant-a/v1`), kept as given; a URL with no path (or only `/`) is a server root, as
+    cot_proxy's compose default `http://your-model-server:8080/` (which keeps the client's `/v1/...`
+    under it) and `BACKEND_URL`: `/v1/<rest>` goes to `<root>/v1/<rest>`. An API served at a server's
+    root without `/v1` is a config-file provider (`base_url` there is always the prefix)."""
+    parts = urlsplit(target)
+    if not parts.path.strip("/") and not parts.query and not parts.fragment:
+        return target.rstrip("/") + "/v1/"
+    return target.rstrip("/") + "/"
 
 
 def _llm_params(raw: str | None, think_tag: str, think_end_tag: str) -> ModelTable:
@@ -68,7 +83,8 @@ class Config:
     """Everything the app needs to know, typed. Build with `from_env()`."""
 
     target_base_url: str | None = None
-    """Upstream base including its API prefix, always ending in `/`; None = echo mode."""
+    """Upstream base including its API prefix, always ending in `/`; None = echo mode.
+    From `TARGET_BASE_URL` by `api_base` (a bare server root gets `/v1/`), or `BACKEND_URL` + `/v1/`."""
     upstream_api_key: str | None = field(default=None, repr=False)
     debug: bool = False
     host: str = "0.0.0.0"
@@ -119,7 +135,7 @@ class Config:
         target = url(env, "TARGET_BASE_URL")
         backend = url(env, "BACKEND_URL")
         if target is not None:
-            base = target.rstrip("/") + "/"
+            base = api_base(target)
         elif backend is not None:
             base = backend.rstrip("/") + "/v1/"
         else:
