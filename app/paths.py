@@ -8,7 +8,8 @@ that base: another tenant's API, on our key. Such paths are refused with 400
 `invalid_path` before routing, on every route, from the raw request target
 (what the client sent, before the server decoded it), so no spelling slips by.
 
-A trailing slash is not an empty segment and is allowed.
+A trailing slash is not an empty segment and is allowed; `..;x` counts as a
+dot segment (servlet containers drop path parameters before resolving).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def problem(path: str) -> str | None:
             # An encoded slash is kept (model ids such as `provider/model` need it), but what it
             # separates must not be a dot segment or empty once decoded.
             parts = value.split("/")
-            if any(p in (".", "..") for p in parts):
+            # `..;x` is a dot segment to servlet containers (path parameters).
+            if any(p.split(";", 1)[0] in (".", "..") for p in parts):
                 return "a dot segment"
             if "" in parts[1:-1] or (len(parts) > 1 and "" in (parts[0], parts[-1])):
                 return "an empty segment (encoded //)"

@@ -59,6 +59,7 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "%2e": _spell(lambda p, lead, rest: f"{lead}/%2e{rest}"),
     "%2f": _spell(lambda p, lead, rest: f"{lead}/..%2f..%2ftenant-b{p}"),
     # `%2F` alone is not hostile: it decodes to the same path (model ids like `provider/model` need it).
+    "dotdot-semicolon": _spell(lambda p, lead, rest: f"{lead}/..;/..;/tenant-b{p}"),
     "backslash": _spell(lambda p, lead, rest: f"{lead}/..\\..\\tenant-b{p}"),
     "%5c": _spell(lambda p, lead, rest: f"{lead}/..%5c..%5ctenant-b{p}"),
     "%5C-inside": _spell(lambda p, lead, rest: f"{lead}%5C{rest[1:] or 'x'}"),
