@@ -4,9 +4,10 @@ Query: `key` (a key's name), `since` and `until` (ISO 8601 or Unix seconds), eac
 at most once. A parameter with control characters, an absurd length or a value
 that is not a time is 400 `invalid_request_error` naming it; nothing unchecked
 reaches SQL. (Werkzeug keeps %-escapes that are not UTF-8 as written: plain text.)
-Off (404) while ADMIN_TOKEN is unset. This worker's pending records are written
-first, so a caller sees its own requests at once; other workers' arrive within
-USAGE_FLUSH_SECONDS.
+Off (404) while ADMIN_TOKEN is unset; with ADMIN_ALLOWED_IPS only those clients
+reach it (403 `ip_not_allowed` for others, before the token is looked at). This
+worker's pending records are written first, so a caller sees its own requests at
+once; other workers' arrive within USAGE_FLUSH_SECONDS.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import hmac
 import re
 import unicodedata
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
+from ..clientip import allow_only
 from ..errors import AuthenticationError, InvalidRequest, NotFound
 from .auth import bearer
 from .guard import AccessGuard
@@ -85,7 +87,14 @@ def _store(app: Flask) -> tuple[KeyStore, AccessGuard | None]:
     return store, None
 
 
+def admin_allowlist(config: Any) -> Any:
+    """ADMIN_ALLOWED_IPS: the allow-list of every admin endpoint (this one; a keys API or console to come,
+    with `@allow_only(admin_allowlist)` or `clientip.guard_blueprint(bp, admin_allowlist)`)."""
+    return config.access.admin_allowed_ips
+
+
 @bp.get("/v1/usage")
+@allow_only(admin_allowlist)  # before the token is looked at: others get 403 ip_not_allowed
 def usage() -> Response:
     settings = current_app.config["COT"].access
     if not settings.admin_token:

@@ -7,11 +7,14 @@ raises `AccessConfigError` whose message names the variable.
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..clientip import Networks, networks_from_env
 from ..envparse import ConfigError, boolean, integer, number, text
 
 DEFAULT_DATABASE_URL = "sqlite:///data/cot-proxy.db"
@@ -61,8 +64,23 @@ def _admin_token(env: Mapping[str, str], warnings: list[str]) -> str | None:
     return raw
 
 
+def _user_db_path(env: Mapping[str, str]) -> str | None:
+    """`USER_DB_PATH` (the Nexus gateway's name): the key store's SQLite file, as a DATABASE_URL."""
+    raw = text(env, "USER_DB_PATH")
+    if raw is None:
+        return None
+    if any(c in raw for c in "?#") or any(unicodedata.category(c) == "Cc" for c in raw):
+        raise AccessConfigError(f"USER_DB_PATH={raw!r}: a file path without '?', '#' or control characters "
+                                "(or give DATABASE_URL=sqlite:///...)")
+    path = os.path.expanduser(raw)
+    if path == ":memory:":
+        return "sqlite://"
+    # An absolute path gives sqlite:////data/users.sqlite, as SQLAlchemy wants; it reads %XX as an escape.
+    return "sqlite:///" + path.replace("%", "%25")
+
+
 def _database_url(env: Mapping[str, str]) -> str:
-    raw = text(env, "DATABASE_URL") or DEFAULT_DATABASE_URL
+    raw = text(env, "DATABASE_URL") or _user_db_path(env) or DEFAULT_DATABASE_URL
     scheme = raw.split("://", 1)[0] if "://" in raw else ""
     dialect = scheme.split("+", 1)[0]
     if dialect not in ("sqlite", "postgresql", "postgres"):
@@ -142,6 +160,7 @@ class AccessSettings:
     virtual_keys: bool = False
     """`VIRTUAL_KEYS`: accept `sk-cp-…` keys from the key store."""
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    """`DATABASE_URL`, else `sqlite:///<USER_DB_PATH>`, else `sqlite:///data/cot-proxy.db`."""
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key: str | None = field(default=None, repr=False)
     jwt_algorithms: tuple[str, ...] = ()
@@ -167,6 +186,10 @@ class AccessSettings:
     strict_validation: bool = True
     max_tokens_cap: int = 1_048_576
     max_n: int = 128
+    trusted_proxies: Networks | None = None
+    """`TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client; None = the peer is the client."""
+    admin_allowed_ips: Networks | None = None
+    """`ADMIN_ALLOWED_IPS`: who may call `GET /v1/usage` (and any admin endpoint); None = anyone."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Weak but accepted settings (short tokens); the access guard logs each once when the app starts."""
 
@@ -211,5 +234,7 @@ class AccessSettings:
             strict_validation=boolean(env, "STRICT_VALIDATION", True),
             max_tokens_cap=integer(env, "MAX_TOKENS_CAP", 1_048_576, low=1),
             max_n=integer(env, "MAX_N", 128, low=1),
+            trusted_proxies=networks_from_env(env, "TRUSTED_PROXIES"),
+            admin_allowed_ips=networks_from_env(env, "ADMIN_ALLOWED_IPS"),
             warnings=tuple(warnings),
         )

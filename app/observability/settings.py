@@ -7,7 +7,9 @@ Every error is an `ObservabilityConfigError` whose message starts with the varia
     LOG_FORMAT=json|text             one JSON object per line (default) or text for humans
     LOG_LEVEL=debug|info|warning|error   default info (debug with DEBUG=true)
     LOG_BODY_MAX_CHARS=2000          DEBUG=true: bodies in the request log line, cut to this
+    METRICS_ENABLED=true             false: no metrics anywhere (no GET /metrics, no OBSERVABILITY_PORT listener)
     METRICS_ON_MAIN_PORT=true        GET /metrics on the API port
+    METRICS_ALLOWED_IPS=cidr,...     only these clients may read GET /metrics on the API port (app/clientip.py)
     OBSERVABILITY_PORT=8801          also serve /metrics on this port (private scrape network)
     OBSERVABILITY_HOST=0.0.0.0       its address
     METRICS_MODELS=a,b               extra model names allowed as metric labels
@@ -29,6 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..clientip import Networks, networks_from_env
 from ..envparse import ConfigError, boolean, choice, integer, items, number, text, url
 
 LOG_FORMATS = ("json", "text")
@@ -46,9 +49,14 @@ class ObservabilitySettings:
     log_level: str | None = None
     """None: info, or debug when DEBUG=true."""
     log_body_max_chars: int = 2000
+    metrics_enabled: bool = True
+    """METRICS_ENABLED (the Nexus gateway's switch): false turns off both places metrics are served."""
     metrics_on_main_port: bool = True
+    """GET /metrics on the API port (METRICS_ON_MAIN_PORT, and only with METRICS_ENABLED)."""
+    metrics_allowed_ips: Networks | None = None
+    """METRICS_ALLOWED_IPS: who may read GET /metrics on the API port; None = anyone."""
     port: int | None = None
-    """OBSERVABILITY_PORT: a second listener serving only metrics."""
+    """OBSERVABILITY_PORT: a second listener serving only metrics (None with METRICS_ENABLED=false)."""
     host: str = "0.0.0.0"
     metrics_models: tuple[str, ...] = ()
     completion_log_file: str | None = None
@@ -72,6 +80,7 @@ class ObservabilitySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ObservabilitySettings:
+        enabled = boolean(env, "METRICS_ENABLED", True)
         port = integer(env, "OBSERVABILITY_PORT", None, low=1, high=65535)
         otel = url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", secret=True)
         traces = url(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", secret=True)
@@ -79,8 +88,10 @@ class ObservabilitySettings:
             log_format=choice(env, "LOG_FORMAT", LOG_FORMATS, "json"),
             log_level=choice(env, "LOG_LEVEL", LOG_LEVELS, None),
             log_body_max_chars=integer(env, "LOG_BODY_MAX_CHARS", 2000, low=0),
-            metrics_on_main_port=boolean(env, "METRICS_ON_MAIN_PORT", True),
-            port=port,
+            metrics_enabled=enabled,
+            metrics_on_main_port=enabled and boolean(env, "METRICS_ON_MAIN_PORT", True),
+            metrics_allowed_ips=networks_from_env(env, "METRICS_ALLOWED_IPS"),
+            port=port if enabled else None,
             host=text(env, "OBSERVABILITY_HOST") or "0.0.0.0",
             metrics_models=items(env, "METRICS_MODELS"),
             completion_log_file=text(env, "COMPLETION_LOG_FILE"),

@@ -10,9 +10,10 @@ import sys
 import time
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 from .. import request_id
+from ..clientip import allow_only, client_text
 from . import metrics
 from .exposition import render, start_server
 from .logformat import key_hint, make_formatter
@@ -45,7 +46,13 @@ def setup_logging(config: Any) -> None:
 def _client_info() -> ClientInfo:
     headers = request.headers
     credential = headers.get("Authorization") or headers.get("X-Api-Key") or headers.get("Api-Key")
-    return ClientInfo(address=request.remote_addr, key_hint=key_hint(credential))
+    access = getattr(current_app.config.get("COT"), "access", None)
+    trusted = getattr(access, "trusted_proxies", None)  # TRUSTED_PROXIES: the client behind them
+    return ClientInfo(address=client_text(request, trusted), key_hint=key_hint(credential))
+
+
+def _metrics_allowlist(config: Any) -> Any:
+    return config.observability.metrics_allowed_ips
 
 
 def init_app(app: Flask, config: Any) -> None:
@@ -79,8 +86,9 @@ def init_app(app: Flask, config: Any) -> None:
         response.call_on_close(line)
         return response
 
-    if settings.metrics_on_main_port:
+    if settings.metrics_on_main_port:  # off with METRICS_ENABLED=false or METRICS_ON_MAIN_PORT=false: a 404
         @app.get("/metrics", endpoint=METRICS_ENDPOINT)
+        @allow_only(_metrics_allowlist)  # METRICS_ALLOWED_IPS: others get 403 ip_not_allowed
         def _metrics() -> Response:
             body, content_type = render(metrics.scrape_registry(), request.headers.get("Accept", ""),
                                         request.query_string.decode("latin-1"))
@@ -93,8 +101,10 @@ def init_app(app: Flask, config: Any) -> None:
 
     sinks = [name for name, on in (("file", settings.completion_log_file), ("webhook", settings.webhook_url))
              if on] + list(settings.sinks)
+    shown = "off" if not settings.metrics_on_main_port else (
+        f"on for {settings.metrics_allowed_ips}" if settings.metrics_allowed_ips else "on")
     log.info("observability: LOG_FORMAT=%s, /metrics %s, completion sinks: %s, tracing %s", settings.log_format,
-             "on" if settings.metrics_on_main_port else "off", ", ".join(sinks) or "none",
+             shown, ", ".join(sinks) or "none",
              "on" if settings.otel_endpoint else "off")
 
     if settings.port and not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
