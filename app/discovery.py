@@ -1,7 +1,8 @@
 """GET /v1/metadata: service discovery (the Nexus gateway's schema v1).
 
-What this proxy serves, its providers with type and health, and capabilities.
-Open without a key, like the probes.
+What this proxy serves, its providers with type and health, and capabilities;
+`reasoning.think_prefill`: what `think_prefilled=auto` learned about each model's
+chat template (app/transforms/prefill.py). Open without a key, like the probes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ENDPOINTS = [
 ]
 
 
-def metadata(router: Router) -> dict[str, Any]:
+def metadata(router: Router, think: Any = None) -> dict[str, Any]:
     providers = [
         {"name": name, "type": p.kind, "healthy": any(b.healthy() for b in p.backends),
          "backends": [b.state() for b in p.backends]}
@@ -38,7 +39,7 @@ def metadata(router: Router) -> dict[str, Any]:
     ]
     if router.gateway:
         providers.append({"name": "livepeer-gateway", "type": "livepeer", "healthy": None, "backends": []})
-    return {
+    out: dict[str, Any] = {
         "schema_version": "v1",
         "service": {"name": "cot-proxy", "version": VERSION,
                     "description": "OpenAI-compatible reverse proxy with reasoning handling and routing"},
@@ -52,11 +53,23 @@ def metadata(router: Router) -> dict[str, Any]:
             "embeddings": True, "images": True, "rerank": True, "video": True,
         },
     }
+    if think is not None:
+        out["reasoning"] = {"think_prefill": think.known()}
+    return out
+
+
+def find_think(app: Any) -> Any:
+    """The pipeline's think step (None when the app has no relay or no such step)."""
+    relay = app.extensions.get("cot_proxy.relay")
+    for step in getattr(getattr(relay, "pipeline", None), "transforms", ()):
+        if getattr(step, "name", None) == "think" and hasattr(step, "known"):
+            return step
+    return None
 
 
 @bp.get("/v1/metadata")
 def get_metadata() -> Response:
-    return jsonify(metadata(current_app.extensions["cot_proxy.router"]))
+    return jsonify(metadata(current_app.extensions["cot_proxy.router"], find_think(current_app)))
 
 
 def init_app(app: Any) -> None:

@@ -5,7 +5,7 @@
 A cot_proxy string keeps its meaning: strong overrides, `upstream_model_name`,
 `append_to_last_user_message`, think tags, and cot_proxy's typing of the keys it
 knew (`temperature=1` is 1.0, `top_k=20` is 20). Additions: `default.KEY=v` (set
-only when the client sent no KEY), `think_mode`, `think_prefilled`, JSON values
+only when the client sent no KEY), `think_mode`, `think_prefilled=auto|true|false`, JSON values
 (`stop=["a","b"]`, commas allowed inside), and typing of other keys. Unlike
 cot_proxy, a malformed group stops start-up instead of being skipped.
 
@@ -58,6 +58,7 @@ class ModelParams:
     think_start: str | None = None
     think_end: str | None = None
     think_prefilled: bool | None = None
+    """True/False as configured; None = `auto` (the default): learned from the model's answers."""
 
     @property
     def is_fallback(self) -> bool:
@@ -142,7 +143,7 @@ def _apply_pair(fields: dict[str, Any], key: str, value: str) -> None:
     elif key == "enable_think_tag_filtering":  # cot_proxy's switch: true = strip, false = keep
         fields.setdefault("think_mode", "strip" if _boolean(key, value) else "keep")
     elif key == "think_prefilled":
-        fields["think_prefilled"] = _boolean(key, value)
+        fields["think_prefilled"] = prefilled_value(key, value)
     elif key.startswith("default."):
         name = key.removeprefix("default.")
         if not name or name in CONTROL_KEYS or name == "model":
@@ -185,6 +186,16 @@ def _boolean(key: str, raw: str) -> bool:
     lowered = raw.lower()
     if lowered not in ("true", "false"):
         raise ParamsError(f"{key}={raw!r}: use true or false")
+    return lowered == "true"
+
+
+def prefilled_value(key: str, raw: str) -> bool | None:
+    """`think_prefilled`: `true`, `false`, or `auto` (None: learned from answers, the default)."""
+    lowered = raw.lower()
+    if lowered == "auto":
+        return None
+    if lowered not in ("true", "false"):
+        raise ParamsError(f"{key}={raw!r}: use auto, true or false")
     return lowered == "true"
 
 

@@ -42,6 +42,10 @@ streams_in_flight = Gauge(names.STREAMS_IN_FLIGHT, "SSE streams being relayed.",
                           multiprocess_mode="livesum", registry=REGISTRY)
 think_blocks = Counter(names.THINK_BLOCKS, "Reasoning blocks taken out of answers, by model and mode.",
                        ["model", "mode"], registry=REGISTRY)
+think_prefill_learned = Counter(
+    names.THINK_PREFILL_LEARNED, "think_prefilled=auto: what a process learned about a model's chat template "
+    "(new or changed): prefilled=true (answers start inside the reasoning) or false.", ["model", "prefilled"],
+    registry=REGISTRY)
 fallbacks = Counter(names.FALLBACKS, "Extra attempts taken (fallbacks and retries), by route and final provider.",
                     ["route", "provider"], registry=REGISTRY)
 rate_limited = Counter(names.RATE_LIMITED, "Requests the proxy itself refused with 429.", ["route"],

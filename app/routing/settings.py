@@ -73,6 +73,8 @@ class ModelSpec:
     think_mode: str | None = None
     think_tag_start: str | None = None
     think_tag_end: str | None = None
+    think_prefilled: bool | None = None
+    """`think_prefilled: true|false`; None = `auto` (learned from answers, the default)."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ def _model(name: str, spec: Any, providers: dict[str, ProviderSpec]) -> ModelSpe
     if not isinstance(spec, dict):
         raise RoutingConfigError(f"{where}: must be a mapping")
     _only(spec, where, {"route", "provider", "upstream_model", "params", "think_mode", "think_tag_start",
-                        "think_tag_end"})
+                        "think_tag_end", "think_prefilled"})
     route = spec.get("route", [])
     if not isinstance(route, list) or not all(isinstance(r, str) and "/" in r for r in route):
         raise RoutingConfigError(f"{where}.route: must be a list of 'provider/model' entries")
@@ -267,7 +269,17 @@ def _model(name: str, spec: Any, providers: dict[str, ProviderSpec]) -> ModelSpe
         name=name, route=tuple(route), provider=provider, upstream_model=_opt_str(spec, "upstream_model", where),
         params=dict(params), think_mode=think_mode, think_tag_start=_opt_str(spec, "think_tag_start", where),
         think_tag_end=_opt_str(spec, "think_tag_end", where),
+        think_prefilled=_prefilled(spec.get("think_prefilled"), f"{where}.think_prefilled"),
     )
+
+
+def _prefilled(value: Any, where: str) -> bool | None:
+    """`think_prefilled`: true, false, or auto (None, the default: learned from the model's answers)."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    raise RoutingConfigError(f"{where}: must be auto, true or false")
 
 
 # -- small checks --------------------------------------------------------------
