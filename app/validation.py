@@ -6,12 +6,16 @@ Unknown fields are never rejected: they pass through to the upstream.
 Two layers:
 - `chat`, `completions`, `embeddings` (the families' `validate`, always on): the
   shapes the proxy itself relies on (roles, message and content shapes,
-  `tool_calls`, `stream_options`, embedding inputs), how deep the JSON nests, and
-  a model name that can go into a response header. Whatever passes them, the
-  proxy can handle without an error of its own, whatever STRICT_VALIDATION says.
+  `tool_calls`, `stream`/`stream_options`, prompt and embedding inputs), and a
+  model name without control characters. Whatever passes them, the proxy can
+  handle without an error of its own, whatever STRICT_VALIDATION says.
 - `strict` (STRICT_VALIDATION, default on, run by the access guard): value
   ranges and caps (MAX_TOKENS_CAP, MAX_N), content and tool definitions, and the
-  depth check for the JSON families that have no `validate` of their own.
+  model name of the JSON families that have no `validate` of their own.
+
+How deep a body nests is checked before either, when the relay reads it
+(app/relay.py `read_json_object`, MAX_JSON_DEPTH). app/openapi.yaml describes
+these checks; tests/fuzz/ holds it to them.
 """
 
 from __future__ import annotations
@@ -21,10 +25,6 @@ from typing import Any
 from .errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-MAX_DEPTH = 128
-"""Nesting levels of arrays and objects a body may have (the body itself is level 1).
-Real requests stay far below (a tool's JSON Schema nests a few levels); the JSON
-encoder that forwards the body gives up at 255."""
 SHOW_MAX = 60
 """Characters of an offending value quoted in an error message."""
 INT32_MAX = 2**31 - 1
@@ -49,20 +49,6 @@ def _has_control(text: str) -> bool:
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
-def check_depth(body: Any, limit: int = MAX_DEPTH) -> None:
-    """400 if arrays/objects nest deeper than `limit`; `param` is the top-level field."""
-    if not isinstance(body, dict):
-        return
-    stack: list[tuple[Any, int, str]] = [(v, 2, k) for k, v in body.items() if isinstance(v, (dict, list))]
-    while stack:
-        value, depth, top = stack.pop()
-        if depth > limit:
-            raise InvalidRequest(f"'{top}' is nested too deeply (more than {limit} levels of arrays and objects).",
-                                 param=top, code="nesting_too_deep")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((v, depth + 1, top) for v in children if isinstance(v, (dict, list)))
-
-
 def check_model(body: dict[str, Any]) -> None:
     """`model`, if given, is a string without control characters (it may end up in a header)."""
     if "model" not in body:
@@ -82,7 +68,6 @@ def _optional_bool(body: dict[str, Any], name: str, where: str | None = None) ->
 
 
 def _common(body: dict[str, Any]) -> None:
-    check_depth(body)
     check_model(body)
     _optional_bool(body, "stream")
     options = body.get("stream_options")
@@ -188,7 +173,7 @@ def embeddings(body: dict[str, Any]) -> None:
 
 STOP_MAX = 4
 VALIDATED = frozenset({"chat", "completions", "embeddings"})
-"""Families whose `validate` above already checked depth and model."""
+"""Families whose `validate` above already checked the model name."""
 CONTENT_ROLES_NULLABLE = frozenset({"assistant", "function"})
 
 
@@ -271,11 +256,10 @@ def _tools(body: dict[str, Any]) -> None:
 
 def strict(family: str, body: Any, *, max_tokens_cap: int, max_n: int) -> None:
     """The strict checks for one request body; for families without checks of their own
-    (rerank, video) only how deep it nests and its model name."""
+    (rerank, video) only the model name."""
     if not isinstance(body, dict):
         return
     if family not in VALIDATED:
-        check_depth(body)
         if isinstance(body.get("model"), str):
             check_model(body)
         return

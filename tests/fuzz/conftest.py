@@ -4,7 +4,8 @@ Proxy and auth modes relay to a real fake upstream of the module's own (tests/co
 `module_upstream`), made fit for thousands of requests by `support.prepare_upstream`.
 
 FUZZ_SCALE (default 1) multiplies every fuzz test's number of examples, for a longer
-local run: `FUZZ_SCALE=20 python -m pytest tests/fuzz -q`.
+local run: `FUZZ_SCALE=20 python -m pytest tests/fuzz -q`. The cases are the same on every
+run (derandomized); FUZZ_RANDOM=1 draws new ones (reproduce with pytest's `--hypothesis-seed`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.fakes.openai_upstream import FakeUpstream
 from tests.fuzz import support
 
 SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1") or 1))
+DERANDOMIZE = not os.environ.get("FUZZ_RANDOM")
 CASES: Counter[str] = Counter()
 """Cases run per test id (shown after the run)."""
 SECONDS: Counter[str] = Counter()

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi import checks as st_checks
 
 from app import openapi
 from tests.fuzz import support
-from tests.fuzz.conftest import CASES, KNOWN_SEEN, Target, examples
+from tests.fuzz.conftest import CASES, DERANDOMIZE, KNOWN_SEEN, Target, examples
 
 EXAMPLES = {"positive": 25, "negative": 25}
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
@@ -109,7 +109,7 @@ def test_openapi_fuzz(request: pytest.FixtureRequest, schemas: dict[str, Any], t
     headers = _auth_headers(target, path, mode)
     nodeid = request.node.nodeid
 
-    @settings(max_examples=examples(EXAMPLES[mode]), deadline=None, derandomize=True, database=None,
+    @settings(max_examples=examples(EXAMPLES[mode]), deadline=None, derandomize=DERANDOMIZE, database=None,
               suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
     @given(case=operation.as_strategy(generation_mode=generation))
     def fuzz(case: Any) -> None:
