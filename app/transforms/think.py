@@ -59,10 +59,14 @@ log = logging.getLogger("cot_proxy.think")
 FAMILIES = frozenset({"chat", "completions"})
 UPSTREAM_FIELDS = ("reasoning_content", "reasoning")
 ENVELOPE = ("id", "object", "created", "model", "system_fingerprint")
-HOLD_CHARS = 256
-"""Default THINK_PREFILL_HOLD_CHARS: about what a fast model (~120 tokens/s) streams in HOLD_MS."""
-HOLD_MS = 500.0
-"""Default THINK_PREFILL_HOLD_MS: the most an unknown model's first visible text waits (bench/think_prefill_ttfc.py)."""
+HOLD_CHARS = 512
+"""Default THINK_PREFILL_HOLD_CHARS: what a fast model (~130 tokens/s, 4 characters each) streams in HOLD_MS;
+slower models reach HOLD_MS first. Also the most text released at once when the hold ends."""
+HOLD_MS = 1000.0
+"""Default THINK_PREFILL_HOLD_MS. Measured (bench/think_prefill_ttfc.py): the first visible token of an
+unknown model that answers without reasoning comes HOLD_MS (+ one upstream chunk interval) late, once;
+nothing once it is known. It catches reasoning whose end tag comes within it (about 200 characters at
+50 tokens/s). 1 s keeps a person's flow (vs 0.5 s: half the cost, half the reasoning caught)."""
 HOLD_MODELS = (r"r1|qwq|qwen-?3|think|reason|deepseek|glm|minimax|kimi|exaone|hunyuan|ernie|openthinker|sky-?t1"
                r"|deepscaler")
 """Default THINK_PREFILL_HOLD_MODELS: unknown models whose name (as the client sent it, or as sent upstream)
