@@ -82,6 +82,7 @@ class PrefillStore:
         self._misses: OrderedDict[str, float] = OrderedDict()
         """Models the shared store did not know, and when it was asked (bounded like `_local`)."""
         self._lock = threading.Lock()
+        self._known: tuple[float, list[dict[str, Any]]] | None = None
 
     @property
     def shared(self) -> bool:
@@ -135,6 +136,7 @@ class PrefillStore:
                 return False
             news = entry is None or entry.prefilled != prefilled
             self._put(model, Entry(prefilled, wall, now))
+            self._known = None
             self._misses.pop(model, None)
         self._mark(model, self._publish(model, prefilled, wall))
         if news:
@@ -152,7 +154,19 @@ class PrefillStore:
                 found.published = published
 
     def known(self) -> list[dict[str, Any]]:
-        """Every live entry, newest first: for GET /v1/metadata."""
+        """Every live entry, newest first: for GET /v1/metadata (an open endpoint, so the shared store
+        is read at most once per SYNC_SECONDS however often it is asked)."""
+        if not self.shared:
+            return self._read_known()
+        now = self.clock()
+        cached = self._known
+        if cached is not None and now - cached[0] < SYNC_SECONDS:
+            return cached[1]
+        out = self._read_known()
+        self._known = (now, out)
+        return out
+
+    def _read_known(self) -> list[dict[str, Any]]:
         wall = self.wall()
         entries = self._fetch_all()
         if entries is None:
