@@ -362,9 +362,11 @@ class Think(Transform):
             for name, spec in specs.items() if spec.think_prefilled is not None
         }
         env = config.extra
-        self.hold_chars = integer(env, "THINK_PREFILL_HOLD_CHARS", HOLD_CHARS, low=0, high=1_000_000) or 0
-        self.hold_seconds = number(env, "THINK_PREFILL_HOLD_MS", HOLD_MS) / 1000.0
-        self.hold_models = _pattern(env, "THINK_PREFILL_HOLD_MODELS", HOLD_MODELS)
+        self.hold_chars = _setting(lambda: integer(env, "THINK_PREFILL_HOLD_CHARS", HOLD_CHARS, low=0, high=1 << 20),
+                                   HOLD_CHARS)
+        self.hold_seconds = _setting(lambda: number(env, "THINK_PREFILL_HOLD_MS", HOLD_MS), HOLD_MS) / 1000.0
+        self.hold_models = _setting(lambda: _pattern(env, "THINK_PREFILL_HOLD_MODELS", HOLD_MODELS),
+                                    re.compile(HOLD_MODELS, re.IGNORECASE))
         self.clock = clock
         if store is None:
             from ..observability.labels import ModelLabels
@@ -562,6 +564,16 @@ class Think(Transform):
         """What GET /v1/metadata shows: the store, the hold, and the models learned."""
         return {"store": self.store.kind, "hold_chars": self.hold_chars, "hold_ms": round(self.hold_seconds * 1000),
                 "hold_models": self.hold_models.pattern, "models": self.store.known()}
+
+
+def _setting(read: Callable[[], Any], default: Any) -> Any:
+    """A THINK_PREFILL_* value; a malformed one is logged and the default used. (Config.from_env, which the
+    Gunicorn master checks, does not read these: raising here would only restart workers in a loop.)"""
+    try:
+        return read()
+    except ConfigError as exc:
+        log.error("configuration error: %s; using the default", exc)
+        return default
 
 
 def _pattern(env: Any, name: str, default: str) -> re.Pattern[str]:

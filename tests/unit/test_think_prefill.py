@@ -129,9 +129,7 @@ def test_config_file_think_prefilled(tmp_path):
              read_timeout=1)
 
 
-def test_hold_settings_from_the_environment():
-    from app.envparse import ConfigError
-
+def test_hold_settings_from_the_environment(caplog):
     think = Think(Config(), store=PrefillStore())
     assert (think.hold_chars, think.hold_seconds) == (HOLD_CHARS, HOLD_MS / 1000)
     think = Think(Config(extra={"THINK_PREFILL_HOLD_CHARS": "10", "THINK_PREFILL_HOLD_MS": "20",
@@ -139,8 +137,11 @@ def test_hold_settings_from_the_environment():
     assert (think.hold_chars, think.hold_seconds, think.hold_models.pattern) == (10, 0.02, ".*")
     for bad in ({"THINK_PREFILL_HOLD_CHARS": "x"}, {"THINK_PREFILL_HOLD_MS": "-1"},
                 {"THINK_PREFILL_HOLD_MODELS": "("}):
-        with pytest.raises(ConfigError, match=next(iter(bad))):
-            Think(Config(extra=bad), store=PrefillStore())
+        caplog.clear()
+        think = Think(Config(extra=bad), store=PrefillStore())
+        assert (think.hold_chars, think.hold_seconds) == (HOLD_CHARS, HOLD_MS / 1000)
+        assert think.hold_models.search("deepseek-r1")
+        assert [r.levelname for r in caplog.records] == ["ERROR"] and next(iter(bad)) in caplog.text
 
 
 # -- request signals -------------------------------------------------------------------------------------
@@ -433,7 +434,7 @@ KINDS = st.sampled_from(["prefilled", "explicit", "plain"])
                         min_size=1, max_size=6))
 def test_a_model_that_changes_behaviour(answers):
     """One store across requests: each answer is right, except that a model known not to pre-fill may leak
-    once when it starts to (its first text went out before the end tag); what is known follows each answer."""
+    once when it starts to (the reasoning text sent before the end tag came); what is known follows each answer."""
     store = PrefillStore()
     think = think_for(store=store)
     for kind, r, ws, a, points in answers:
@@ -441,7 +442,8 @@ def test_a_model_that_changes_behaviour(answers):
         run = stream(think, cuts(text_of(kind, r, ws, a), points))
         right = expected(kind, r, a)[0]
         if kind == "prefilled" and before is False:
-            assert run.text() in (right, r + a)
+            leaked = run.text()[: len(run.text()) - len(a)]  # what went out before the end tag came
+            assert run.text().endswith(a) and r.startswith(leaked), (run.text(), r, a)
         else:
             assert run.text() == right, (kind, before)
         assert store.get(MODEL) is (kind == "prefilled")
