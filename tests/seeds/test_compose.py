@@ -14,7 +14,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import requests
 import yaml
 
 from tests.fakes.openai_upstream import chat_completion, json_reply
@@ -113,7 +112,7 @@ def test_container_environment_runs_the_proxy(tmp_path, module_upstream):
     g = Gunicorn(env, workers=1)
     try:
         module_upstream.enqueue(json_reply(chat_completion("<think>plan the joke</think>Why did the chicken...")))
-        r = requests.post(g.url + "/v1/chat/completions", timeout=10, json={
+        r = tools.http("POST", g.url + "/v1/chat/completions", json={
             "model": NO_THINK_MODEL, "messages": [{"role": "user", "content": "tell me a joke"}]})
         assert r.status_code == 200, r.text
         sent = module_upstream.last
@@ -122,7 +121,7 @@ def test_container_environment_runs_the_proxy(tmp_path, module_upstream):
         assert sent.json()["messages"][-1]["content"] == "tell me a joke\n\n/no_think"
         assert sent.json()["temperature"] == 0.7 and sent.json()["top_k"] == 20
         assert r.json()["choices"][0]["message"]["content"] == "Why did the chicken..."  # filtering on
-        assert NO_THINK_MODEL in [m["id"] for m in requests.get(g.url + "/v1/models", timeout=10).json()["data"]]
+        assert NO_THINK_MODEL in [m["id"] for m in tools.http("GET", g.url + "/v1/models").json()["data"]]
         assert healthcheck(service, g.port) == 0
     finally:
         log = g.stop()

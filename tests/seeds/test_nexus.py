@@ -22,6 +22,7 @@ from app import create_app
 from app.access.api import admin_allowlist
 from app.clientip import guard_blueprint
 from app.config import Config, ConfigError
+from tests.seeds.tools import http
 from tests.support import ISOLATED, ROOT, Gunicorn, free_port
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -185,13 +186,13 @@ def test_gunicorn_user_db_path_keys_and_admin_allow_list(nexus):
 def test_gunicorn_metrics_allow_list_behind_a_trusted_proxy():
     g = Gunicorn({"METRICS_ALLOWED_IPS": "10.0.0.0/8", "TRUSTED_PROXIES": "127.0.0.1"}, workers=1)
     try:
-        assert requests.get(g.url + "/metrics", timeout=10).status_code == 403
-        scraped = requests.get(g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3"}, timeout=10)
+        assert http("GET", g.url + "/metrics").status_code == 403
+        scraped = http("GET", g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3"})
         assert scraped.status_code == 200 and "cot_proxy_" in scraped.text
-        spoofed = requests.get(g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3, 198.51.100.7"}, timeout=10)
+        spoofed = http("GET", g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3, 198.51.100.7"})
         assert spoofed.status_code == 403 and "198.51.100.7" in error_of(spoofed)["message"]
-        as_json = requests.get(g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3",
-                                                            "Accept": "application/json"}, timeout=10)
+        as_json = http("GET", g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3",
+                                                           "Accept": "application/json"})
         assert "request_count" in json.loads(as_json.text)
     finally:
         g.stop()

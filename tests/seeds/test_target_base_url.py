@@ -7,11 +7,11 @@ catalog's `/models` fetch. The last test runs the compose form under real Gunico
 from __future__ import annotations
 
 import pytest
-import requests
 
 from app import create_app
 from app.config import Config, api_base
 from app.routing.router import Router
+from tests.seeds.tools import http
 from tests.support import Gunicorn
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -79,15 +79,14 @@ def test_compose_form_under_gunicorn(module_upstream):
     module_upstream.reset()
     g = Gunicorn({"TARGET_BASE_URL": module_upstream.root + "/", "REQUEST_TIMEOUT_SECONDS": "10"}, workers=1)
     try:
-        r = requests.post(g.url + "/v1/chat/completions", json={"model": "m", "messages": MSG}, timeout=10)
+        r = http("POST", g.url + "/v1/chat/completions", json={"model": "m", "messages": MSG})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == "Hello from upstream"
         assert module_upstream.last.path == "/v1/chat/completions"
-        with requests.post(g.url + "/v1/chat/completions", json={"model": "m", "messages": MSG, "stream": True},
-                           timeout=10, stream=True) as s:
-            assert b"data: [DONE]" in s.content
+        s = http("POST", g.url + "/v1/chat/completions", json={"model": "m", "messages": MSG, "stream": True})
+        assert b"data: [DONE]" in s.content
         assert module_upstream.last.path == "/v1/chat/completions"
-        health = requests.get(g.url + "/health", timeout=10)
+        health = http("GET", g.url + "/health")
         assert health.status_code == 200
         assert health.json() == {"status": "healthy", "target_url": module_upstream.root + "/v1/"}
     finally:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
+import requests
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -60,3 +62,13 @@ def compose() -> list[str]:
         unavailable("neither docker-compose nor the docker compose plugin is installed "
                     "(apt-get install -y docker-compose)")
     return [found]
+
+
+def http(method: str, url: str, **kw: Any) -> requests.Response:
+    """One request on its own connection, closed when it returns (`Connection: close`): a proxy stopped
+    right after it has no idle keep-alive connection to wait out (Gunicorn's keepalive, 5 s)."""
+    kw.setdefault("timeout", 10)
+    kw["headers"] = {"Connection": "close", **kw.get("headers", {})}
+    with requests.request(method, url, **kw) as resp:
+        resp.content  # noqa: B018 - read it all before the connection closes
+        return resp
