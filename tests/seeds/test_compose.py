@@ -30,13 +30,11 @@ def project(tmp_path: Path, target: str | None = None) -> Path:
     shutil.copy(ROOT / "docker-compose.yml", where / "docker-compose.yml")
     shutil.copy(ROOT / "Dockerfile", where / "Dockerfile")
     lines = []
-    no_think = next(x[2:] for x in (ROOT / ".env.example").read_text().splitlines()
-                    if x.startswith("# LLM_PARAMS=") and "/no_think" in x)
     for line in (ROOT / ".env.example").read_text().splitlines():
         if target is not None and line == "TARGET_BASE_URL=":
-            line = f"TARGET_BASE_URL={target}"
-        elif target is not None and line == "LLM_PARAMS=":
-            line = no_think
+            line = f"TARGET_BASE_URL={target}"  # edited in place
+        elif target is not None and line.startswith("# LLM_PARAMS=") and "/no_think" in line:
+            line = line[2:]  # uncommented in place
         lines.append(line)
     (where / ".env").write_text("\n".join(lines) + "\n")
     return where

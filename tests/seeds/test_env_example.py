@@ -182,6 +182,15 @@ def test_cot_proxy_no_think_example(tmp_path):
     assert group.think_mode == "strip" and group.overrides == {"temperature": 0.7, "top_k": 20, "top_p": 0.8}
 
 
+def test_an_example_uncommented_in_place_wins(tmp_path):
+    """What a user does: remove the `# ` in front of an example, leaving the rest of the file as it is."""
+    for example in commented_examples("LLM_PARAMS"):
+        text = ENV_EXAMPLE.read_text().replace("# " + example + "\n", example + "\n", 1)
+        env_file = tmp_path / ".env"
+        env_file.write_text(text)
+        assert dotenv_values(env_file)["LLM_PARAMS"] == example.split("=", 1)[1]
+
+
 @pytest.mark.parametrize("line", commented_examples("LLM_PARAMS") + commented_examples("TARGET_BASE_URL"))
 def test_every_commented_example_starts(tmp_path, line):
     Config.from_env(uncommented(tmp_path, line))
