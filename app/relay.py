@@ -335,6 +335,17 @@ class Relay:
             watch.stop()
             answer.close()
 
+    @staticmethod
+    def _flushed(bound: BoundPipeline, flush: bool) -> bytes:
+        """What steps still hold (text held back at the start), before an error event ends the stream."""
+        if not flush:
+            return b""
+        try:
+            return b"".join(e.raw for e in bound.stream_end())
+        except Exception:
+            log.exception("a stream step failed while flushing")
+            return b""
+
     def _sse(
         self, ex: Exchange, bound: BoundPipeline, answer: Answer, first: bytes, rest: Iterator[bytes],
         watch: DisconnectWatch,
@@ -372,7 +383,7 @@ class Relay:
         except ProxyError as exc:
             ex.outcome.error = "midstream" if isinstance(exc, UpstreamError) else (exc.code or exc.type)
             log.warning("stream failed: %s", exc.message)
-            yield Event.from_json(exc.envelope()).raw
+            yield self._flushed(bound, transform and not ended) + Event.from_json(exc.envelope()).raw
         except Exception:  # a bug in a step: the stream ends with one error event, counted as ours
             log.exception("internal error in a stream step")
             ex.outcome.error = "internal_error"
