@@ -1,4 +1,4 @@
-"""Request ids: the client's `X-Request-ID` when sane, else a new UUID4.
+"""Request ids: the client's `X-Request-ID` (or the inference gateway's `Request-Id`) when sane, else a new UUID4.
 
 Kept in `g.request_id`, returned on every response, sent upstream by the
 relay, and added to every log record made while the request is handled.
@@ -13,6 +13,7 @@ import uuid
 from flask import Flask, Response, g, has_request_context, request
 
 HEADER = "X-Request-ID"
+ALIAS = "Request-Id"
 _SANE = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 
 
@@ -32,7 +33,7 @@ class RequestIdFilter(logging.Filter):
 def init_app(app: Flask) -> None:
     @app.before_request
     def _assign() -> None:
-        given = request.headers.get(HEADER, "")
+        given = request.headers.get(HEADER) or request.headers.get(ALIAS, "")
         g.request_id = given if _SANE.match(given) else str(uuid.uuid4())
 
     @app.after_request
