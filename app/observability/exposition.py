@@ -38,6 +38,7 @@ THINK_PREFILL_LEARNED = "cot_proxy_think_prefill_learned"
 FALLBACKS = "cot_proxy_fallbacks"
 RATE_LIMITED = "cot_proxy_rate_limited"
 BACKEND_UP = "cot_proxy_backend_up"
+PREFIX_CACHE_TOKENS = "cot_proxy_prefix_cache_tokens"
 SINK_DROPPED = "cot_proxy_completion_sink_dropped"
 SINK_ERRORS = "cot_proxy_completion_sink_errors"
 

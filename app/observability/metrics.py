@@ -52,6 +52,10 @@ rate_limited = Counter(names.RATE_LIMITED, "Requests the proxy itself refused wi
                        registry=REGISTRY)
 backend_up = Gauge(names.BACKEND_UP, "1 if the backend's last answer was usable, 0 if it failed.",
                    ["provider", "backend"], multiprocess_mode="mostrecent", registry=REGISTRY)
+prefix_cache_tokens = Counter(
+    names.PREFIX_CACHE_TOKENS, "Prompt tokens of answers that reported usage.prompt_tokens_details.cached_tokens, "
+    "by provider, backend and type (prompt, cached): the backend's prefix-cache hit rate is cached / prompt.",
+    ["provider", "backend", "type"], registry=REGISTRY)
 sink_dropped = Counter(names.SINK_DROPPED, "Completion records dropped because the sink's queue was full.",
                        ["sink"], registry=REGISTRY)
 sink_errors = Counter(names.SINK_ERRORS, "Completion records a sink failed to handle.", ["sink"],

@@ -26,6 +26,8 @@ class Backend:
     """Last active probe result (None: never probed)."""
     on_eject: Callable[[Backend], None] | None = None
     """Told when this worker takes the backend out (to share it, see shared.py)."""
+    on_end: Callable[[Backend], None] | None = None
+    """Told when a request here ends (the provider then reads answers' usage, see providers.py)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def healthy(self, now: float | None = None) -> bool:
@@ -39,6 +41,8 @@ class Backend:
     def end(self) -> None:
         with self._lock:
             self.in_flight = max(0, self.in_flight - 1)
+        if self.on_end is not None:
+            self.on_end(self)
 
     def record(self, ok: bool) -> None:
         """Passive health: N failures in a row take the backend out for a cool-down;

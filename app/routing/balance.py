@@ -75,3 +75,12 @@ STRATEGIES: dict[str, Strategy] = {
     "least_busy": least_busy,
     "prefix_affinity": prefix_affinity,
 }
+"""The stateless strategies; `cache_aware` keeps state, so each provider gets its own (`make_strategy`)."""
+
+
+def make_strategy(name: str) -> Strategy:
+    if name == "cache_aware":
+        from .cache_aware import CacheAware
+
+        return CacheAware()
+    return STRATEGIES[name]

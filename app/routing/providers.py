@@ -6,6 +6,9 @@ To add one: subclass `Provider`, override what differs, and register it in `TYPE
 from __future__ import annotations
 
 import itertools
+import logging
+import threading
+from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -13,8 +16,13 @@ from ..exchange import Exchange
 from ..livepeer.settings import Capability, LivepeerSettings
 from ..upstream import Target
 from .backends import Backend
-from .balance import STRATEGIES
+from .balance import make_strategy
+from .cache_aware import STATE, CacheAware, Decision, prompt_tokens
 from .settings import ProviderSpec
+
+log = logging.getLogger("cot_proxy.routing")
+PENDING_MAX = 4096
+"""Requests routed by `cache_aware` whose answer's usage is still to be read (a bound, not a queue)."""
 
 
 class Provider:
@@ -25,8 +33,10 @@ class Provider:
         self.spec = spec
         self.name = spec.name
         self.retries = spec.retries
-        self._strategy = STRATEGIES[spec.balance]
+        self._strategy = make_strategy(spec.balance)
         self._counter = itertools.count()
+        self._pending: deque[Exchange] = deque(maxlen=PENDING_MAX)
+        self._pending_lock = threading.Lock()
         self.backends = [
             Backend(
                 target=Target(
@@ -39,11 +49,38 @@ class Provider:
             )
             for b in spec.backends
         ]
+        if isinstance(self._strategy, CacheAware):
+            for backend in self.backends:
+                backend.on_end = self._ended
 
     def order(self, ex: Exchange) -> list[Backend]:
         """Backends in preference order: healthy ones by the strategy, then the rest."""
         ranked = self._strategy(self.backends, ex, self._counter, self.spec.affinity_prefix_chars)
+        if isinstance(ex.state.get(STATE), Decision):
+            with self._pending_lock:
+                self._pending.append(ex)
         return [b for b in ranked if b.healthy()] + [b for b in ranked if not b.healthy()]
+
+    def _ended(self, backend: Backend) -> None:
+        """A request ended on one of our backends: read the usage of every routed request
+        that has finished (the relay marks `finished_at` before releasing the backend)."""
+        with self._pending_lock:
+            done = [ex for ex in self._pending if ex.outcome.finished_at is not None]
+            if not done:
+                return
+            self._pending = deque((ex for ex in self._pending if ex.outcome.finished_at is None), maxlen=PENDING_MAX)
+        by_target = {id(b.target): b for b in self.backends}
+        for ex in done:
+            decision = ex.state.pop(STATE, None)
+            answered = by_target.get(id(ex.target))
+            if not isinstance(decision, Decision) or answered is None or ex.usage is None:
+                continue
+            try:
+                cached = decision.strategy.feedback(decision, answered, ex.usage)
+                if cached is not None:
+                    _count_hit(self.name, answered, cached, prompt_tokens(ex.usage))
+            except Exception:
+                log.exception("reading the prefix-cache feedback failed")
 
     def targets(self) -> list[tuple[Target, Backend]]:
         """Every target this provider may send to, with the backend it belongs to."""
@@ -66,6 +103,15 @@ class Provider:
     def health_url(self, backend: Backend) -> str | None:
         check = self.spec.health_check
         return None if check is None else backend.target.base_url + check.path.lstrip("/")
+
+
+def _count_hit(provider: str, backend: Backend, cached: int, prompt: int | None) -> None:
+    from ..observability import metrics
+
+    labels = (provider, backend.target.origin)
+    metrics.prefix_cache_tokens.labels(*labels, "cached").inc(cached)
+    if prompt is not None:
+        metrics.prefix_cache_tokens.labels(*labels, "prompt").inc(max(prompt, cached))
 
 
 class OllamaProvider(Provider):

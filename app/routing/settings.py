@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from ..envparse import ConfigError, integer, text
 
 PROVIDER_TYPES = ("openai", "ollama", "livepeer")
-BALANCES = ("round_robin", "least_busy", "prefix_affinity")
+BALANCES = ("cache_aware", "round_robin", "least_busy", "prefix_affinity")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -195,7 +195,7 @@ def _provider(name: str, spec: Any) -> ProviderSpec:
         raise RoutingConfigError(f"{where}.backends: must be a non-empty list")
     backends = tuple(_backend(kind, b, f"{where}.backends[{i}]" if "backends" in spec else where)
                      for i, b in enumerate(items))
-    balance = spec.get("balance", "round_robin")
+    balance = spec.get("balance", "cache_aware" if len(backends) > 1 else "round_robin")
     if balance not in BALANCES:
         raise RoutingConfigError(f"{where}.balance: must be one of {', '.join(BALANCES)} (got {balance!r})")
     health = spec.get("health_check")
