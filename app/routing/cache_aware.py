@@ -323,6 +323,10 @@ class CacheAware:
                 self._homed[pos[first_home]] = self._homed.get(pos[first_home], 0) + 1
             if matched.get(pos[first_home], 0) <= prompt.first_message:
                 predicted[first_home] = ends[prompt.first_message] // CHARS_PER_TOKEN
+                # Never worth more than where this router's index knows the prefix is.
+                known = max(expected)
+                if known and predicted[first_home] * self.confidence >= known:
+                    predicted[first_home] = (known - 1) / self.confidence
         if prompt.history >= 0:
             h = home[0]
             if matched.get(pos[h], 0) <= prompt.history:
