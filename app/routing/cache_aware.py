@@ -14,8 +14,8 @@ Decision, over the healthy backends:
 
     expected_i  = tokens of the request's prefix backend i holds: the index's longest
                   match, or a *prediction* where the index knows nothing (below)
-    cost_i      = (prompt tokens - expected_i) + work_per_request * load_i
-    bounded     = backends whose in-flight count is at most ceil(c * (total + 1) / n)
+    cost_i      = (prompt tokens - expected_i) + 0.2 x work_per_request x load_i
+    bounded     = backends whose in-flight count is under ceil(c * (total + 1) / n) + 2
     pick        = the cheapest bounded backend; ties go to the conversation's home
 
 `load_i` is this router's in-flight count per unit of weight; `work_per_request` is a
@@ -26,20 +26,25 @@ the bound it spills to the next-cheapest backend, which then holds it too.
 
 Agreement without talking: several workers and replicas each route on their own. The
 *home* of a prefix is chosen by weighted rendezvous hashing of a block id, the same in
-every process (CRC, not Python's salted hash). Predictions, used where a router's own
-index has no match, are worth `confidence` x the tokens:
+every process (CRC, not Python's salted hash). Predictions, for what a router's own
+index does not know, are worth `confidence` x the tokens (and never more than a match
+the index does know):
 
-- the first message's home is predicted to hold the first message (a long shared
-  system prompt goes where every router sends it first);
+- the first message's home (of the top 2 rendezvous candidates for its first 1 KiB, the
+  one this router homed fewer new prefixes at: two choices balance far better than one)
+  is predicted to hold the first message (a long shared system prompt or document goes
+  where the routers send it first);
 - for a conversation with history (3+ messages), the home of the conversation (the
   first two messages) is predicted to hold everything before the last message.
 
-Ties go to the conversation's home, so new conversations spread over the backends and
-a conversation's turns land where every router expects them. `confidence` starts at 0.5
-and follows the upstream's real hits (`usage.prompt_tokens_details.cached_tokens`, see
-`feedback`): when predictions come true it rises towards 0.95, when they do not it falls
-towards 0.1. Real hits also correct the index: blocks the server did not have are
-taken off that backend.
+Ties go to the conversation's home, and for a chat (2+ messages) the home's load counts
+one request less (`HOME_BONUS`), so new conversations spread over the backends and a
+conversation's turns land where every router expects them even when each router's own
+in-flight view differs. `confidence` starts at 0.5 and follows the upstream's real hits
+(`usage.prompt_tokens_details.cached_tokens`, see `feedback`): when predictions come true
+it rises towards 0.95, when they do not it falls towards 0.1. Real hits also weigh the
+index: each backend's expected hits are scaled by the running share of them its server
+really had (a server with a smaller cache than the index assumes is trusted less).
 
 Ejected backends are not candidates: their prefixes re-home by rendezvous (only the
 keys that lived there move) and their bits are cleared, as a restarted server is cold.
@@ -67,6 +72,8 @@ ANCHOR_BLOCKS = 8
 SLACK = 2
 LOAD_WEIGHT = 0.2
 CHOICES = 2
+HOME_BONUS = 1.0
+"""In-flight requests the conversation's home may carry over the others at the same price."""
 """Requests over the bound a backend may take (at low load the bound alone is all noise)."""
 
 
@@ -224,15 +231,6 @@ class PrefixIndex:
         while len(m) > self.max_entries:
             m.popitem(last=False)
 
-    def forget(self, ids: Sequence[int], position: int) -> None:
-        """`position` does not hold these blocks (a real miss told us)."""
-        keep = ~(1 << position)
-        m = self._map
-        for block in ids:
-            mask = m.get(block)
-            if mask is not None:
-                m[block] = mask & keep
-
     def clear(self, position: int) -> None:
         keep = ~(1 << position)
         m = self._map
@@ -251,6 +249,9 @@ class CacheAware:
         self.index = PrefixIndex(max_entries)
         self.load_weight = load_weight
         self.choices = max(1, choices)
+        self.home_bonus = HOME_BONUS
+        self._trust: dict[int, float] = {}
+        """Per backend: running share of the index's expected hit that the server really had."""
         self._homed: dict[int, int] = {}
         """New prefixes this router homed at each backend (the smaller wins among `choices` candidates)."""
         self.load_factor = load_factor
@@ -312,7 +313,9 @@ class CacheAware:
         weights = [b.weight for b in healthy]
         ends = prompt.ends
         matched = self.index.match(prompt.ids, candidates)
-        expected = [ends[matched[p] - 1] // CHARS_PER_TOKEN if p in matched else 0 for p in pos]
+        trust = self._trust
+        expected = [int(ends[matched[p] - 1] // CHARS_PER_TOKEN * trust.get(p, 1.0)) if p in matched else 0
+                    for p in pos]
         predicted = [0.0] * len(healthy)
         anchor = prompt.ids[min(prompt.first_message, ANCHOR_BLOCKS - 1)] if prompt.first_message >= 0 else 0
         home = rendezvous(prompt.conversation or anchor, seeds, weights)
@@ -338,10 +341,11 @@ class CacheAware:
         tokens = prompt.tokens
         conf = self.confidence
         weight = self.work * self.load_weight
+        bonus = self.home_bonus if prompt.conversation else 0.0
 
         def cost(i: int) -> tuple[float, int]:
             hit = max(float(expected[i]), conf * predicted[i])
-            return (tokens - hit) + weight * loads[i], rank[i]
+            return (tokens - hit) + weight * (loads[i] - (bonus if i == home[0] else 0)), rank[i]
 
         ordered = sorted(range(len(healthy)), key=cost)
         within = [i for i in ordered if healthy[i].in_flight < bound * healthy[i].weight]
@@ -366,14 +370,12 @@ class CacheAware:
         if pos is None or pos != decision.position:
             return cached  # failover: it went elsewhere than planned
         with self._lock:
-            prompt = decision.prompt
-            chars = cached * CHARS_PER_TOKEN
-            held = sum(1 for e in prompt.ends if e <= chars)
-            if decision.expected and cached * 2 < decision.expected:
-                # The server had less than the index thought: it evicted; drop what it lacks
-                # (it holds the whole prompt now, but only until it evicts again: keep what it confirmed).
-                self.index.forget(prompt.ids[held:], pos)
-                self.index.insert(prompt.ids, pos)
+            if decision.expected:
+                # What share of what the index promised the server really had: a server that
+                # evicts sooner than the index does (a smaller cache) is trusted less.
+                share = min(1.0, cached / decision.expected)
+                trust = self._trust.get(pos, 1.0)
+                self._trust[pos] = trust + (share - trust) / 16
             if decision.predicted > decision.expected:
                 came_true = cached >= 0.5 * decision.predicted
                 target = 0.95 if came_true else 0.1

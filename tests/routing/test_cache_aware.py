@@ -134,7 +134,7 @@ def test_decision_cost_is_small():
     assert per < 1e-3, per  # ~50 us on a quiet machine; a loose bound for a shared CI box
 
 
-def test_feedback_counts_hits_per_backend_and_corrects_the_index():
+def test_feedback_counts_hits_per_backend_and_weighs_the_index():
     from app.observability import metrics
 
     spec = ProviderSpec("p", backends=(BackendSpec("http://h0.test/v1/"), BackendSpec("http://h1.test/v1/")),
@@ -163,6 +163,15 @@ def test_feedback_counts_hits_per_backend_and_corrects_the_index():
     backend.end()
     assert sample("cached") == before[0] + 990
     assert not provider._pending
+    # A server that had nothing of what the index promised is trusted less from then on.
+    strategy = provider._strategy
+    order = strategy(provider.backends, ex(*((m["role"], m["content"]) for m in request.body["messages"])))
+    assert order[0] is backend
+    last = ex(*((m["role"], m["content"]) for m in request.body["messages"]))
+    strategy(provider.backends, last)
+    strategy.feedback(last.state[ca.STATE], backend, {"prompt_tokens": 1000,
+                                                       "prompt_tokens_details": {"cached_tokens": 0}})
+    assert strategy._trust[last.state[ca.STATE].position] < 1.0
 
 
 def test_cached_tokens_parsing():
