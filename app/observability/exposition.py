@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry, values
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ..clientip import Networks, client_address
+
 # Metric names (the `_total` suffix is added by prometheus_client for counters).
 REQUESTS = "cot_proxy_requests"
 REQUEST_ERRORS = "cot_proxy_request_errors"
@@ -166,10 +168,21 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def metrics_app(get_registry: Callable[[], CollectorRegistry]) -> Callable[..., Iterable[bytes]]:
-    """A WSGI app answering every GET with the scrape (text, OpenMetrics or JSON)."""
+def metrics_app(
+    get_registry: Callable[[], CollectorRegistry], allowed: Networks | None = None, trusted: Networks | None = None,
+) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app answering every GET with the scrape (text, OpenMetrics or JSON); with `allowed`
+    (METRICS_ALLOWED_IPS) only to those clients (`X-Forwarded-For` believed from `trusted` proxies only)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if allowed is not None:
+            forwarded = [environ["HTTP_X_FORWARDED_FOR"]] if "HTTP_X_FORWARDED_FOR" in environ else []
+            if client_address(environ.get("REMOTE_ADDR"), forwarded, trusted) not in allowed:
+                body = b'{"error": {"message": "Metrics are not served to this address.", ' \
+                       b'"type": "invalid_request_error", "param": null, "code": "ip_not_allowed"}}'
+                start_response("403 Forbidden", [("Content-Type", "application/json"),
+                                                 ("Content-Length", str(len(body)))])
+                return [body]
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             start_response("405 Method Not Allowed", [("Content-Type", "text/plain"), ("Allow", "GET")])
             return [b"GET only\n"]
@@ -180,8 +193,12 @@ def metrics_app(get_registry: Callable[[], CollectorRegistry]) -> Callable[..., 
     return app
 
 
-def start_server(host: str, port: int, get_registry: Callable[[], CollectorRegistry]) -> WSGIServer:
+def start_server(
+    host: str, port: int, get_registry: Callable[[], CollectorRegistry],
+    allowed: Networks | None = None, trusted: Networks | None = None,
+) -> WSGIServer:
     """Serve metrics on host:port from a daemon thread; returns the server (`shutdown()` stops it)."""
-    server = make_server(host, port, metrics_app(get_registry), server_class=_Server, handler_class=_QuietHandler)
+    server = make_server(host, port, metrics_app(get_registry, allowed, trusted), server_class=_Server,
+                         handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="cot-proxy-metrics", daemon=True).start()
     return server

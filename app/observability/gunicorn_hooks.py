@@ -81,7 +81,10 @@ def when_ready(server: Any) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    _listener = start_server(s.host, s.port, lambda: registry)
+    from ..access.settings import AccessSettings
+
+    trusted = AccessSettings.from_env(os.environ).trusted_proxies
+    _listener = start_server(s.host, s.port, lambda: registry, s.metrics_allowed_ips, trusted)
     server.log.info("metrics of all workers on http://%s:%d/metrics", s.host, s.port)
 
 

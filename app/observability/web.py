@@ -108,12 +108,14 @@ def init_app(app: Flask, config: Any) -> None:
              "on" if settings.otel_endpoint else "off")
 
     if settings.port and not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
-        start_listener(settings.host, settings.port)  # under Gunicorn the master serves it (when_ready)
+        # Under Gunicorn the master serves it (when_ready).
+        start_listener(settings.host, settings.port, settings.metrics_allowed_ips,
+                       getattr(config.access, "trusted_proxies", None))
 
 
-def start_listener(host: str, port: int) -> None:
-    """The OBSERVABILITY_PORT listener in this process (once)."""
+def start_listener(host: str, port: int, allowed: Any = None, trusted: Any = None) -> None:
+    """The OBSERVABILITY_PORT listener in this process (once), for METRICS_ALLOWED_IPS only when set."""
     global _listener
     if _listener is None:
-        _listener = start_server(host, port, metrics.scrape_registry)
+        _listener = start_server(host, port, metrics.scrape_registry, allowed, trusted)
         log.info("metrics on http://%s:%d/metrics", host, port)

@@ -196,3 +196,18 @@ def test_gunicorn_metrics_allow_list_behind_a_trusted_proxy():
         assert "request_count" in json.loads(as_json.text)
     finally:
         g.stop()
+
+
+def test_gunicorn_metrics_port_listener_follows_the_allow_list():
+    port = free_port()
+    g = Gunicorn({"OBSERVABILITY_PORT": str(port), "OBSERVABILITY_HOST": "127.0.0.1",
+                  "METRICS_ALLOWED_IPS": "10.0.0.0/8", "TRUSTED_PROXIES": "127.0.0.1"}, workers=1)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        refused = http("GET", url)
+        assert refused.status_code == 403 and error_of(refused)["code"] == "ip_not_allowed"
+        scraped = http("GET", url, headers={"X-Forwarded-For": "10.1.2.3"})
+        assert scraped.status_code == 200 and "cot_proxy_" in scraped.text
+        assert http("GET", url, headers={"X-Forwarded-For": "10.1.2.3, 198.51.100.7"}).status_code == 403
+    finally:
+        g.stop()
