@@ -8,9 +8,12 @@ master) would keep their blocking versions.
 import importlib
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
+from typing import Any
 
 
 def _env(name: str, default: str) -> str:
@@ -109,6 +112,12 @@ timeout = _int("GUNICORN_TIMEOUT", 120)
 # Time for in-flight streams to finish on reload or shutdown.
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
+# Memory safety net: a worker is replaced after 10,000 to 11,000 requests (Gunicorn adds 0..jitter, so
+# workers do not all restart at once). The old worker stops accepting, finishes its in-flight
+# requests and streams (up to graceful_timeout), then exits; the others keep accepting meanwhile.
+# Gunicorn's own --max-requests / --max-requests-jitter (e.g. in GUNICORN_CMD_ARGS) override; 0 disables.
+max_requests = 10000
+max_requests_jitter = 1000
 backlog = _int("GUNICORN_BACKLOG", 2048)
 
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
@@ -133,8 +142,44 @@ def _observability() -> types.ModuleType:
 # listener in the master, and Gunicorn's own lines in LOG_FORMAT.
 _obs = _observability()
 logger_class = _obs.logger_class()
-on_starting = _obs.on_starting
-when_ready = _obs.when_ready
-post_fork = _obs.post_fork
 child_exit = _obs.child_exit
-on_exit = _obs.on_exit
+post_fork = _obs.post_fork
+
+# Drain on SIGTERM: readiness fails first (/readyz answers 503 in every worker), then Gunicorn closes
+# its listeners and gives in-flight streams graceful_timeout to finish. Workers learn of it through a
+# marker file whose path the master puts in the environment before forking (app/probes.py reads it).
+DRAIN_FILE_VAR = "COT_PROXY_DRAIN_FILE"
+_drain_dir: str | None = None
+
+
+def on_starting(server: Any) -> None:
+    global _drain_dir
+    _obs.on_starting(server)
+    # Always the master's own: internal plumbing to its workers, not a setting.
+    _drain_dir = tempfile.mkdtemp(prefix="cot-proxy-drain-")
+    os.environ[DRAIN_FILE_VAR] = os.path.join(_drain_dir, "draining")
+
+
+def when_ready(server: Any) -> None:
+    _obs.when_ready(server)
+    stop = server.handle_term
+
+    def handle_term() -> None:
+        marker = os.environ.get(DRAIN_FILE_VAR)
+        try:
+            if marker:
+                with open(marker, "w") as f:
+                    f.write(str(os.getpid()))
+        except OSError as exc:  # never in the way of the stop itself
+            server.log.warning("drain marker %s not written: %s", marker, exc)
+        server.log.info("draining: /readyz answers 503; listeners close; in-flight requests get %s s",
+                        server.cfg.graceful_timeout)
+        stop()
+
+    server.handle_term = handle_term  # the arbiter looks handlers up on the instance per signal
+
+
+def on_exit(server: Any) -> None:
+    _obs.on_exit(server)
+    if _drain_dir is not None:
+        shutil.rmtree(_drain_dir, ignore_errors=True)

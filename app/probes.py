@@ -1,6 +1,8 @@
 """Liveness and readiness probes.
 
-`/healthz`, `/livez`: the process runs. `/health`, `/readyz`: with one
+`/healthz`, `/livez`: the process runs. `/readyz` and `/health` answer 503 `draining` from the
+moment Gunicorn's master got SIGTERM (gunicorn.conf.py leaves a marker file, named in the
+environment it hands its workers), before its listeners close. `/health`, `/readyz`: with one
 upstream, it answers at all (any HTTP status counts, as in cot_proxy), checked
 at most every `health_cache_seconds`; with several providers, at least one
 backend of the default provider is up (passive and active health), and the
@@ -9,6 +11,7 @@ body lists every backend's state.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -22,6 +25,13 @@ from .upstream import Upstream, map_requests_error
 
 bp = Blueprint("probes", __name__)
 PROBE_TIMEOUT = 5.0
+DRAIN_FILE_VAR = "COT_PROXY_DRAIN_FILE"
+"""Set by gunicorn.conf.py's master for its workers; internal, not a setting."""
+
+
+def draining() -> bool:
+    marker = os.environ.get(DRAIN_FILE_VAR)
+    return bool(marker) and os.path.exists(marker)
 
 
 class HealthCheck:
@@ -66,6 +76,8 @@ def live() -> Response:
 @bp.get("/health")
 @bp.get("/readyz")
 def ready() -> tuple[Response, int]:
+    if draining():
+        return jsonify(status="draining"), 503
     check: HealthCheck = current_app.extensions["cot_proxy.health"]
     status, body = check.status()
     return jsonify(body), status
