@@ -115,9 +115,9 @@ keepalive = _int("GUNICORN_KEEPALIVE", 5)
 # Memory safety net: a worker is replaced after 10,000 to 11,000 requests (Gunicorn adds 0..jitter, so
 # workers do not all restart at once). The old worker stops accepting, finishes its in-flight
 # requests and streams (up to graceful_timeout), then exits; the others keep accepting meanwhile.
-# Gunicorn's own --max-requests / --max-requests-jitter (e.g. in GUNICORN_CMD_ARGS) override; 0 disables.
-max_requests = 10000
-max_requests_jitter = 1000
+# GUNICORN_MAX_REQUESTS=0 disables it; Gunicorn's own --max-requests (GUNICORN_CMD_ARGS) overrides.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 10000)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
 backlog = _int("GUNICORN_BACKLOG", 2048)
 
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
