@@ -261,10 +261,16 @@ def test_model_labels_stay_bounded(proxy: Gunicorn, up: FakeUpstream):
     names = [f"rand-{uuid.uuid4().hex}" for _ in range(30)]
     with ThreadPoolExecutor(max_workers=10) as pool:
         assert set(pool.map(lambda m: _chat(proxy.url, m).status_code, names)) == {200}
-    after = requests.get(proxy.url + "/metrics", timeout=10).text
+    # Counted in the done hook, after the last byte went out: the scrape may come first, so poll (bounded).
+    deadline = time.monotonic() + 10
+    while True:
+        after = requests.get(proxy.url + "/metrics", timeout=10).text
+        grew = total(after, "cot_proxy_requests_total", model="other") - total(before, "cot_proxy_requests_total",
+                                                                               model="other")
+        if grew >= 30 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert not any(name in after for name in names)
-    grew = total(after, "cot_proxy_requests_total", model="other") - total(before, "cot_proxy_requests_total",
-                                                                           model="other")
     assert grew == 30
     models = {labels["model"] for labels, _ in samples(after, "cot_proxy_requests_total")}
     assert models <= {"sum-model", "fake-model", "other", "none"}
