@@ -331,3 +331,22 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def redis_or_skip(url: str = TEST_REDIS_URL) -> Any:
+    """A client of the test Redis; the test is skipped without one (fails under CI=true)."""
+    import pytest
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        if IN_CI:
+            pytest.fail(f"Redis at {url} is required under CI=true")
+        pytest.skip(f"Redis at {url} not reachable")
+    return client

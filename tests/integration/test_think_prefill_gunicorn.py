@@ -9,7 +9,6 @@ absent, the Redis test is skipped locally and fails under CI=true.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +18,8 @@ import pytest
 import requests
 
 from tests.fakes.openai_upstream import FakeUpstream, chat_chunk, sse_reply
-from tests.support import Gunicorn
+from tests.support import TEST_REDIS_URL, Gunicorn, redis_or_skip
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 MODEL = "deepseek-r1-distill-qwen-7b"
 MSG = [{"role": "user", "content": "2+2?"}]
 SHORT = ["deep", " thoughts", " here", "</think>", "  The", " answer", " is", " 4."]
@@ -50,15 +47,7 @@ def up(module_upstream: FakeUpstream) -> FakeUpstream:
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    import redis
-
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError:
-        if IN_CI:
-            pytest.fail(f"Redis at {TEST_REDIS_URL} is required under CI=true")
-        pytest.skip(f"Redis at {TEST_REDIS_URL} not reachable")
+    client = redis_or_skip()
     prefix = f"cot-proxy-test:{uuid.uuid4().hex[:12]}:"
     yield prefix
     client.delete(prefix + "think-prefill")

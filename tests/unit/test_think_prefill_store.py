@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import uuid
 
@@ -13,9 +12,7 @@ import pytest
 
 from app.transforms import prefill
 from app.transforms.prefill import FilePrefillStore, PrefillStore, RedisPrefillStore, make_store
-
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from tests.support import TEST_REDIS_URL, redis_or_skip
 
 
 class Clock:
@@ -127,15 +124,7 @@ def test_unreachable_redis_keeps_the_local_view_and_skips_redis():
 
 @pytest.fixture
 def redis_url():
-    import redis
-
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError:
-        if IN_CI:
-            pytest.fail(f"Redis at {TEST_REDIS_URL} is required under CI=true")
-        pytest.skip(f"Redis at {TEST_REDIS_URL} not reachable")
+    client = redis_or_skip()
     prefix = f"cot-proxy-test:{uuid.uuid4().hex[:12]}:"
     yield TEST_REDIS_URL, prefix, client
     client.delete(prefix + "think-prefill")
