@@ -268,7 +268,7 @@ class Relay:
                 watch.stop()
                 if "content-encoding" in headers and reads_body:
                     headers = _without_length(headers)  # a GET would be answered decoded
-                return Response(status=answer.status, headers=safe_headers(headers))
+                return reply(None, answer.status, headers)
             if answer.status >= 400:
                 return self._error(answer, headers, watch)
             sse = content_type.startswith("text/event-stream")
@@ -283,10 +283,10 @@ class Relay:
                 if first.lstrip()[:1] in (b"{", b"[", b"<"):
                     raise not_streaming(answer)
                 body = self._sse(ex, bound, answer, first, chunks, watch)
-                return Response(stream_with_context(body), status=answer.status, headers=safe_headers(headers))
+                return reply(stream_with_context(body), answer.status, headers)
             if reads_body:
                 return self._json(bound, answer, headers, watch)
-            return Response(self._raw(ex, answer, watch), status=answer.status, headers=safe_headers(headers))
+            return reply(self._raw(ex, answer, watch), answer.status, headers)
         except BaseException:
             answer.close()
             raise
@@ -296,7 +296,7 @@ class Relay:
         watch.stop()
         headers = _without_length(headers)
         if not raw and answer.status == 204:
-            return Response(status=204, headers=safe_headers(headers))
+            return reply(None, 204, headers)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -305,7 +305,7 @@ class Relay:
             data = bound.response_json(data)
             raw = dump_json(data)
         headers["content-type"] = "application/json"
-        return Response(raw, status=answer.status, headers=safe_headers(headers))
+        return reply(raw, answer.status, headers)
 
     def _error(self, answer: Answer, headers: dict[str, str], watch: DisconnectWatch) -> Response:
         """An upstream error status passes with its JSON body; any other body is wrapped as `message`."""
@@ -318,7 +318,7 @@ class Relay:
             text = raw.decode("utf-8", "replace").strip() or answer.reason or f"HTTP {answer.status}"
             raw = orjson.dumps(error_body(text, "upstream_error", None, str(answer.status)))
             headers["content-type"] = "application/json"
-        return Response(raw, status=answer.status, headers=safe_headers(headers))
+        return reply(raw, answer.status, headers)
 
     def _raw(self, ex: Exchange, answer: Answer, watch: DisconnectWatch) -> Iterator[bytes]:
         try:
@@ -471,6 +471,11 @@ def accept_decodable(headers: dict[str, str]) -> dict[str, str]:
     else:
         out["accept-encoding"] = "identity"
     return out
+
+
+def reply(body: Any, status: int, headers: dict[str, str]) -> Response:
+    """Every upstream-derived answer is built here, so its headers are always made safe."""
+    return Response(body, status=status, headers=safe_headers(headers))
 
 
 def safe_headers(headers: dict[str, str]) -> dict[str, str]:
