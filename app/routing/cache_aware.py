@@ -14,14 +14,13 @@ Decision, over the healthy backends:
 
     expected_i  = tokens of the request's prefix backend i holds: the index's longest
                   match, or a *prediction* where the index knows nothing (below)
-    cost_i      = (prompt tokens - expected_i) + 0.15 x work_per_request x load_i
+    cost_i      = (prompt tokens - expected_i) + 0.2 x work_per_request x load_i
     bounded     = backends whose in-flight count is under ceil(c * (total + 1) / n) + 2
-                  (+ 2 more for the backend, if only one, that holds the request's prefix)
     pick        = the cheapest bounded backend; ties go to the conversation's home
 
 `load_i` is this router's in-flight count per unit of weight; `work_per_request` is a
 running mean of the uncached tokens each routed request cost (so a queued request is
-priced at what requests really cost here). The bound (c = 1.05, as in consistent
+priced at what requests really cost here). The bound (c = 1.25, as in consistent
 hashing with bounded loads) means a popular prefix never piles onto one backend: past
 the bound it spills to the next-cheapest backend, which then holds it too.
 
@@ -31,16 +30,10 @@ every process (CRC, not Python's salted hash). Predictions, for what a router's 
 index does not know, are worth `confidence` x the tokens (and never more than a match
 the index does know):
 
-- the first message's home is predicted to hold the first message (a long shared system
-  prompt or document goes where the routers send it first). Once this router has sent the
-  first message's first 1 KiB to one of the candidates, that one stays the home (a known
-  prefix is not split over two). For a new one: a router that routes *alone* takes the
-  backend it homed fewest new prefixes at (balance; nobody else needs to agree); one of
-  *several* takes the rendezvous winner for the first 1 KiB, or the runner-up only when
-  the winner has been given `SPILL_MARGIN` more new prefixes (agreement first: every
-  router computes the same winner). Which of the two a router is, it learns from the
-  upstream (`peers`): a prefix new to this router that the server already held was sent
-  there by another router. A new prefix is counted where it really went.
+- the first message's home (of the top 2 rendezvous candidates for its first 1 KiB, the
+  one this router homed fewer new prefixes at: two choices balance far better than one)
+  is predicted to hold the first message (a long shared system prompt or document goes
+  where the routers send it first);
 - for a conversation with history (3+ messages), the home of the conversation (the
   first two messages) is predicted to hold everything before the last message.
 
@@ -73,28 +66,15 @@ CHARS_PER_TOKEN = 4
 MAX_BLOCKS = 80
 DEFAULT_MAX_ENTRIES = 200_000
 """About 100 bytes an entry: ~20 MB per worker at the cap."""
-LOAD_FACTOR = 1.05
+LOAD_FACTOR = 1.25
 ANCHOR_BLOCKS = 8
 """The first message's home: rendezvous on its first 8 blocks (1 KiB), the same in every process."""
 SLACK = 2
-"""Requests over the bound a backend may take (at low load the bound alone is all noise)."""
-SOLE_SLACK = 2
-"""Further requests over the bound the only backend holding a request's prefix may take."""
-LOAD_WEIGHT = 0.15
+LOAD_WEIGHT = 0.2
 CHOICES = 2
-"""Rendezvous candidates for a new first message when this router is one of several."""
-SPILL_MARGIN = 4
-"""...and how many more new prefixes the winner must have been given than the runner-up before the
-runner-up gets one: the second choice only for a real imbalance, so independent routers mostly agree."""
-ALONE_CHOICES = 8
-"""Candidates for a new first message when this router routes alone (agreement does not matter)."""
-PEERS_START = 0.5
-PEER_THRESHOLD = 0.1
-PEER_RATE = 4
-"""`peers`: running share (1/PEER_RATE a step) of new prefixes the server already held; under the
-threshold this router takes itself to be alone."""
 HOME_BONUS = 1.0
 """In-flight requests the conversation's home may carry over the others at the same price."""
+"""Requests over the bound a backend may take (at low load the bound alone is all noise)."""
 
 
 def _bounds() -> tuple[int, ...]:
@@ -270,10 +250,6 @@ class CacheAware:
         self.load_weight = load_weight
         self.choices = max(1, choices)
         self.home_bonus = HOME_BONUS
-        self.spill_margin = SPILL_MARGIN
-        self.alone_choices = ALONE_CHOICES
-        self.peers = PEERS_START
-        """Running share of this router's new prefixes that the server already held (see `feedback`)."""
         self._trust: dict[int, float] = {}
         """Per backend: running share of the index's expected hit that the server really had."""
         self._homed: dict[int, int] = {}
@@ -341,29 +317,13 @@ class CacheAware:
         expected = [int(ends[matched[p] - 1] // CHARS_PER_TOKEN * trust.get(p, 1.0)) if p in matched else 0
                     for p in pos]
         predicted = [0.0] * len(healthy)
-        fresh = False
-        first_home = -1
         anchor = prompt.ids[min(prompt.first_message, ANCHOR_BLOCKS - 1)] if prompt.first_message >= 0 else 0
         home = rendezvous(prompt.conversation or anchor, seeds, weights)
         if prompt.first_message >= 0:
-            alone = self.peers < PEER_THRESHOLD
-            k = self.alone_choices if alone else self.choices
-            homes = rendezvous(anchor, seeds, weights)[:k] if prompt.conversation else home[:k]
-            # A candidate this router already sent the first message's start to stays its home
-            # (re-choosing by count would split a known prefix over both candidates).
-            depth = min(prompt.first_message, ANCHOR_BLOCKS - 1)
-            held = [i for i in homes if matched.get(pos[i], 0) > depth] if matched else None
-            if held:
-                first_home = held[0]
-            else:
-                # Alone: the candidate this router homed fewest new prefixes at. One of several:
-                # the rendezvous winner (what every router picks) unless it has `spill_margin`
-                # more than the runner-up.
-                counts = [self._homed.get(pos[i], 0) / weights[i] for i in homes]
-                best = min(range(len(homes)), key=counts.__getitem__)
-                margin = 1 if alone else self.spill_margin
-                first_home = homes[best] if counts[0] - counts[best] >= margin else homes[0]
-            fresh = not matched
+            homes = rendezvous(anchor, seeds, weights)[:self.choices] if prompt.conversation else home[:self.choices]
+            first_home = min(homes, key=lambda i: self._homed.get(pos[i], 0) / weights[i])
+            if matched.get(pos[first_home], 0) == 0 and not matched:
+                self._homed[pos[first_home]] = self._homed.get(pos[first_home], 0) + 1
             if matched.get(pos[first_home], 0) <= prompt.first_message:
                 predicted[first_home] = ends[prompt.first_message] // CHARS_PER_TOKEN
                 # Never worth more than where this router's index knows the prefix is.
@@ -388,21 +348,14 @@ class CacheAware:
             return (tokens - hit) + weight * (loads[i] - (bonus if i == home[0] else 0)), rank[i]
 
         ordered = sorted(range(len(healthy)), key=cost)
-        # A prefix only one backend holds may go `SOLE_SLACK` over the bound there: spilling it
-        # costs the whole prefix now, while one several backends hold spills to a holder.
-        extra = SOLE_SLACK if len(expected) - expected.count(0) == 1 else 0
-        within = [i for i in ordered
-                  if healthy[i].in_flight < (bound + (extra if expected[i] else 0)) * healthy[i].weight]
+        within = [i for i in ordered if healthy[i].in_flight < bound * healthy[i].weight]
         chosen = within[0] if within else min(range(len(healthy)), key=lambda i: (loads[i], rank[i]))
         rest = [i for i in ordered if i != chosen]
-        if fresh:  # a new prefix homed where it really went (load may overrule the prediction)
-            self._homed[pos[chosen]] = self._homed.get(pos[chosen], 0) + 1
         # Record where the prompt goes (the first choice; failover is rare and the index heals).
         self.index.insert(prompt.ids, pos[chosen])
         hit_est = max(float(expected[chosen]), conf * predicted[chosen])
         self.work += (max(0.0, tokens - hit_est) - self.work) / 64
-        decision = Decision(self, prompt, pos[chosen], expected[chosen], predicted[chosen],
-                            fresh and chosen == first_home)
+        decision = Decision(self, prompt, pos[chosen], expected[chosen], predicted[chosen])
         out = [healthy[chosen], *(healthy[i] for i in rest)]
         return out + down, decision
 
@@ -425,10 +378,6 @@ class CacheAware:
                 self._trust[pos] = trust + (share - trust) / 16
             if decision.predicted > decision.expected:
                 came_true = cached >= 0.5 * decision.predicted
-                if decision.fresh:
-                    # A prefix new to this router that the server already held: another router
-                    # sent it there first (this router is one of several).
-                    self.peers += ((1.0 if came_true else 0.0) - self.peers) / PEER_RATE
                 target = 0.95 if came_true else 0.1
                 self.confidence += (target - self.confidence) / 16
         return cached
@@ -444,8 +393,6 @@ class Decision:
     position: int
     expected: int
     predicted: int
-    fresh: bool = False
-    """A prefix new to this router, sent to its predicted first home."""
 
 
 def cached_tokens(usage: Any) -> int | None:

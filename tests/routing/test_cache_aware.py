@@ -88,66 +88,6 @@ def test_independent_routers_agree_on_a_new_prefix_and_a_conversation():
         assert len(picks) == 1
 
 
-
-def _feed(strategy: ca.CacheAware, e: Exchange, backend: Backend, cached: int) -> None:
-    strategy.feedback(e.state[ca.STATE], backend, {"prompt_tokens": 1000,
-                                                   "prompt_tokens_details": {"cached_tokens": cached}})
-
-
-def test_a_lone_router_balances_new_documents_and_keeps_each_where_it_went():
-    rng = random.Random(11)
-    backends = pool(8)
-    strategy = ca.CacheAware()
-    docs = [text(rng, 6000) for _ in range(16)]
-    homes = []
-    for d in docs:
-        e = ex(("user", d + "\n" + text(rng, 400)))
-        first = strategy(backends, e)[0]
-        _feed(strategy, e, first, 0)  # the server had none of it: nobody else routes here
-        homes.append(first)
-    assert strategy.peers < ca.PEER_THRESHOLD
-    counts = sorted(homes.count(b) for b in backends)
-    # 16 over 8: two each, but for the first few (before the misses tell it that it is alone).
-    assert counts[0] >= 1 and counts[-1] <= 3, counts
-    # Every later question on a document goes where the document went (not split over two).
-    for d, h in zip(docs, homes, strict=True):
-        for _ in range(3):
-            assert strategy(backends, ex(("user", d + "\n" + text(rng, 400))))[0] is h
-
-
-def test_routers_that_learn_they_have_peers_agree_on_new_documents():
-    rng = random.Random(12)
-    names = [f"http://b{i}.test/v1/" for i in range(8)]
-    routers = [(ca.CacheAware(), [Backend(Target(base_url=u)) for u in names]) for _ in range(3)]
-    # Different histories: each router homed other documents first (its counts differ).
-    for k, (r, bs) in enumerate(routers):
-        for _ in range(6 + 3 * k):
-            e = ex(("user", text(rng, 3000)))
-            _feed(r, e, r(bs, e)[0], 3000 // 4)  # the server already held it: another router sent it
-    assert all(r.peers >= ca.PEER_THRESHOLD for r, _ in routers)
-    agreed = 0
-    for _ in range(20):
-        doc = text(rng, 6000)
-        picks = {r(bs, ex(("user", doc + "\n" + text(rng, 300))))[0].target.base_url for r, bs in routers}
-        agreed += len(picks) == 1
-    # The runner-up only past a real imbalance in one router's counts (with a margin of 1,
-    # i.e. always the less-used of the two, these routers agree on 11 of 20).
-    assert agreed >= 16, agreed
-
-
-def test_the_only_holder_of_a_prefix_takes_a_little_over_the_bound():
-    rng = random.Random(13)
-    backends = pool(4)
-    strategy = ca.CacheAware()
-    system = text(rng, 4000)
-    home = strategy(backends, ex(("system", system), ("user", "q")))[0]
-    bound = 1 + ca.SLACK  # ceil(1.05 x (in flight + 1) / 4) + slack with only `home` busy
-    home.in_flight = bound  # at the bound, but the only holder: stays
-    assert strategy(backends, ex(("system", system), ("user", "q2")))[0] is home
-    home.in_flight = bound + ca.SOLE_SLACK + 3  # far over: spills
-    assert strategy(backends, ex(("system", system), ("user", "q3")))[0] is not home
-
-
 def test_ejected_backends_get_nothing_and_only_their_prefixes_move():
     rng = random.Random(5)
     backends = pool(4)
