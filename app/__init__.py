@@ -45,6 +45,9 @@ def create_app(config: Config | None = None) -> Flask:
     discovery.init_app(app)
     openapi.init_app(app)  # GET /openapi.json, open like the probes
     access.init_app(app)  # `keys` CLI and GET /v1/usage (before the /v1/ catch-all)
+    from . import ui  # the operator console at /ui/ (only with ADMIN_TOKEN)
+
+    ui.init_app(app, config)
     api.init_app(app)
 
     if config.livepeer is not None:
