@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +22,9 @@ from ..envparse import ConfigError, integer, text
 
 PROVIDER_TYPES = ("openai", "ollama", "livepeer")
 BALANCES = ("cache_aware", "round_robin", "least_busy", "prefix_affinity")
+API_SWITCHES = {"responses": "RESPONSES_API", "messages": "MESSAGES_API"}
+"""APIs served over chat completions when a provider does not speak them: provider key -> single-target variable."""
+API_MODES = ("passthrough", "translate", "auto")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -60,6 +63,8 @@ class ProviderSpec:
     affinity_prefix_chars: int = 1024
     models: tuple[str, ...] = ()
     """Models to list when the provider has no list endpoint (optional)."""
+    apis: Mapping[str, str] = field(default_factory=dict)
+    """Per API in `API_SWITCHES`: `passthrough`, `translate` (over chat completions) or `auto` (the default)."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,9 @@ def load(env: Mapping[str, str], *, target_base_url: str | None, upstream_api_ke
     # Environment shorthands (the file wins on a name clash).
     retries = integer(env, "UPSTREAM_RETRIES", 0, low=0)
     if target_base_url and "default" not in providers:
-        providers["default"] = _default_provider(target_base_url, upstream_api_key, connect_timeout, read_timeout,
-                                                 retries)
+        providers["default"] = replace(
+            _default_provider(target_base_url, upstream_api_key, connect_timeout, read_timeout, retries),
+            apis=_api_modes({key: text(env, var) for key, var in API_SWITCHES.items()}, "", env_names=True))
     ollama = text(env, "OLLAMA_BASE_URL")
     if ollama and "ollama" not in providers:
         _check_url(ollama, "OLLAMA_BASE_URL")
@@ -184,7 +190,7 @@ def _provider(name: str, spec: Any) -> ProviderSpec:
         raise RoutingConfigError(f"{where}: must be a mapping")
     _only(spec, where, {"type", "base_url", "backends", "balance", "api_key", "timeout_seconds",
                         "connect_timeout_seconds", "retries", "health_check", "failure_threshold",
-                        "cooldown_seconds", "affinity_prefix_chars", "models", "weight"})
+                        "cooldown_seconds", "affinity_prefix_chars", "models", "weight", *API_SWITCHES})
     kind = spec.get("type", "openai")
     if kind not in PROVIDER_TYPES:
         raise RoutingConfigError(f"{where}.type: must be one of {', '.join(PROVIDER_TYPES)} (got {kind!r})")
@@ -224,7 +230,22 @@ def _provider(name: str, spec: Any) -> ProviderSpec:
         affinity_prefix_chars=int(_number(spec.get("affinity_prefix_chars", 1024), f"{where}.affinity_prefix_chars",
                                           minimum=1, integer=True)),
         models=tuple(models),
+        apis=_api_modes(spec, where),
     )
+
+
+def _api_modes(spec: Mapping[str, Any], where: str, *, env_names: bool = False) -> dict[str, str]:
+    """The `API_SWITCHES` a provider (or the single-target environment) sets; unset ones are `auto`."""
+    out = {}
+    for key, var in API_SWITCHES.items():
+        value = spec.get(key)
+        if value is None:
+            continue
+        if value not in API_MODES:
+            name = var if env_names else _join(where, key)
+            raise RoutingConfigError(f"{name}: must be one of {', '.join(API_MODES)} (got {value!r})")
+        out[key] = value
+    return out
 
 
 def _backend(kind: str, spec: Any, where: str) -> BackendSpec:

@@ -1,0 +1,39 @@
+"""Fixtures for the translation tests: the chat-only fake upstream and apps in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from app import create_app
+from app.config import Config
+from tests.fakes.chat_only_upstream import ChatOnlyUpstream
+
+
+@pytest.fixture(scope="session")
+def _chat_only_server() -> Iterator[ChatOnlyUpstream]:
+    server = ChatOnlyUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def chat_only(_chat_only_server: ChatOnlyUpstream) -> ChatOnlyUpstream:
+    _chat_only_server.reset()
+    return _chat_only_server
+
+
+def config_for(upstream: ChatOnlyUpstream, **env: str) -> Config:
+    """A config as the environment would give it (no .env, no config.yaml)."""
+    return Config.from_env({"TARGET_BASE_URL": upstream.base_url, "REQUEST_TIMEOUT_SECONDS": "10",
+                            "CONNECT_TIMEOUT_SECONDS": "2", **env})
+
+
+@pytest.fixture
+def make_client(chat_only: ChatOnlyUpstream) -> Callable[..., object]:
+    """`make_client(RESPONSES_API="translate", ...)`: a Flask test client in front of the chat-only fake."""
+    def make(**env: str):
+        return create_app(config_for(chat_only, **env)).test_client()
+
+    return make

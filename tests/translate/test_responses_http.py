@@ -1,0 +1,294 @@
+"""`/v1/responses` over a chat-only upstream, through the Flask test client (real HTTP to the fake)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.fakes.chat_only_upstream import ChatAnswer, ChatOnlyUpstream, ToolCall
+from tests.fakes.openai_upstream import json_reply, sse_reply
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def events_of(body: bytes) -> list[dict[str, Any]]:
+    """The data of every SSE event, checking each `event:` line names the data's type."""
+    out = []
+    blocks = [b for b in body.decode().split("\n\n") if b.strip()]
+    if blocks and blocks[-1] == "data: [DONE]":
+        blocks.pop()  # the relay still ends every stream with it; the openai SDK stops there
+    for block in blocks:
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        data = json.loads(lines["data"])
+        assert lines.get("event") == data["type"], block
+        out.append(data)
+    return out
+
+
+def create(client, **body: Any):
+    body.setdefault("model", "m")
+    return client.post("/v1/responses", json=body)
+
+
+def test_string_input_non_streamed(make_client, chat_only: ChatOnlyUpstream):
+    chat_only.answer(ChatAnswer(text="Bonjour!", prompt_tokens=20, completion_tokens=5, cached_tokens=8))
+    client = make_client(RESPONSES_API="translate")
+    r = create(client, input="Say hi in French", instructions="Be brief.", max_output_tokens=50, temperature=0.2,
+               top_p=0.9)
+    assert r.status_code == 200, r.get_data()
+    data = r.get_json()
+    assert data["object"] == "response" and data["status"] == "completed" and data["id"].startswith("resp_")
+    assert data["model"] == "m" and data["instructions"] == "Be brief."
+    [message] = data["output"]
+    assert message["type"] == "message" and message["role"] == "assistant"
+    assert message["content"][0] == {"type": "output_text", "text": "Bonjour!", "annotations": [], "logprobs": []}
+    assert data["usage"] == {"input_tokens": 20, "input_tokens_details": {"cached_tokens": 8}, "output_tokens": 5,
+                             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 25}
+    [sent] = chat_only.chat_bodies()
+    assert sent == {"model": "m", "max_tokens": 50, "temperature": 0.2, "top_p": 0.9,
+                    "messages": [{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": "Say hi in French"}]}
+    assert not chat_only.missing_hits()
+
+
+def test_items_become_chat_messages(make_client, chat_only):
+    client = make_client(RESPONSES_API="translate")
+    r = create(client, input=[
+        {"role": "developer", "content": "Use tools."},
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "What is here? "},
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": '{"city":"Rome"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "rain"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+    ], tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}, parallel_tool_calls=True)
+    assert r.status_code == 200, r.get_data()
+    [sent] = chat_only.chat_bodies()
+    assert sent["messages"] == [
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": [{"type": "text", "text": "What is here? "},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA",
+                                                                         "detail": "low"}}]},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "rain"},
+    ]
+    assert sent["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather of a city", "parameters": WEATHER["parameters"]}}]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["parallel_tool_calls"] is True
+
+
+def test_tool_call_answer(make_client, chat_only):
+    chat_only.answer(ChatAnswer(text=None, tool_calls=[ToolCall("get_weather", '{"city": "Paris"}', id="call_9")],
+                                finish="tool_calls"))
+    client = make_client(RESPONSES_API="translate")
+    data = create(client, input="Weather in Paris?", tools=[WEATHER]).get_json()
+    [call] = data["output"]
+    assert call["type"] == "function_call" and call["call_id"] == "call_9" and call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Paris"} and call["status"] == "completed"
+    assert data["tools"] == [WEATHER]
+
+
+@pytest.mark.parametrize("mode, expect", [("separate", True), ("strip", False)])
+def test_reasoning_follows_think_mode(make_client, chat_only, mode, expect):
+    chat_only.answer(ChatAnswer(text="42", reasoning="Six times seven.", reasoning_as="think"))
+    client = make_client(RESPONSES_API="translate", THINK_MODE=mode, THINK_PREFILLED="false")
+    data = create(client, input="Answer?").get_json()
+    kinds = [o["type"] for o in data["output"]]
+    if expect:
+        assert kinds == ["reasoning", "message"]
+        assert data["output"][0]["content"] == [{"type": "reasoning_text", "text": "Six times seven."}]
+    else:
+        assert kinds == ["message"]
+    assert data["output"][-1]["content"][0]["text"] == "42"
+
+
+def test_length_is_incomplete(make_client, chat_only):
+    chat_only.answer(ChatAnswer(text="Once upon", finish="length"))
+    data = create(make_client(RESPONSES_API="translate"), input="Tell a story", max_output_tokens=2).get_json()
+    assert data["status"] == "incomplete" and data["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_stream_event_sequence(make_client, chat_only):
+    chat_only.answer(ChatAnswer(text="Hello there", reasoning="Greet.", cached_tokens=3,
+                                tool_calls=[ToolCall("get_weather", '{"city": "Oslo"}')], finish="tool_calls"))
+    client = make_client(RESPONSES_API="translate", THINK_MODE="separate")
+    r = create(client, input="hi", tools=[WEATHER], stream=True)
+    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    events = events_of(r.get_data())
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    types = [e["type"] for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    # Each item: added, its deltas (runs collapsed here), done; in output order.
+    runs = [t for i, t in enumerate(types) if i == 0 or t != types[i - 1] or not t.endswith(".delta")]
+    assert runs[2:] == [
+        "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
+        "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.completed",
+    ]
+    final = events[-1]["response"]
+    assert [o["type"] for o in final["output"]] == ["reasoning", "message", "function_call"]
+    assert final["output"][1]["content"][0]["text"] == "Hello there"
+    assert final["usage"]["input_tokens_details"]["cached_tokens"] == 3
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == "Hello there"
+    assert chat_only.chat_bodies()[0]["stream_options"] == {"include_usage": True}
+
+
+def test_store_previous_response_and_retrieve(make_client, chat_only):
+    client = make_client(RESPONSES_API="translate")
+    chat_only.answer(ChatAnswer(text="My name is Bot."), ChatAnswer(text="You asked my name."))
+    first = create(client, input="What is your name?", instructions="Be kind.").get_json()
+    second = create(client, input="What did I ask?", previous_response_id=first["id"]).get_json()
+    assert second["previous_response_id"] == first["id"]
+    sent = chat_only.chat_bodies()[1]["messages"]
+    assert sent == [{"role": "user", "content": "What is your name?"},
+                    {"role": "assistant", "content": "My name is Bot."},
+                    {"role": "user", "content": "What did I ask?"}]  # instructions do not carry over
+    got = client.get(f"/v1/responses/{first['id']}")
+    assert got.status_code == 200 and got.get_json() == first
+    gone = client.delete(f"/v1/responses/{first['id']}")
+    assert gone.get_json() == {"id": first["id"], "object": "response", "deleted": True}
+    # Now unknown here: the upstream is asked, and it does not know the route.
+    assert client.get(f"/v1/responses/{first['id']}").status_code == 404
+    r = create(client, input="again", previous_response_id=first["id"])
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "previous_response_not_found"
+
+
+def test_store_false_is_not_kept(make_client, chat_only):
+    client = make_client(RESPONSES_API="translate")
+    data = create(client, input="hi", store=False).get_json()
+    assert data["store"] is False
+    assert client.get(f"/v1/responses/{data['id']}").status_code == 404
+
+
+def test_auto_switches_after_404_and_remembers(make_client, chat_only):
+    client = make_client()  # auto is the default
+    assert create(client, input="one").status_code == 200
+    assert [r.path for r in chat_only.requests] == ["/v1/responses", "/v1/chat/completions"]
+    assert create(client, input="two").status_code == 200
+    assert [r.path for r in chat_only.requests][2:] == ["/v1/chat/completions"]
+
+
+def test_auto_on_405(make_client):
+    upstream = ChatOnlyUpstream(missing_status=405).start()
+    try:
+        from app import create_app
+        from tests.translate.conftest import config_for
+
+        client = create_app(config_for(upstream)).test_client()
+        assert create(client, input="one").get_json()["status"] == "completed"
+        assert [r.path for r in upstream.requests] == ["/v1/responses", "/v1/chat/completions"]
+    finally:
+        upstream.stop()
+
+
+def test_passthrough_mode_relays_the_404(make_client, chat_only):
+    r = create(make_client(RESPONSES_API="passthrough"), input="one")
+    assert r.status_code == 404
+    assert [x.path for x in chat_only.requests] == ["/v1/responses"]
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "auto"])
+def test_passthrough_is_byte_identical(make_client, chat_only, mode):
+    """An upstream that speaks /v1/responses: its answer reaches the client byte for byte."""
+    native = {"id": "resp_native", "object": "response", "status": "completed", "output": [], "x": [1, 2.50]}
+    chat_only.enqueue(json_reply(native))
+    client = make_client(RESPONSES_API=mode)
+    r = create(client, input="hi", tools=[{"type": "web_search"}], include=["reasoning.encrypted_content"])
+    assert r.get_data() == json.dumps(native).encode()
+    sent = chat_only.last
+    assert sent.path == "/v1/responses"
+    assert sent.json() == {"model": "m", "input": "hi", "tools": [{"type": "web_search"}],
+                           "include": ["reasoning.encrypted_content"]}
+    raw_events = [b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\n",
+                  b"event: response.completed\ndata: {\"type\":\"response.completed\",  \"sequence_number\":1}\n\n"]
+    chat_only.enqueue(sse_reply(raw_events, done=False))
+    r = create(client, input="hi", stream=True)
+    assert r.get_data() == b"".join(raw_events)
+
+
+def test_non_json_body_passes_through(make_client, chat_only):
+    client = make_client(RESPONSES_API="translate")
+    r = client.post("/v1/responses", data=b'{"input": "hi"}', content_type="text/plain")
+    assert r.status_code == 404  # relayed untouched, as before: the chat-only upstream does not know the route
+    assert chat_only.last.path == "/v1/responses" and chat_only.last.body == b'{"input": "hi"}'
+
+
+HOSTILE = [
+    ({"input": 5}, "input"),
+    ({"input": [1, 2]}, "input[0]"),
+    ({"input": "x", "instructions": ["a"]}, "instructions"),
+    ({"input": "x", "temperature": "hot"}, "temperature"),
+    ({"input": "x", "max_output_tokens": -1}, "max_output_tokens"),
+    ({"input": "x", "max_output_tokens": True}, "max_output_tokens"),
+    ({"input": "x", "stream": "yes"}, "stream"),
+    ({"input": "x", "tools": {"a": 1}}, "tools"),
+    ({"input": "x", "model": 7}, "model"),
+    ({"input": "x", "previous_response_id": 3}, "previous_response_id"),
+    ({"input": "x", "text": "json"}, "text"),
+]
+TRANSLATION_ONLY = [
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+    ({"input": "x", "tools": ["f"]}, "tools[0]"),
+    ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice"),
+    ({"input": [{"type": "message", "role": "robot", "content": "x"}]}, "input[0].role"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0].type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+     "input[0].content[0].image_url"),
+    ({"input": [{"role": "user", "content": 5}]}, "input[0].content"),
+    ({"input": [{"role": "user", "content": ["x"]}]}, "input[0].content[0]"),
+    ({"input": [{"type": "function_call", "name": "f", "arguments": {}}]}, "input[0].call_id"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]}, "input[0].arguments"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]}, "input[0].output"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+    ({"input": []}, "input"),
+    ({}, "input"),
+    ({"input": "x", "background": True}, "background"),
+    ({"input": "x", "text": {"format": {"type": "grammar"}}}, "text.format.type"),
+]
+
+
+@pytest.mark.parametrize("body, param", HOSTILE + TRANSLATION_ONLY)
+def test_bad_input_is_400_naming_the_field(make_client, chat_only, body, param):
+    r = client_post = make_client(RESPONSES_API="translate").post("/v1/responses", json={"model": "m", **body})
+    assert client_post.status_code == 400, r.get_data()
+    err = r.get_json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param, err
+    assert not chat_only.chat_bodies()
+
+
+@pytest.mark.parametrize("body, param", HOSTILE)
+def test_bad_types_are_400_in_passthrough_too(make_client, chat_only, body, param):
+    r = make_client(RESPONSES_API="passthrough").post("/v1/responses", json={"model": "m", **body})
+    assert r.status_code == 400 and r.get_json()["error"]["param"] == param
+    assert not chat_only.requests
+
+
+def test_huge_and_deep_input_is_400(make_client, chat_only):
+    client = make_client(RESPONSES_API="translate")
+    deep: Any = "x"
+    for _ in range(200):
+        deep = [deep]
+    r = client.post("/v1/responses", json={"model": "m", "input": deep})
+    assert r.status_code == 400
+    many = [{"role": "user", "content": "x"}] * 10_001
+    r = client.post("/v1/responses", json={"model": "m", "input": many})
+    assert r.status_code == 400 and r.get_json()["error"]["param"] == "input"
+    assert not chat_only.requests
