@@ -35,10 +35,12 @@ class DisconnectWatch:
         self._greenlet: Any = None
 
     @classmethod
-    def start(cls, environ: dict[str, Any]) -> DisconnectWatch:
+    def start(cls, environ: dict[str, Any], *, watch_client: bool = True) -> DisconnectWatch:
+        """`watch_client=False`: the body is still being streamed upstream, which would look like
+        client activity: the watch does nothing then."""
         watch = cls()
         sock = environ.get("gunicorn.socket")
-        if sock is not None and gevent_active():
+        if sock is not None and watch_client and gevent_active():
             import gevent
 
             watch._greenlet = gevent.spawn(_watch, sock, gevent.getcurrent())

@@ -15,6 +15,7 @@
     │                                   else than a ProxyError); logged with its traceback
     ├── Overloaded                  503 overloaded: no slot within QUEUE_TIMEOUT_SECONDS, or the
     │                                   limiter's Redis is down with RATE_LIMIT_FAIL_CLOSED
+    ├── Cancelled                   503 cancelled: an operator cancelled the request (`Exchange.cancel`)
     └── UpstreamError               the upstream is at fault (5xx)
         ├── UpstreamUnavailable     502 cannot connect, TLS failure
         ├── UpstreamBadResponse     502 garbage where JSON was promised, broken framing; also
@@ -26,13 +27,15 @@
 `ClientDisconnected` is not a `ProxyError`: nobody is left to answer.
 Foreign exceptions (`requests`, `urllib3`, sockets) are mapped to this tree in
 one place, the `app.upstream.mapped_errors` context manager. `register(app)` installs the single handler
-that renders every one of them as `{"error": {message, type, param, code}}`.
+that renders every one of them as `{"error": {message, type, param, code}}`. An API family with its
+own error format (Anthropic's) gives the relay an `ErrorShape`; `OPENAI_ERRORS` is the default.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
@@ -121,6 +124,12 @@ class Overloaded(ProxyError):
     code = "overloaded"
 
 
+class Cancelled(ProxyError):
+    status = 503
+    type = "server_error"
+    code = "cancelled"
+
+
 class UpstreamError(ProxyError):
     status = 502
     type = "upstream_error"
@@ -147,8 +156,23 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(error: ProxyError) -> Response:
-    return Response(json.dumps(error.envelope()), status=error.status, mimetype="application/json",
+class ErrorShape:
+    """How one API family writes the errors the proxy makes: OpenAI's envelope here;
+    a family with another format (Anthropic's) passes a subclass as `Family.errors`."""
+
+    def body(self, error: ProxyError) -> dict[str, Any]:
+        return error.envelope()
+
+    def event(self, error: ProxyError) -> bytes:
+        """The error as one raw SSE event, for a stream whose headers are already sent."""
+        return b"data: " + orjson.dumps(self.body(error)) + b"\n\n"
+
+
+OPENAI_ERRORS = ErrorShape()
+
+
+def error_response(error: ProxyError, shape: ErrorShape = OPENAI_ERRORS) -> Response:
+    return Response(json.dumps(shape.body(error)), status=error.status, mimetype="application/json",
                     headers=error.headers)
 
 

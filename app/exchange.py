@@ -7,6 +7,7 @@ Flask, so each can be tested alone with a hand-made Exchange.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ class Outcome:
     status: int = 0
     first_byte_at: float | None = None
     """When the first body byte went to the client (streams: the first event)."""
+    bytes_out: int = 0
+    """Body bytes sent to the client so far."""
     finished_at: float | None = None
     streamed: bool = False
     error: str | None = None
@@ -41,7 +44,8 @@ class Outcome:
 class Exchange:
     request_id: str
     family: str
-    """API family (`chat`, `completions`, `embeddings`, `models`, `media`, `passthrough`)."""
+    """API family this attempt speaks upstream (`chat`, `completions`, `embeddings`, `models`, `media`,
+    `passthrough`, ...); an `attempt` hook may change it (translation), the relay restores it per attempt."""
     method: str
     path: str
     """Path under `/v1/`, without the leading slash, e.g. `chat/completions`."""
@@ -61,6 +65,22 @@ class Exchange:
     usage: dict[str, Any] | None = None
     """The answer's `usage` object, when the upstream (or echo) reported one."""
     outcome: Outcome = field(default_factory=Outcome)
+    api: str = ""
+    """The API family the client spoke (`Family.name`); never changes. Defaults to `family`."""
+    cancelled: bool = False
+    """Set by `cancel()`: the relay ends the request with a `cancelled` error."""
+    interrupt: Callable[[], None] | None = field(default=None, repr=False)
+    """Set by the relay while an upstream call is open: wakes it from another greenlet or thread."""
+
+    def __post_init__(self) -> None:
+        self.api = self.api or self.family
+
+    def cancel(self) -> None:
+        """End this request from elsewhere (an operator): the upstream is closed, a stream ends
+        with an in-band `cancelled` error. Safe to call from another greenlet or thread, twice."""
+        self.cancelled = True
+        if self.interrupt is not None:
+            self.interrupt()
 
     @property
     def streaming(self) -> bool:

@@ -5,18 +5,21 @@ become our own (`app.errors`), for sending and for reading bodies alike; the
 cause is kept (`raise ... from`). Messages name the upstream by scheme, host and
 port only: never a path, query or header, which may carry a secret.
 
-`Answer` is an upstream response as the relay reads it: decoded (gzip, deflate,
+`UpstreamReply` is an upstream response as the relay reads it: decoded (gzip, deflate,
 and br / zstd when their packages are installed) or raw for pass-through, in
 bounded pieces (urllib3 caps decompressed output per read, so a compression
 bomb cannot grow a worker), with informational answers (`103 Early Hints`)
-skipped so the real status is the one relayed.
+skipped so the real status is the one relayed. Its `close()` is idempotent and
+also ends the call's disconnect watch, so the relay has one thing to close.
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO
@@ -30,6 +33,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
 from urllib3.util.request import ACCEPT_ENCODING
 
+from .disconnect import DisconnectWatch
 from .errors import (
     ClientDisconnected,
     InvalidRequest,
@@ -57,6 +61,9 @@ class Target:
     """`openai` (any OpenAI-compatible server) or `livepeer` (a BYOC gateway)."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """Sent with every request to this target, after the transforms ran."""
+    apis: Mapping[str, str] = field(default_factory=dict)
+    """Per client API this target may not speak (`messages`): `passthrough`, `translate` or `auto`
+    (the default: passed through, translated once the target answers 404/405)."""
 
     def url(self, path: str, query: str = "") -> str:
         """`path` (under the base, no leading slash) appended; never a way out of the base path."""
@@ -75,6 +82,28 @@ class Target:
         """scheme://host:port: safe to show in messages and logs."""
         parts = urlsplit(self.base_url)
         return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+class Call:
+    """One upstream call's connection, so another greenlet or thread can `abort` it at any
+    point (waiting for the first byte or mid-body): its socket is shut, the blocked read returns."""
+
+    def __init__(self) -> None:
+        self.connection: HTTPConnection | None = None
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+_CALL: ContextVar[Call | None] = ContextVar("cot_proxy_upstream_call", default=None)
+"""The `Call` being sent in this greenlet/thread; its connection registers itself there."""
 
 
 @contextmanager
@@ -140,9 +169,13 @@ class Upstream:
         url: str,
         headers: dict[str, str],
         body: bytes | IO[bytes] | Iterator[bytes] | None,
+        *,
+        watch: DisconnectWatch | None = None,
+        call: Call | None = None,
         read_timeout: float | None = None,
-    ) -> Answer:
-        """Send; the answer's body is still unread."""
+    ) -> UpstreamReply:
+        """Send; the reply's body is still unread. `watch` ends with the reply (or here, on failure);
+        `call.abort()` ends it from elsewhere."""
         timeout = (target.connect_timeout, read_timeout if read_timeout is not None else target.read_timeout)
         prepared = requests.PreparedRequest()
         prepared.method = method
@@ -151,25 +184,32 @@ class Upstream:
         prepared.body = body
         prepared.hooks = {"response": []}
         if body is not None:
-            prepared.headers["Content-Length"] = str(len(body))  # never chunked: see relay.SizedStream
+            prepared.headers["Content-Length"] = str(len(body))  # never chunked: see body.SizedStream
         elif method in ("POST", "PUT", "PATCH"):
             prepared.headers["Content-Length"] = "0"
-        with mapped_errors(target):
-            return Answer(self.adapter.send(prepared, stream=True, timeout=timeout), target)
+        token = _CALL.set(call)
+        try:
+            with mapped_errors(target):
+                return UpstreamReply(self.adapter.send(prepared, stream=True, timeout=timeout), target, watch)
+        except BaseException:
+            if watch is not None:
+                watch.stop()
+            raise
+        finally:
+            _CALL.reset(token)
 
-    def close(self) -> None:
-        self.session.close()
 
+class UpstreamReply:
+    """An upstream response whose body is read once: decoded, raw, or whole."""
 
-class Answer:
-    """An upstream response whose body the relay reads once: decoded, raw, or whole."""
-
-    def __init__(self, resp: requests.Response, target: Target) -> None:
+    def __init__(self, resp: requests.Response, target: Target, watch: DisconnectWatch | None = None) -> None:
         self.resp = resp
         self.target = target
         self.status = resp.status_code
         self.reason = resp.reason or ""
         self.headers = {k.lower(): v for k, v in resp.headers.items()}
+        self._watch = watch
+        self._closed = False
 
     def chunks(self) -> Iterator[bytes]:
         """Body bytes, content-decoded, as they arrive, whatever the framing.
@@ -189,8 +229,8 @@ class Answer:
         with mapped_errors(self.target):
             yield from self.resp.raw.stream(READ_SIZE, decode_content=False)
 
-    def read(self, limit: int, *, truncate: bool = False) -> bytes:
-        """The decoded body, at most `limit` bytes: beyond it, cut (`truncate`) or a 502."""
+    def read_all(self, limit: int, *, truncate: bool = False) -> bytes:
+        """The decoded body, at most `limit` bytes: beyond it, cut (`truncate`) or a 502. Closes."""
         parts: list[bytes] = []
         size = 0
         try:
@@ -208,7 +248,15 @@ class Answer:
         return b"".join(parts)
 
     def close(self) -> None:
-        self.resp.close()
+        """Idempotent: the connection and the disconnect watch both end here."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.resp.close()
+        finally:
+            if self._watch is not None:
+                self._watch.stop()
 
 
 class _FinalResponse(http.client.HTTPResponse):
@@ -222,11 +270,23 @@ class _FinalResponse(http.client.HTTPResponse):
             http.client._read_headers(self.fp)  # type: ignore[attr-defined]
 
 
-class _HTTPConnection(HTTPConnection):
+class _Registering:
+    """Tells the `Call` being sent which connection carries it (pooled ones included)."""
+
+    def request(self, *args: object, **kwargs: object) -> None:
+        call = _CALL.get()
+        if call is not None:
+            call.connection = self  # type: ignore[assignment]
+            if call.aborted:
+                raise ConnectionAbortedError("the call was aborted")
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPConnection(_Registering, HTTPConnection):
     response_class = _FinalResponse
 
 
-class _HTTPSConnection(HTTPSConnection):
+class _HTTPSConnection(_Registering, HTTPSConnection):
     response_class = _FinalResponse
 
 

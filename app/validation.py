@@ -14,7 +14,7 @@ Two layers:
   model name of the JSON families that have no `validate` of their own.
 
 How deep a body nests is checked before either, when the relay reads it
-(app/relay.py `read_json_object`, MAX_JSON_DEPTH). app/openapi.yaml describes
+(app/body.py `read_json_object`, MAX_JSON_DEPTH). app/openapi.yaml describes
 these checks; tests/fuzz/ holds it to them.
 """
 

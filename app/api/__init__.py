@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response
 
-from ..relay import Family, Relay
+from ..inbound import serve
+from ..relay import Family
 
 
 def relay(family: Family) -> Response:
-    r: Relay = current_app.extensions["cot_proxy.relay"]
-    return r.handle(family)
+    return serve(family)
 
 
 def init_app(app: Flask) -> None:

@@ -2,10 +2,11 @@
 
 A transform overrides only the hooks it needs; the relay calls nothing else.
 Hooks run in list order: `authenticate` (headers only, before the body is read),
-`admit` (every request, before routing), then for
-transforms whose `applies` is true, `request` on the way out and
-`response_headers`, `response_json`, `stream_event`, `stream_end` on the way
-back; finally `done` (every request, after the last byte).
+`admit` (every request, before routing), `attempt` (per attempt, once the target
+is known: may change what the attempt speaks), then for transforms whose
+`applies` is true, `request` on the way out and `resend`, `response_headers`,
+`response_json` / `error_json`, `stream_event`, `stream_end` on the way back;
+finally `done` (every request, after the last byte).
 Per-request state goes in `exchange.state[self.name]`: one transform object
 serves every request.
 """
@@ -34,6 +35,16 @@ class Transform:
         """After the body is read, before routing, for every request: raise a `ProxyError`
         to refuse it (model allow-list, strict checks, limits)."""
 
+    def attempt(self, ex: Exchange) -> None:
+        """Per attempt, once `ex.target` is set and before `applies` is asked: may set `ex.family`,
+        `ex.path`, `ex.body`, `ex.headers` to what this target speaks (the relay restores the
+        client's before each attempt)."""
+
+    def resend(self, ex: Exchange, status: int) -> bool:
+        """After an upstream answer with `status`: True sends the same attempt again (its hooks
+        re-run from the client's request), at most once per attempt."""
+        return False
+
     def request(self, ex: Exchange) -> None:
         """Edit `ex.body` / `ex.headers` before they go upstream."""
 
@@ -46,6 +57,10 @@ class Transform:
 
     def response_json(self, ex: Exchange, data: Any) -> Any:
         """Return the (possibly new) decoded JSON body of a successful answer."""
+        return data
+
+    def error_json(self, ex: Exchange, status: int, data: Any) -> Any:
+        """Return the (possibly new) JSON body of an upstream error answer (status >= 400)."""
         return data
 
     def stream_event(self, ex: Exchange, event: Event) -> Iterable[Event]:

@@ -18,6 +18,9 @@ class Pipeline:
         self.transforms = list(transforms)
         self._authenticate = [t for t in self.transforms if overrides(t, "authenticate")]
         self._admit = [t for t in self.transforms if overrides(t, "admit")]
+        self._attempt = [t for t in self.transforms if overrides(t, "attempt")]
+        self.may_resend = any(overrides(t, "resend") for t in self.transforms)
+        """Whether an attempt may be sent twice (the relay then keeps the client's body)."""
         self._done = [t for t in self.transforms if overrides(t, "done")]
 
     def authenticate(self, ex: Exchange) -> None:
@@ -27,6 +30,10 @@ class Pipeline:
     def admit(self, ex: Exchange) -> None:
         for t in self._admit:
             t.admit(ex)
+
+    def attempt(self, ex: Exchange) -> None:
+        for t in self._attempt:
+            t.attempt(ex)
 
     def done(self, ex: Exchange) -> None:
         for t in self._done:
@@ -51,6 +58,9 @@ class BoundPipeline:
         for t in self.transforms:
             t.request(self.ex)
 
+    def resend(self, status: int) -> bool:
+        return any(t.resend(self.ex, status) for t in self.transforms)
+
     def response_headers(self, status: int, headers: dict[str, str]) -> None:
         for t in self.transforms:
             t.response_headers(self.ex, status, headers)
@@ -63,6 +73,15 @@ class BoundPipeline:
         for t in self.transforms:
             data = t.response_json(self.ex, data)
         return data
+
+    def error_json(self, status: int, data: Any) -> Any:
+        for t in self.transforms:
+            data = t.error_json(self.ex, status, data)
+        return data
+
+    @property
+    def touches_errors(self) -> bool:
+        return any(overrides(t, "error_json") for t in self.transforms)
 
     @property
     def touches_stream(self) -> bool:

@@ -1,0 +1,87 @@
+"""The Flask side of a relayed request, so the relay itself never touches Flask.
+
+    flask.request -> `Exchange` + `Inbound` (body, socket) -> Relay.handle -> `Reply` -> flask.Response
+
+Blueprints call `serve(family)`. Response headers are made safe for the WSGI
+server here, the one place every relayed answer becomes a Flask response.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from flask import Response, current_app, g, request, stream_with_context
+
+from .body import RequestBody, read_json_object
+from .disconnect import DisconnectWatch
+from .exchange import Exchange
+from .relay import Family, Relay, Reply
+
+log = logging.getLogger("cot_proxy.relay")
+
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class Inbound:
+    """The client's side of one request as the relay needs it: the body, read within
+    bounds, and a watch on the client's socket."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._environ = request.environ
+        self.mimetype = request.mimetype
+        self.content_type = request.headers.get("content-type", "")
+        self.body = RequestBody(self._environ, relay.bounds)
+
+    def json_object(self) -> dict:
+        return read_json_object(self.body, self.mimetype)
+
+    def watch(self, *, watch_client: bool = True) -> DisconnectWatch:
+        return DisconnectWatch.start(self._environ, watch_client=watch_client)
+
+
+def exchange(family: Family) -> Exchange:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers["x-request-id"] = g.request_id
+    return Exchange(
+        request_id=g.request_id,
+        family=family.name,
+        method=request.method,
+        path=quote(request.path.removeprefix("/v1/"), safe=_PATH_SAFE),
+        query=request.query_string.decode("latin-1"),
+        headers=headers,
+    )
+
+
+def serve(family: Family) -> Response:
+    """Relay the current request as `family`; the done hooks run once, after the last byte."""
+    relay: Relay = current_app.extensions["cot_proxy.relay"]
+    ex = exchange(family)
+    reply = relay.handle(family, ex, lambda: Inbound(relay))
+    return to_response(relay, ex, reply)
+
+
+def to_response(relay: Relay, ex: Exchange, reply: Reply) -> Response:
+    body = stream_with_context(reply.body) if reply.streamed else reply.body
+    response = Response(body, status=reply.status, headers=safe_headers(reply.headers))
+    # Also on close: a stream the client left before it started never runs the generator.
+    response.call_on_close(lambda: relay.done(ex))
+    return response
+
+
+def safe_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Headers a WSGI server can write: a value with CR, LF, NUL or non-Latin-1 characters
+    (an upstream's, or one a step copied from the request) is dropped, never a 500."""
+    out = {}
+    for key, value in headers.items():
+        value = str(value)
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            log.warning("dropped response header %s: not Latin-1", key)
+            continue
+        if any(c in value for c in "\r\n\0"):
+            log.warning("dropped response header %s: control characters", key)
+            continue
+        out[key] = value
+    return out
