@@ -53,8 +53,8 @@ from .usage import UsageWriter, estimate_prompt_tokens, estimate_reserve, estima
 
 log = logging.getLogger("cot_proxy.guard")
 
-TOKEN_FAMILIES = frozenset({"chat", "completions", "embeddings"})
-GENERATION = frozenset({"chat", "completions"})
+TOKEN_FAMILIES = frozenset({"chat", "completions", "embeddings", "responses"})
+GENERATION = frozenset({"chat", "completions", "responses"})
 FAIL_OPEN_LOG_EVERY = 10.0
 
 try:  # metrics are optional: the observability module may or may not export the default registry

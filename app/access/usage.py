@@ -62,6 +62,15 @@ def estimate_prompt_tokens(family: str, body: Any) -> int:
                         chars += len(str(call["function"].get("arguments", "")))
                 tokens += MESSAGE_OVERHEAD + estimate_text_tokens(chars)
         return tokens
+    if family == "responses":  # OpenAI Responses: instructions, and input as a string or items
+        given = body.get("input")
+        items = given if isinstance(given, list) else [{"content": given}]
+        tokens = 3 + estimate_text_tokens(_content_chars(body.get("instructions")))
+        for item in items:
+            if isinstance(item, dict):
+                chars = sum(_content_chars(item.get(k)) for k in ("content", "output", "arguments"))
+                tokens += MESSAGE_OVERHEAD + estimate_text_tokens(chars)
+        return tokens
     if family == "completions":
         return estimate_text_tokens(_content_chars(body.get("prompt")))
     if family == "embeddings":
@@ -79,8 +88,9 @@ def estimate_reserve(family: str, body: Any, prompt: int, *, cap: int, max_n: in
     (`n`, or `best_of` for completions, at most `max_n`); at least 1 token. Held against a key's
     budget while the request runs. Without an output limit only the prompt is held."""
     completion = 0
-    if family in ("chat", "completions") and isinstance(body, dict):
-        limit = _count(body.get("max_completion_tokens")) if family == "chat" else None
+    if family in ("chat", "completions", "responses") and isinstance(body, dict):
+        key = {"chat": "max_completion_tokens", "responses": "max_output_tokens"}.get(family)
+        limit = _count(body.get(key)) if key else None
         if limit is None:
             limit = _count(body.get("max_tokens"))
         if limit is not None:

@@ -10,6 +10,7 @@ from .. import observability
 from ..access.guard import access_transforms
 from ..config import Config
 from ..livepeer.transforms import LivepeerGateway
+from ..translate.responses_steps import responses_steps
 from .base import Transform
 from .headers import HeaderScrub
 from .model_name import ModelName
@@ -24,10 +25,12 @@ __all__ = ["Transform", "Pipeline", "BoundPipeline", "build_pipeline"]
 
 def build_pipeline(config: Config) -> Pipeline:
     """The ordered list of steps; order matters (request hooks run first to last)."""
+    responses_request, responses_answer = responses_steps(config)
     return Pipeline([
         # Access first: authenticate, check and limit before anything else runs (app/access/guard.py).
         *access_transforms(config),
         HeaderScrub(),
+        responses_request,  # per attempt: /v1/responses passed through or spoken as chat completions
         LivepeerGateway(),
         SSEFilter(),
         UsageCapture(),
@@ -35,6 +38,7 @@ def build_pipeline(config: Config) -> Pipeline:
         Think(config),
         Overrides(config.llm_params),
         ModelName(),  # after every step that may rename the request
+        responses_answer,  # chat answers back into Responses objects and events (reasoning already split)
         # Observability last: it only reads, and must see answers as the client gets them.
         *observability.pipeline_steps(config),
     ])
