@@ -1,4 +1,4 @@
-"""Who is calling: `Authorization: Bearer <credential>` -> an `Identity`, or 401.
+"""Who is calling: `Authorization: Bearer <credential>` (or `x-api-key: <credential>`) -> an `Identity`, or 401.
 
 Order: a fixed `GATEWAY_BEARER_TOKEN` (constant-time comparison against
 every configured token), then a virtual key (`sk-cp-…`, looked up by its
@@ -58,6 +58,12 @@ def bearer(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() != "bearer" or not credential.strip():
         return None
     return credential.strip()
+
+
+def credential_of(headers: Mapping[str, str]) -> str | None:
+    """`Authorization: Bearer <key>`, else Anthropic's `x-api-key: <key>` (what its SDKs and Claude
+    Code send). With both, the Bearer one counts."""
+    return bearer(headers) or headers.get("x-api-key", "").strip() or None
 
 
 def _claim_int(claims: Mapping[str, Any], name: str) -> int | None:
@@ -128,10 +134,11 @@ class Authenticator:
     def authenticate(self, headers: Mapping[str, str]) -> Identity:
         if not self.enabled:
             return ANONYMOUS
-        credential = bearer(headers)
+        credential = credential_of(headers)
         if credential is None:
             raise AuthenticationError(
-                "Missing API key: send 'Authorization: Bearer <key>'.", headers={"WWW-Authenticate": "Bearer"}
+                "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
+                headers={"WWW-Authenticate": "Bearer"},
             )
         identity = self._static(credential)
         if identity is None and self.settings.virtual_keys and credential.startswith(KEY_PREFIX):

@@ -43,7 +43,7 @@ class Provider:
                     base_url=b.base_url, api_key=b.api_key or spec.api_key,
                     connect_timeout=spec.connect_timeout_seconds or connect_timeout,
                     read_timeout=spec.timeout_seconds or read_timeout,
-                    name=spec.name, kind=self.kind,
+                    name=spec.name, kind=self.kind, apis=spec.apis,
                 ),
                 weight=b.weight, failure_threshold=spec.failure_threshold, cooldown_seconds=spec.cooldown_seconds,
             )
