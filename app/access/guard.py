@@ -53,8 +53,8 @@ from .usage import UsageWriter, estimate_prompt_tokens, estimate_reserve, estima
 
 log = logging.getLogger("cot_proxy.guard")
 
-TOKEN_FAMILIES = frozenset({"chat", "completions", "embeddings", "responses"})
-GENERATION = frozenset({"chat", "completions", "responses"})
+TOKEN_FAMILIES = frozenset({"chat", "completions", "embeddings", "messages", "responses"})
+GENERATION = frozenset({"chat", "completions", "messages", "responses"})
 FAIL_OPEN_LOG_EVERY = 10.0
 
 try:  # metrics are optional: the observability module may or may not export the default registry
@@ -239,6 +239,7 @@ class AccessGuard(Transform):
     def request(self, ex: Exchange) -> None:
         if self.settings.auth_enabled:
             ex.headers.pop("authorization", None)  # the relay adds the provider's key after this
+            ex.headers.pop("x-api-key", None)  # the same credential, Anthropic's way
 
     def response_headers(self, ex: Exchange, status: int, headers: dict[str, str]) -> None:
         state = ex.state.get(self.name)

@@ -39,6 +39,8 @@ def _content_chars(content: Any) -> int:
                 n += CHARS_PER_TOKEN  # a token id
             elif isinstance(part, dict) and isinstance(part.get("text"), str):
                 n += len(part["text"])
+            elif isinstance(part, dict) and part.get("type") in ("tool_use", "tool_result"):  # Anthropic blocks
+                n += len(str(part.get("input", ""))) + _content_chars(part.get("content"))
             elif isinstance(part, list):
                 n += _content_chars(part)
         return n
@@ -61,6 +63,13 @@ def estimate_prompt_tokens(family: str, body: Any) -> int:
                     if isinstance(call, dict) and isinstance(call.get("function"), dict):
                         chars += len(str(call["function"].get("arguments", "")))
                 tokens += MESSAGE_OVERHEAD + estimate_text_tokens(chars)
+        return tokens
+    if family == "messages":  # Anthropic: the system prompt apart, content as blocks
+        messages = body.get("messages")
+        tokens = 3 + estimate_text_tokens(_content_chars(body.get("system")))
+        for m in messages if isinstance(messages, list) else ():
+            if isinstance(m, dict):
+                tokens += MESSAGE_OVERHEAD + estimate_text_tokens(_content_chars(m.get("content")))
         return tokens
     if family == "responses":  # OpenAI Responses: instructions, and input as a string or items
         given = body.get("input")
@@ -88,7 +97,7 @@ def estimate_reserve(family: str, body: Any, prompt: int, *, cap: int, max_n: in
     (`n`, or `best_of` for completions, at most `max_n`); at least 1 token. Held against a key's
     budget while the request runs. Without an output limit only the prompt is held."""
     completion = 0
-    if family in ("chat", "completions", "responses") and isinstance(body, dict):
+    if family in ("chat", "completions", "messages", "responses") and isinstance(body, dict):
         key = {"chat": "max_completion_tokens", "responses": "max_output_tokens"}.get(family)
         limit = _count(body.get(key)) if key else None
         if limit is None:

@@ -13,7 +13,7 @@ def relay(family: Family) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    from . import chat, completions, embeddings, media, models, passthrough, rerank, responses, video
+    from . import chat, completions, embeddings, media, messages, models, passthrough, rerank, responses, video
 
-    for module in (chat, completions, embeddings, models, rerank, media, video, responses, passthrough):
+    for module in (chat, completions, embeddings, models, rerank, media, video, messages, responses, passthrough):
         app.register_blueprint(module.bp)

@@ -10,6 +10,7 @@ from .. import observability
 from ..access.guard import access_transforms
 from ..config import Config
 from ..livepeer.transforms import LivepeerGateway
+from ..translate.messages_steps import MessagesRequest, MessagesResponse
 from ..translate.responses_steps import responses_steps
 from .base import Transform
 from .headers import HeaderScrub
@@ -30,6 +31,7 @@ def build_pipeline(config: Config) -> Pipeline:
         # Access first: authenticate, check and limit before anything else runs (app/access/guard.py).
         *access_transforms(config),
         HeaderScrub(),
+        MessagesRequest(),  # per attempt: /v1/messages passed through or spoken as chat completions
         responses_request,  # per attempt: /v1/responses passed through or spoken as chat completions
         LivepeerGateway(),
         SSEFilter(),
@@ -38,6 +40,7 @@ def build_pipeline(config: Config) -> Pipeline:
         Think(config),
         Overrides(config.llm_params),
         ModelName(),  # after every step that may rename the request
+        MessagesResponse(),  # chat answers back into Anthropic's shape, once every chat step is done
         responses_answer,  # chat answers back into Responses objects and events (reasoning already split)
         # Observability last: it only reads, and must see answers as the client gets them.
         *observability.pipeline_steps(config),
