@@ -72,11 +72,13 @@ function overview() {
   async function draw() {
     const d = await api("overview?span=" + span);
     const pts = d.points;
-    const last = pts.length ? pts[pts.length - 1] : {};
+    // "Now" is the last closed step (the open one may hold a second of traffic), else the open one.
+    const closed = pts.filter((p) => !p.partial);
+    const last = closed.length ? closed[closed.length - 1] : (pts.length ? pts[pts.length - 1] : {});
     tiles.replaceChildren(
       tile("Requests in flight", fmt(d.requests_active), "tile-active"),
       tile("Streams open", fmt(d.streams_active), "tile-streams"),
-      tile("Requests/s", fmt(last.rps, 2), "tile-rps"),
+      tile("Requests/s (last step)", fmt(last.rps, 2), "tile-rps"),
       tile("Error rate", last.error_rate === undefined ? "–" : fmt(last.error_rate * 100, 1) + " %", "tile-errors"),
       tile("p50 / p99 latency", fmt(last.p50_ms, 0) + " / " + fmt(last.p99_ms, 0) + " ms", "tile-latency"),
       tile("TTFC p50", fmt(last.ttfc_p50_ms, 0) + " ms", "tile-ttfc"),
