@@ -1,19 +1,22 @@
-"""Gunicorn settings, read from the environment.
+"""Gunicorn settings, read from the environment through the app's own `Config`.
 
-Do not import `requests`, `app` or anything that imports `ssl` here: the gevent
-worker monkey-patches at worker start, and modules imported earlier (in the
-master) would keep their blocking versions.
+Only `app.config`, `app.listen` and `app.observability.gunicorn_hooks` are imported
+here: they (and `app/__init__.py`) are standard-library only, so nothing that opens
+sockets or loads `ssl` is imported in the master before gevent patches each worker.
 """
 
-import importlib
 import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-import types
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the app package beside this file
+
+from app.config import Config, ConfigError  # noqa: E402
+from app.observability import gunicorn_hooks as _obs  # noqa: E402
 
 
 def _env(name: str, default: str) -> str:
@@ -29,54 +32,18 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"cot-proxy: configuration error: {name}={raw!r}: not an integer") from None
 
 
-def _private_app(name: str) -> str:
-    """The app/ folder as a package called `name`, without running app/__init__.py
-    (which imports Flask, requests and ssl). Modules loaded through it stay free
-    of sockets and TLS, so nothing is imported before gevent patches the workers."""
-    package = types.ModuleType(name)
-    package.__path__ = [str(Path(__file__).with_name("app"))]
-    sys.modules[name] = package
-    return name
-
-
-def _check_app_config() -> None:
-    """Validate the app's environment once, in the master: a bad value stops
-    start-up with one line instead of workers failing over and over. The
-    modules are forgotten afterwards; workers import the app fresh."""
-    name = _private_app("_cot_proxy_config_check")
+def _config() -> Config:
+    """The app's configuration, validated once here in the master: a bad value stops start-up
+    with one line instead of workers failing over and over (each worker reads it again)."""
     try:
-        module = importlib.import_module(name + ".config")
-        try:
-            module.Config.from_env()
-        except module.ConfigError as exc:
-            raise SystemExit(f"cot-proxy: configuration error: {exc}") from None
-    finally:
-        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-            del sys.modules[key]
-
-
-_check_app_config()
-
-
-def _master_module(name: str) -> types.ModuleType:
-    """app/<name>.py (standard library only at import) under the private package
-    `_cot_proxy_master`, kept loaded: the master uses it."""
-    if "_cot_proxy_master" not in sys.modules:
-        _private_app("_cot_proxy_master")
-    return importlib.import_module("_cot_proxy_master." + name)
-
-
-def _bind() -> str:
-    """app/listen.py's rule (HOST, GATEWAY_HOST, PROXY_ADDR; PORT, GATEWAY_PORT, PROXY_ADDR),
-    the same one Config and the Docker HEALTHCHECK follow. After _check_app_config, so `.env` counts."""
-    listen = _master_module("listen")
-    try:
-        return listen.bind(os.environ)
-    except listen.ListenAddressError as exc:
+        return Config.from_env()
+    except ConfigError as exc:
         raise SystemExit(f"cot-proxy: configuration error: {exc}") from None
 
 
-bind = _bind()
+# app/listen.py's rule (HOST, GATEWAY_HOST, PROXY_ADDR; PORT, GATEWAY_PORT, PROXY_ADDR), as Config
+# and the Docker HEALTHCHECK (`python -P app/listen.py --probe`) read it.
+bind = _config().bind
 
 WORKER_CLASSES = {
     "gevent": "gevent", "gunicorn.workers.ggevent.GeventWorker": "gevent",
@@ -132,15 +99,8 @@ preload_app = False
 control_socket_disable = True
 
 
-def _observability() -> types.ModuleType:
-    """app/observability/gunicorn_hooks.py (standard library only at import), kept
-    loaded: the master calls its hooks."""
-    return _master_module("observability.gunicorn_hooks")
-
-
 # Metrics summed over workers (PROMETHEUS_MULTIPROC_DIR), the OBSERVABILITY_PORT
 # listener in the master, and Gunicorn's own lines in LOG_FORMAT.
-_obs = _observability()
 logger_class = _obs.logger_class()
 child_exit = _obs.child_exit
 post_fork = _obs.post_fork

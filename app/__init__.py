@@ -1,28 +1,38 @@
 """cot-proxy: an OpenAI-compatible reverse proxy. `create_app` builds it.
 
-    request -> request_id -> blueprint (family) -> relay: validate -> route
-            -> transforms.request -> upstream -> transforms.response_* -> client
+    request -> guard -> route -> transform request -> upstream -> transform response -> client
+    (app/inbound.py -> app/relay.py; docs/architecture.md)
+
+Importing this package imports nothing else: `app.config` and `app.listen` stay
+standard-library only, so gunicorn.conf.py uses them in the master before gevent
+patches the workers; Flask, requests and the rest load in `create_app`.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from . import access, api, discovery, errors, observability, openapi, paths, probes, request_id
-from .config import Config
-from .probes import HealthCheck
-from .relay import Relay
-from .routing.router import Router
-from .transforms import build_pipeline
-from .upstream import Upstream
+    from .config import Config
 
 log = logging.getLogger("cot_proxy")
 
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the app. `config=None` reads the environment (and `.env`)."""
+    from flask import Flask
+
+    from . import access, api, discovery, errors, observability, openapi, paths, probes, request_id
+    from .config import Config
+    from .probes import HealthCheck
+    from .relay import Relay
+    from .routing.router import Router
+    from .transforms import build_pipeline
+    from .upstream import Upstream
+
     config = config or Config.from_env()
     app = Flask("cot_proxy")
     app.config["COT"] = config

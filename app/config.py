@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from .access.settings import AccessSettings
 from .bounds import Bounds
 from .envparse import ConfigError, boolean, choice, number, text, url
-from .listen import ListenAddressError, listen_address
+from .listen import ListenAddressError, join_address, listen_address
 from .livepeer.settings import LivepeerSettings
 from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, parse_llm_params
 from .observability.settings import ObservabilitySettings
@@ -112,6 +112,11 @@ class Config:
     """Logs, metrics, completion sinks and tracing (app/observability/settings.py)."""
     extra: dict[str, str] = field(default_factory=dict, repr=False)
     """The raw environment, for subsystems that read their own variables once at init."""
+
+    @property
+    def bind(self) -> str:
+        """Gunicorn's `bind` for `host` and `port`."""
+        return join_address(self.host, self.port)
 
     @property
     def echo_mode(self) -> bool:

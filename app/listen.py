@@ -83,20 +83,20 @@ def listen_address(env: Mapping[str, str]) -> tuple[str, int]:
     return host, port
 
 
-def _join(host: str, port: int) -> str:
+def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def bind(env: Mapping[str, str]) -> str:
     """Gunicorn's `bind`: `host:port`, or `[v6]:port`."""
-    return _join(*listen_address(env))
+    return join_address(*listen_address(env))
 
 
 def probe_url(env: Mapping[str, str], path: str = "/healthz") -> str:
     """A URL that reaches the listener from the same machine (wildcard hosts -> loopback)."""
     host, port = listen_address(env)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://{_join(host, port)}{path}"
+    return f"http://{join_address(host, port)}{path}"
 
 
 def probe(env: Mapping[str, str], timeout: float = 4.0) -> int:
