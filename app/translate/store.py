@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from ..envparse import integer, number
+from ..envparse import ConfigError, integer, number
 
 log = logging.getLogger("cot_proxy.translate")
 
@@ -223,11 +223,15 @@ class RedisResponseStore(ResponseStore):
 def make_store(env: Mapping[str, str], redis_url: str | None, redis_prefix: str, redis_timeout: float,
                shared_dir: str | None) -> ResponseStore:
     """The store this process uses (Redis, a file shared by this host's workers, or memory)."""
-    bounds = {
-        "max_items": integer(env, "RESPONSES_STORE_MAX_ITEMS", MAX_ITEMS, low=1),
-        "max_bytes": integer(env, "RESPONSES_STORE_MAX_BYTES", MAX_BYTES, low=1024),
-        "ttl": number(env, "RESPONSES_STORE_TTL_SECONDS", TTL_SECONDS),
-    }
+    try:
+        bounds = {
+            "max_items": integer(env, "RESPONSES_STORE_MAX_ITEMS", MAX_ITEMS, low=1),
+            "max_bytes": integer(env, "RESPONSES_STORE_MAX_BYTES", MAX_BYTES, low=1024),
+            "ttl": number(env, "RESPONSES_STORE_TTL_SECONDS", TTL_SECONDS, positive=True),
+        }
+    except ConfigError as exc:  # read in the worker: raising would only restart workers in a loop
+        log.error("configuration error: %s; using the default response store bounds", exc)
+        bounds = {"max_items": MAX_ITEMS, "max_bytes": MAX_BYTES, "ttl": TTL_SECONDS}
     if redis_url:
         return RedisResponseStore(redis_url, redis_prefix, redis_timeout, **bounds)
     if shared_dir:

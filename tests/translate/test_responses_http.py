@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.chat_only_upstream import ChatAnswer, ChatOnlyUpstream, ToolCall
-from tests.fakes.openai_upstream import json_reply, sse_reply
+from tests.fakes.openai_upstream import chat_chunk, json_reply, sse_reply
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -23,7 +23,8 @@ def events_of(body: bytes) -> list[dict[str, Any]]:
     for block in blocks:
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
         data = json.loads(lines["data"])
-        assert lines.get("event") == data["type"], block
+        if "type" in data:
+            assert lines.get("event") == data["type"], block
         out.append(data)
     return out
 
@@ -292,3 +293,34 @@ def test_huge_and_deep_input_is_400(make_client, chat_only):
     r = client.post("/v1/responses", json={"model": "m", "input": many})
     assert r.status_code == 400 and r.get_json()["error"]["param"] == "input"
     assert not chat_only.requests
+
+
+def test_stream_broken_off_ends_failed(make_client, chat_only):
+    """The upstream drops mid-answer: open items end incomplete, response.failed, then the error event."""
+    chunks = [chat_chunk(role="assistant", content=""), chat_chunk("Half an"), chat_chunk(" answer")]
+    chat_only.enqueue(sse_reply(chunks, done=False, drop_after=2))
+    r = create(make_client(RESPONSES_API="translate"), input="hi", stream=True)
+    events = events_of(r.get_data())
+    types = [e.get("type") for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"] and "response.completed" not in types
+    failed = next(e for e in events if e.get("type") == "response.failed")
+    assert failed["response"]["status"] == "failed" and failed["response"]["error"]["message"]
+    assert [o["status"] for o in failed["response"]["output"]] == ["incomplete"]
+    assert events[-1]["error"]["type"] == "upstream_error"  # the relay's in-band error, last
+
+
+def test_upstream_error_chunk_in_stream(make_client, chat_only):
+    err = {"error": {"message": "model overloaded", "type": "server_error", "param": None, "code": None}}
+    chat_only.enqueue(sse_reply([chat_chunk(role="assistant", content=""), chat_chunk("x"), err]))
+    events = events_of(create(make_client(RESPONSES_API="translate"), input="hi", stream=True).get_data())
+    failed = next(e for e in events if e.get("type") == "response.failed")
+    assert failed["response"]["error"]["message"] == "model overloaded"
+    assert events[-1] == err and "response.completed" not in [e.get("type") for e in events]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_error_status_passes_in_openai_shape(make_client, chat_only, stream):
+    chat_only.answer(ChatAnswer(status=400, error={"error": {"message": "context too long", "type":
+                                                             "invalid_request_error", "param": None, "code": None}}))
+    r = create(make_client(RESPONSES_API="translate"), input="hi", stream=stream)
+    assert r.status_code == 400 and r.get_json()["error"]["message"] == "context too long"

@@ -1,0 +1,128 @@
+"""The response store's bounds (items, bytes, TTL), owner scoping, and its three forms."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from app.translate.store import FileResponseStore, MemoryResponseStore, RedisResponseStore, ResponseStore, make_store
+from tests.support import TEST_REDIS_URL, redis_or_skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "file", "redis"])
+def make(request, tmp_path) -> Iterator[Callable[..., ResponseStore]]:
+    made: list[ResponseStore] = []
+    prefix = f"cot-proxy-test:{uuid.uuid4().hex[:12]}:"
+
+    def build(**kw) -> ResponseStore:
+        if request.param == "memory":
+            store: ResponseStore = MemoryResponseStore(**kw)
+        elif request.param == "file":
+            store = FileResponseStore(str(tmp_path), **kw)
+        else:
+            redis_or_skip()
+            kw.pop("clock", None)  # Redis keeps its own time
+            store = RedisResponseStore(TEST_REDIS_URL, prefix, 2.0, **kw)
+        made.append(store)
+        return store
+
+    yield build
+    if request.param == "redis":
+        client = redis_or_skip()
+        for key in client.scan_iter(prefix + "*"):
+            client.delete(key)
+
+
+def test_put_get_delete_scoped_to_owner(make):
+    store = make()
+    assert store.put("resp_1", "alice", {"response": {"id": "resp_1"}, "messages": [{"role": "user"}]})
+    assert store.get("resp_1", "alice")["response"] == {"id": "resp_1"}
+    assert store.get("resp_1", "bob") is None
+    assert not store.delete("resp_1", "bob")
+    assert store.delete("resp_1", "alice") and store.get("resp_1", "alice") is None
+
+
+def test_too_large_is_not_kept(make):
+    store = make(max_bytes=2048)
+    assert not store.put("big", "a", {"response": {"text": "x" * 4096}})
+    assert store.get("big", "a") is None
+
+
+def test_item_cap_drops_least_recently_used(make, request):
+    if "redis" in request.node.callspec.id:
+        pytest.skip("Redis bounds records by TTL (and its own maxmemory policy), not by count")
+    clock = Clock()
+    store = make(max_items=3, clock=clock)
+    for i in range(3):
+        clock.now += 1
+        store.put(f"r{i}", "a", {"n": i})
+    clock.now += 1
+    store.get("r0", "a")  # used: r1 is now the oldest
+    clock.now += 1
+    store.put("r3", "a", {"n": 3})
+    assert [store.get(f"r{i}", "a") is not None for i in range(4)] == [True, False, True, True]
+
+
+def test_byte_cap(make, request):
+    if "redis" in request.node.callspec.id:
+        pytest.skip("Redis bounds records by TTL")
+    clock = Clock()
+    store = make(max_bytes=3000, clock=clock)
+    for i in range(5):
+        clock.now += 1
+        assert store.put(f"r{i}", "a", {"text": "y" * 1000})
+    kept = [i for i in range(5) if store.get(f"r{i}", "a") is not None]
+    assert kept == [3, 4]
+
+
+def test_ttl(make, request):
+    if "redis" in request.node.callspec.id:
+        pytest.skip("Redis expiry is its own (SET EX); checked by test_redis_sets_the_ttl")
+    clock = Clock()
+    store = make(ttl=60, clock=clock)
+    store.put("r", "a", {"n": 1})
+    clock.now += 59
+    assert store.get("r", "a") is not None
+    clock.now += 2
+    assert store.get("r", "a") is None
+
+
+def test_redis_sets_the_ttl():
+    client = redis_or_skip()
+    prefix = f"cot-proxy-test:{uuid.uuid4().hex[:12]}:"
+    store = RedisResponseStore(TEST_REDIS_URL, prefix, 2.0, ttl=120)
+    store.put("r", "a", {"n": 1})
+    try:
+        assert 0 < client.ttl(prefix + "response:r") <= 120
+    finally:
+        client.delete(prefix + "response:r")
+
+
+def test_redis_down_is_a_miss_not_an_error():
+    store = RedisResponseStore("redis://127.0.0.1:1/0", "x:", 0.2)
+    assert not store.put("r", "a", {"n": 1})
+    assert store.get("r", "a") is None
+
+
+def test_make_store_picks_the_form(tmp_path):
+    assert make_store({}, None, "p:", 0.2, None).kind == "memory"
+    assert make_store({}, None, "p:", 0.2, str(tmp_path)).kind == "file"
+    assert make_store({}, "redis://127.0.0.1:6379/15", "p:", 0.2, str(tmp_path)).kind == "redis"
+    bounded = make_store({"RESPONSES_STORE_MAX_ITEMS": "5", "RESPONSES_STORE_TTL_SECONDS": "30"}, None, "p:", 0.2,
+                         None)
+    assert (bounded.max_items, bounded.ttl) == (5, 30.0)
+
+
+def test_bad_bounds_fall_back_to_the_defaults():
+    store = make_store({"RESPONSES_STORE_MAX_ITEMS": "lots"}, None, "p:", 0.2, None)
+    assert store.max_items == 1000
