@@ -303,3 +303,40 @@ def test_x_api_key_is_a_credential_and_never_forwarded(make_client, chat_only, h
         return
     sent = chat_only.requests[0].headers
     assert "x-api-key" not in sent and TOKEN not in json.dumps(sent)
+
+
+def test_upstream_in_band_error_becomes_an_error_event(make_client, chat_only):
+    chunk = (b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+             b'"delta":{"content":"Hal"},"finish_reason":null}]}\n\n')
+    error = b'data: {"error": {"message": "KV cache full", "type": "server_error"}}\n\n'
+    chat_only.enqueue(Reply(headers={"Content-Type": "text/event-stream"}, parts=[chunk, error, chunk,
+                                                                                   b"data: [DONE]\n\n"]))
+    resp = make_client(MESSAGES_API="translate").post("/v1/messages", json={**BODY, "stream": True})
+    events = [(n, d) for n, d in events_of(resp.get_data(as_text=True)) if n is not None]
+    assert events[-1] == ("error", {"type": "error", "error": {"type": "api_error", "message": "KV cache full"}})
+    assert [n for n, _ in events].count("content_block_delta") == 1  # nothing after the error
+
+
+# -- configuration ----------------------------------------------------------------------------------------------
+
+
+def test_provider_messages_switch_in_the_config_file(tmp_path, chat_only):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"providers:\n  local:\n    base_url: {chat_only.base_url}\n    messages: translate\n")
+    config = Config.from_env({"COT_PROXY_CONFIG": str(path)})
+    assert config.routing.providers["local"].apis == {"messages": "translate"}
+    resp = create_app(config).test_client().post("/v1/messages", json={**BODY, "model": "local/m"})
+    assert resp.status_code == 200 and resp.get_json()["model"] == "local/m"
+    assert [r.path for r in chat_only.requests] == ["/v1/chat/completions"]
+    assert chat_only.chat_bodies()[0]["model"] == "m"
+
+
+def test_bad_messages_switch_stops_start_up(tmp_path):
+    from app.envparse import ConfigError
+
+    with pytest.raises(ConfigError, match="MESSAGES_API"):
+        Config.from_env({"TARGET_BASE_URL": "http://127.0.0.1:9/v1/", "MESSAGES_API": "sometimes"})
+    path = tmp_path / "config.yaml"
+    path.write_text("providers:\n  local:\n    base_url: http://127.0.0.1:9/v1/\n    messages: maybe\n")
+    with pytest.raises(ConfigError, match="providers.local.messages"):
+        Config.from_env({"COT_PROXY_CONFIG": str(path)})
