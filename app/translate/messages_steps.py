@@ -37,6 +37,8 @@ MAX_LEARNED = 4096
 CLIENT_ONLY_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta",
                        "anthropic-dangerous-direct-browser-access")
 """Anthropic's headers: meaningless to a chat server, and `x-api-key` is a credential."""
+QUERY = "messages_request.query"
+"""`ex.state` key of the client's query string, kept across attempts."""
 
 
 def target_mode(target: Any) -> str:
@@ -90,9 +92,13 @@ class MessagesRequest(Transform):
         mode = target_mode(ex.target)
         if mode == "auto":
             mode = self.learned(ex.target) or "probe"
+        # The client's query (Claude Code sends `?beta=true`) is for a Messages server only.
+        query = ex.query = ex.state.setdefault(QUERY, ex.query)
         if mode != "translate":
             ex.state[self.name] = MessagesState(translate=False, probing=mode == "probe")
             return
+        if query:
+            ex.query = ""
         body = ex.body
         ex.state[self.name] = MessagesState(
             translate=True, thinking=m.thinking_enabled(body), stops=tuple(body.get("stop_sequences") or ()),

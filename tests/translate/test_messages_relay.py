@@ -340,3 +340,12 @@ def test_bad_messages_switch_stops_start_up(tmp_path):
     path.write_text("providers:\n  local:\n    base_url: http://127.0.0.1:9/v1/\n    messages: maybe\n")
     with pytest.raises(ConfigError, match="providers.local.messages"):
         Config.from_env({"COT_PROXY_CONFIG": str(path)})
+
+
+def test_query_goes_only_to_a_messages_server(upstream: FakeUpstream):
+    """Claude Code asks for `/v1/messages?beta=true`: a chat server gets no query, a Messages server all of it."""
+    client = create_app(Config.from_env({"TARGET_BASE_URL": upstream.base_url})).test_client()
+    upstream.enqueue(json_reply({"error": {"message": "no such route"}}, status=404))
+    resp = client.post("/v1/messages?beta=true", json=BODY)
+    assert resp.status_code == 200 and resp.get_json()["type"] == "message"
+    assert [r.path for r in upstream.requests] == ["/v1/messages?beta=true", "/v1/chat/completions"]
