@@ -12,6 +12,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,7 +28,40 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 MAX_COOKIE_CHARS = 200
 
+LOGIN_FAILURES = 10
+LOGIN_WINDOW_SECONDS = 60.0
+"""At most LOGIN_FAILURES wrong tokens per client address and window, per worker: then 429 until it slides."""
+MAX_TRACKED_CLIENTS = 10_000
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LoginThrottle:
+    """Wrong tokens per client address in a sliding window (per worker: a guesser spread over workers
+    gets LOGIN_FAILURES x workers tries a minute, still nothing against a 16+ character token)."""
+
+    def __init__(self, limit: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW_SECONDS) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str, now: float | None = None) -> float:
+        """Seconds until `client` may try again (0: now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = [t for t in self._failures.get(client, ()) if now - t < self.window]
+            if times:
+                self._failures[client] = times
+            else:
+                self._failures.pop(client, None)
+            return 0.0 if len(times) < self.limit else max(0.1, self.window - (now - times[0]))
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._failures) >= MAX_TRACKED_CLIENTS and client not in self._failures:
+                self._failures.pop(next(iter(self._failures)))  # bounded: the oldest client goes
+            self._failures.setdefault(client, []).append(now)
 
 
 def _key(token: str) -> bytes:

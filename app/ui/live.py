@@ -96,7 +96,7 @@ class LiveRequests(Transform):
     # -- the transform --------------------------------------------------------
 
     def admit(self, ex: Exchange) -> None:
-        identity = (ex.state.get("access") or {}).get("identity")
+        identity = ex.identity
         credential = ex.headers.get("authorization") or ex.headers.get("x-api-key") or ex.headers.get("api-key")
         live_id = f"{self.pid}-{next(self._ids)}"
         info = {"id": live_id, "request_id": ex.request_id, "api": ex.api or ex.family, "method": ex.method,

@@ -8,25 +8,28 @@ endpoint's JSON.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, render_template, request
 
 from ..access.api import admin_allowlist, find_guard
-from ..clientip import guard_blueprint
+from ..clientip import client_text, guard_blueprint
 from ..errors import InvalidRequest, NotFound
 from . import auth, data
 from .keys import parse_limits, parse_models, update_limits
 from .live import LiveRequests
 from .timeseries import Sampler
 
+log = logging.getLogger("cot_proxy.ui")
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static",
                static_url_path="/static")
 guard_blueprint(bp, admin_allowlist)  # ADMIN_ALLOWED_IPS: others get 403 ip_not_allowed, login page too
 
 PAGES = (("overview", "Overview"), ("backends", "Backends"), ("keys", "Keys"), ("live", "Live"), ("config", "Config"))
 SAMPLER = "cot_proxy.ui.sampler"
+THROTTLE = "cot_proxy.ui.login_throttle"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 
@@ -91,7 +94,16 @@ def login_post() -> Response:
     nonce = request.cookies.get(auth.LOGIN_COOKIE)
     if not auth.csrf_ok(nonce, request.form.get(auth.CSRF_FIELD), "login"):
         return _login_form(403, "The form expired or came from elsewhere: please try again.")
+    throttle: auth.LoginThrottle = current_app.extensions[THROTTLE]
+    client = client_text(request, current_app.config["COT"].access.trusted_proxies) or "unknown"
+    wait = throttle.retry_after(client)
+    if wait:
+        response = _login_form(429, f"Too many wrong tokens: try again in {int(wait) + 1} s.")
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
     if not auth.token_matches(request.form.get("token", "")):
+        throttle.failed(client)
+        log.warning("console: wrong ADMIN_TOKEN at the login from %s", client)
         return _login_form(401, "That is not the ADMIN_TOKEN.")
     response = redirect(_safe_next(request.form.get("next")), code=303)
     auth.set_cookie(response, auth.SESSION_COOKIE, auth.new_session(), auth.SESSION_SECONDS)
@@ -259,6 +271,7 @@ def api_config() -> Response:
 
 def register(app: Flask, config: Any) -> None:
     app.register_blueprint(bp)
+    app.extensions[THROTTLE] = auth.LoginThrottle()
     sampler = app.extensions[SAMPLER] = Sampler(_families)
     sampler.start()
     router = app.extensions.get("cot_proxy.router")

@@ -250,3 +250,32 @@ def test_pages_have_labels_and_landmarks(admin, page: str) -> None:
             continue
         ident = re.search(r'id="([^"]+)"', attrs).group(1)
         assert f'for="{ident}"' in body, f"{page}: input {ident} has no label"
+
+
+def test_wrong_tokens_are_throttled(ui_app) -> None:
+    client = ui_app.test_client()
+    statuses = [login(client, f"wrong-token-{i:02d}-0123456789")[0] for i in range(auth.LOGIN_FAILURES + 1)]
+    assert statuses == [401] * auth.LOGIN_FAILURES + [429]
+    page = client.get("/ui/login")
+    csrf = CSRF_FIELD.search(page.get_data(as_text=True)).group(1)
+    r = client.post("/ui/login", data={"token": ADMIN, "csrf_token": csrf})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1  # the right token waits too
+
+
+def test_echo_mode_with_embedded_state_only(tmp_path: Path) -> None:
+    """No upstream, no Redis: every page and endpoint answers; Backends says echo mode; Live shows echo."""
+    app = create_app(ui_config(None, tmp_path / "k.db"))
+    client = app.test_client()
+    _, csrf = login(client)
+    key = client.post("/ui/api/keys", json={"name": "echo"}, headers={"X-CSRF-Token": csrf}).get_json()["key"]
+    r = client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200
+    r.close()
+    for page in ("/ui/", "/ui/backends", "/ui/keys", "/ui/live", "/ui/config"):
+        assert client.get(page).status_code == 200, page
+    assert client.get("/ui/api/backends").get_json() == {"workers": 1, "providers": [], "echo_mode": True}
+    assert client.get("/ui/api/overview").get_json()["totals"]["requests"] >= 1
+    assert client.get("/ui/api/live").get_json()["requests"] == []
+    assert client.get("/ui/api/config").status_code == 200
+    app.extensions["cot_proxy.ui.sampler"].stop()
