@@ -6,7 +6,7 @@ the list below. The relay never needs to change.
 
 from __future__ import annotations
 
-from .. import observability
+from .. import observability, ui
 from ..access.guard import access_transforms
 from ..config import Config
 from ..livepeer.transforms import LivepeerGateway
@@ -44,4 +44,5 @@ def build_pipeline(config: Config) -> Pipeline:
         responses_answer,  # chat answers back into Responses objects and events (reasoning already split)
         # Observability last: it only reads, and must see answers as the client gets them.
         *observability.pipeline_steps(config),
+        *ui.pipeline_steps(config),  # the console's live-request registry (reads only; off without ADMIN_TOKEN)
     ])
