@@ -53,9 +53,9 @@ def _not_stored(ex: Exchange) -> Response:
     raise NotFound(f"No response with id '{_response_id(ex)}' found.", code="response_not_found")
 
 
-RESPONSES = Family("responses", json_body=True, parse_response=True, validate=rs.validate)
-RETRIEVE = Family("responses", local=stored, echo=_not_stored)
-DELETE = Family("responses", local=deleted, echo=_not_stored)
+RESPONSES = Family("responses", json_body=True, parse_response=True, validate=rs.validate, errors=rs.RESPONSES_ERRORS)
+RETRIEVE = Family("responses", local=stored, echo=_not_stored, errors=rs.RESPONSES_ERRORS)
+DELETE = Family("responses", local=deleted, echo=_not_stored, errors=rs.RESPONSES_ERRORS)
 
 
 @bp.post("/v1/responses")

@@ -21,7 +21,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidRequest
+import orjson
+
+from ..errors import ErrorShape, InvalidRequest, ProxyError
 from ..validation import check_model
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -33,6 +35,22 @@ ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_tool_calls"
 TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 MAX_ITEMS = 10_000
 """Input items per request (the body size bound comes first; this keeps loops short on tiny items)."""
+
+
+class ResponsesErrors(ErrorShape):
+    """The Responses API's errors: OpenAI's envelope as a body; in a stream, an `error` event as the
+    Responses API writes it (`type`, `code`, `message`, `param`), also carrying the envelope so the
+    openai SDK raises `APIError` on it as on any in-band error."""
+
+    def event(self, error: ProxyError) -> bytes:
+        envelope = self.body(error)
+        inner = envelope["error"]
+        data = {"type": "error", "code": inner.get("code") or inner.get("type"), "message": inner.get("message"),
+                "param": inner.get("param"), **envelope}
+        return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+RESPONSES_ERRORS = ResponsesErrors()
 
 
 def new_id(prefix: str) -> str:

@@ -60,6 +60,8 @@ class ChatAnswer:
     """None: the request's model."""
     chunk_chars: int = 4
     """Streams: text and reasoning go out this many characters per chunk; arguments in halves."""
+    drop_after: int | None = None
+    """Streams: close the connection after this many events, mid-answer."""
     status: int = 200
     error: dict[str, Any] | None = None
     """With a status >= 400: the JSON error body (default: an OpenAI error envelope)."""
@@ -124,7 +126,7 @@ class ChatAnswer:
             return json_reply(err, status=self.status)
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
-            return sse_reply(self.chunks(model, include))
+            return sse_reply(self.chunks(model, include), drop_after=self.drop_after, done=self.drop_after is None)
         return json_reply(self.completion(model))
 
 

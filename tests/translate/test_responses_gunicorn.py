@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+import requests
 from openai.types.responses import Response, ResponseFunctionToolCall, ResponseOutputMessage, ResponseReasoningItem
 
 from app.access.store import KeyStore, usage_records
@@ -184,3 +185,29 @@ def test_usage_is_accounted(sdk, fake, keys, stream):
     [row] = rows
     assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (40, 3, 43)
     assert row["estimated"] is False and row["model"] == "m" and row["status"] == 200
+
+
+def _responses_count(proxy: Gunicorn) -> float:
+    text = requests.get(proxy.url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cot_proxy_requests_total{") and 'route="responses"' in line)
+
+
+def test_metrics_count_the_responses_route(sdk, fake, proxy):
+    before = _responses_count(proxy)
+    sdk.responses.create(model="m", input="one")
+    with sdk.responses.stream(model="m", input="two") as s:
+        s.get_final_response()
+    deadline = time.monotonic() + 20
+    while _responses_count(proxy) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling: the done hooks run after the last byte
+    assert _responses_count(proxy) == before + 2
+
+
+def test_broken_stream_raises_in_the_sdk(sdk, fake):
+    fake.answer(ChatAnswer(text="This answer never ends properly", drop_after=4))
+    seen = []
+    with pytest.raises(openai.APIError):
+        for event in sdk.responses.create(model="m", input="hi", stream=True):
+            seen.append(event.type)
+    assert seen[:2] == ["response.created", "response.in_progress"] and "response.failed" in seen

@@ -306,7 +306,9 @@ def test_stream_broken_off_ends_failed(make_client, chat_only):
     failed = next(e for e in events if e.get("type") == "response.failed")
     assert failed["response"]["status"] == "failed" and failed["response"]["error"]["message"]
     assert [o["status"] for o in failed["response"]["output"]] == ["incomplete"]
-    assert events[-1]["error"]["type"] == "upstream_error"  # the relay's in-band error, last
+    last = events[-1]  # the relay's in-band error, last, in the Responses API's shape
+    assert last["type"] == "error" and last["code"] == "upstream_bad_response" and last["message"]
+    assert last["error"]["type"] == "upstream_error"  # the envelope too: the openai SDK raises APIError on it
 
 
 def test_upstream_error_chunk_in_stream(make_client, chat_only):
