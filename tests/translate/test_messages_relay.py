@@ -349,3 +349,25 @@ def test_query_goes_only_to_a_messages_server(upstream: FakeUpstream):
     resp = client.post("/v1/messages?beta=true", json=BODY)
     assert resp.status_code == 200 and resp.get_json()["type"] == "message"
     assert [r.path for r in upstream.requests] == ["/v1/messages?beta=true", "/v1/chat/completions"]
+
+
+def test_fallback_from_a_messages_server_to_a_translated_chat_server(tmp_path, upstream: FakeUpstream, chat_only):
+    """An alias routed to a native Messages server first (503) and a chat-only one next (auto: probe, translate):
+    each attempt starts again from the client's request."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"providers:\n"
+                    f"  native: {{base_url: {upstream.base_url}, messages: passthrough, retries: 0}}\n"
+                    f"  local: {{base_url: {chat_only.base_url}, retries: 0}}\n"
+                    f"models:\n  claude: {{route: [native/claude-x, local/qwen3]}}\n")
+    upstream.enqueue(json_reply({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+                                status=503))
+    client = create_app(Config.from_env({"COT_PROXY_CONFIG": str(path)})).test_client()
+    resp = client.post("/v1/messages", json={**BODY, "model": "claude"}, headers={"x-api-key": "sk-ant-x"})
+    assert resp.status_code == 200, resp.get_data()
+    msg = Message.model_validate(resp.get_json())
+    assert msg.model == "claude" and msg.content[0].text == "Hello from upstream"
+    assert upstream.requests[0].json() == {**BODY, "model": "claude-x"}
+    assert [r.path for r in chat_only.requests] == ["/v1/messages", "/v1/chat/completions"]
+    assert chat_only.requests[0].json() == {**BODY, "model": "qwen3"}  # the probe: the client's request
+    assert chat_only.chat_bodies()[0]["model"] == "qwen3"
+    assert resp.headers["x-cot-proxy-provider"].startswith("local")

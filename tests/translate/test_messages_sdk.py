@@ -8,12 +8,15 @@ results come from its accumulator, errors from its exception mapping.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import anthropic
 import pytest
+import requests
 from anthropic.types import Message, MessageTokensCount, TextBlock, ThinkingBlock, ToolUseBlock
 
+from app.access.store import KeyStore, usage_records
 from tests.fakes.chat_only_upstream import ChatAnswer, ChatOnlyUpstream, ToolCall
 from tests.support import Gunicorn
 
@@ -32,9 +35,19 @@ def fake() -> Iterator[ChatOnlyUpstream]:
 
 
 @pytest.fixture(scope="module")
-def proxy(fake: ChatOnlyUpstream) -> Iterator[Gunicorn]:
+def keys(tmp_path_factory) -> Iterator[tuple[KeyStore, str, str]]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('messages') / 'keys.db'}"
+    store = KeyStore(url)
+    secret, _ = store.create("claude-code")
+    yield store, secret, url
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(fake: ChatOnlyUpstream, keys) -> Iterator[Gunicorn]:
     g = Gunicorn({"TARGET_BASE_URL": fake.base_url, "GATEWAY_BEARER_TOKEN": TOKEN, "THINK_PREFILLED": "false",
-                  "REQUEST_TIMEOUT_SECONDS": "20"}, workers=WORKERS)
+                  "REQUEST_TIMEOUT_SECONDS": "20", "VIRTUAL_KEYS": "true", "DATABASE_URL": keys[2],
+                  "USAGE_FLUSH_SECONDS": "0.2"}, workers=WORKERS)
     yield g
     g.stop()
 
@@ -146,3 +159,49 @@ def test_bearer_credential_works_too(proxy, fake):
     fake.reset()
     sdk = anthropic.Anthropic(base_url=proxy.url, auth_token=TOKEN, max_retries=0, timeout=30)
     assert sdk.messages.create(model="m", max_tokens=10, messages=ASK).content[0].text == "Hello from upstream"
+
+
+def _usage_rows(store: KeyStore, request_id: str) -> list[dict]:
+    with store.engine.connect() as conn:
+        found = conn.execute(usage_records.select().where(usage_records.c.request_id == request_id))
+        return [dict(r._mapping) for r in found]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_is_accounted_for_a_virtual_key(proxy, fake, keys, stream):
+    fake.reset()
+    fake.default = ChatAnswer(text="counted", prompt_tokens=40, completion_tokens=3)
+    sdk = anthropic.Anthropic(base_url=proxy.url, api_key=keys[1], max_retries=0, timeout=30)
+    request_id = f"msg-usage-{stream}-{time.monotonic_ns()}"
+    kw = {"model": "m", "max_tokens": 32, "messages": ASK, "extra_headers": {"X-Request-ID": request_id}}
+    if stream:
+        with sdk.messages.stream(**kw) as s:
+            s.get_final_message()
+    else:
+        sdk.messages.create(**kw)
+    deadline = time.monotonic() + 20
+    rows = _usage_rows(keys[0], request_id)
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling the writer's flush (every 0.2 s), not synchronising the request
+        rows = _usage_rows(keys[0], request_id)
+    [row] = rows
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (40, 3, 43)
+    assert row["estimated"] is False and row["model"] == "m" and row["status"] == 200
+    assert row["key_name"] == "claude-code" and row["streamed"] is stream
+
+
+def _messages_count(proxy: Gunicorn) -> float:
+    text = requests.get(proxy.url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cot_proxy_requests_total{") and 'route="messages"' in line)
+
+
+def test_metrics_count_the_messages_route(sdk, proxy):
+    before = _messages_count(proxy)
+    sdk.messages.create(model="m", max_tokens=16, messages=ASK)
+    with sdk.messages.stream(model="m", max_tokens=16, messages=ASK) as s:
+        s.get_final_message()
+    deadline = time.monotonic() + 20
+    while _messages_count(proxy) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling: the done hooks run after the last byte
+    assert _messages_count(proxy) == before + 2
