@@ -115,10 +115,11 @@ def load(env: Mapping[str, str], *, target_base_url: str | None, upstream_api_ke
     providers = {name: _provider(name, spec) for name, spec in _mapping(raw.get("providers") or {}, "providers")}
     # Environment shorthands (the file wins on a name clash).
     retries = integer(env, "UPSTREAM_RETRIES", 0, low=0)
+    env_apis = _api_modes({key: text(env, var) for key, var in API_SWITCHES.items()}, "", env_names=True)
     if target_base_url and "default" not in providers:
         providers["default"] = replace(
             _default_provider(target_base_url, upstream_api_key, connect_timeout, read_timeout, retries),
-            apis=_api_modes({key: text(env, var) for key, var in API_SWITCHES.items()}, "", env_names=True))
+            apis=env_apis)
     ollama = text(env, "OLLAMA_BASE_URL")
     if ollama and "ollama" not in providers:
         _check_url(ollama, "OLLAMA_BASE_URL")
