@@ -12,7 +12,8 @@ app/translate/messages_steps.py.
 Mapping choices (docs/translation.md has the full table):
 - `system` (string or text blocks) becomes one system message; text blocks of a turn are joined.
 - `tool_result` blocks become `tool` messages placed before the rest of their user turn (chat
-  wants them right after the assistant's `tool_calls`); images inside them follow in a user message.
+  wants them right after the assistant's `tool_calls`); images inside them go into the user message
+  that follows.
 - `thinking` / `redacted_thinking` blocks sent back by the client are dropped (chat servers have
   no signed reasoning to continue); server tools (no `input_schema`: web search, code execution)
   cannot run on a chat server and are dropped.
@@ -310,19 +311,20 @@ def _chat_messages(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if role == "assistant":
         return [_assistant(content, where)]
     out: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         if block["type"] == "tool_result":
-            tool_message, images = _tool_result(block, f"{where}.content.{j}")
+            tool_message, result_images = _tool_result(block, f"{where}.content.{j}")
             out.append(tool_message)
-            if images:
-                out.append({"role": "user", "content": images})
+            images.extend(result_images)
         else:
             part = _part(block, f"{where}.content.{j}")
             if part is not None:
                 parts.append(part)
-    if parts or not out:
-        out.append({"role": "user", "content": _chat_content(parts)})
+    # Every tool message first (chat wants them right after the assistant's calls), then one user message.
+    if images or parts or not out:
+        out.append({"role": "user", "content": _chat_content(images + parts)})
     return out
 
 

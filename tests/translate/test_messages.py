@@ -98,6 +98,19 @@ def test_tool_choice_without_tools_is_dropped():
     assert "tool_choice" not in m.to_chat(request(tool_choice={"type": "auto"}))
 
 
+def test_two_tool_results_with_images_keep_the_tool_messages_together():
+    image = {"type": "image", "source": {"type": "url", "url": "https://x/1.png"}}
+    body = request(messages=[
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "shot", "input": {}},
+                                          {"type": "tool_use", "id": "b", "name": "shot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a", "content": [image]},
+                                     {"type": "tool_result", "tool_use_id": "b", "content": [image]},
+                                     {"type": "text", "text": "Compare them."}]}])
+    msgs = m.to_chat(body)["messages"]
+    assert [x["role"] for x in msgs] == ["assistant", "tool", "tool", "user"]
+    assert [p["type"] for p in msgs[3]["content"]] == ["image_url", "image_url", "text"]
+
+
 def test_tool_result_images_follow_in_a_user_message():
     body = request(messages=[
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
