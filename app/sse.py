@@ -24,13 +24,17 @@ _EOL = (b"\n", b"\r")
 
 
 class Event:
-    """One SSE event: its raw bytes, with fields and JSON parsed on demand."""
+    """One SSE event: its raw bytes, with fields and JSON parsed on demand (each at most once).
 
-    __slots__ = ("_raw", "_fields", "_json", "_parsed")
+    Steps ask for as little as they need: `raw` (bytes, free), `data_bytes` (the data field, not decoded),
+    `data` (decoded), `json()` (parsed from the bytes). Whatever one step parsed, the next reuses."""
+
+    __slots__ = ("_raw", "_fields", "_data", "_json", "_parsed")
 
     def __init__(self, raw: bytes) -> None:
         self._raw = raw
-        self._fields: tuple[str | None, str | None, bool] | None = None
+        self._fields: tuple[bytes | None, str | None, bool] | None = None
+        self._data: str | None = None
         self._json: Any = None
         self._parsed = False
 
@@ -48,14 +52,14 @@ class Event:
     def raw(self) -> bytes:
         return self._raw
 
-    def _parse(self) -> tuple[str | None, str | None, bool]:
-        """(data, event name, is a comment only), parsed once."""
+    def _parse(self) -> tuple[bytes | None, str | None, bool]:
+        """(data bytes, event name, is a comment only), parsed once."""
         if self._fields is not None:
             return self._fields
         body = self._raw.rstrip(b"\r\n")
         if body.startswith(b"data:") and b"\n" not in body and b"\r" not in body:
             value = body[5:]  # the usual event: one data line
-            self._fields = ((value[1:] if value[:1] == b" " else value).decode("utf-8", "replace"), None, False)
+            self._fields = (value[1:] if value[:1] == b" " else value, None, False)
             return self._fields
         data: list[bytes] = []
         name: str | None = None
@@ -71,14 +75,23 @@ class Event:
                 data.append(value)
             elif key == b"event":
                 name = value.decode("utf-8", "replace")
-        joined = b"\n".join(data).decode("utf-8", "replace") if data else None
-        self._fields = (joined, name, comment)
+        self._fields = (b"\n".join(data) if data else None, name, comment)
         return self._fields
+
+    @property
+    def data_bytes(self) -> bytes | None:
+        """The `data` lines joined with `\\n`, undecoded, or None when there is none."""
+        return self._parse()[0]
 
     @property
     def data(self) -> str | None:
         """The `data` lines joined with `\\n`, or None when there is none."""
-        return self._parse()[0]
+        if self._data is None:
+            raw = self._parse()[0]
+            if raw is None:
+                return None
+            self._data = raw.decode("utf-8", "replace")
+        return self._data
 
     @property
     def name(self) -> str | None:
@@ -88,28 +101,36 @@ class Event:
     @property
     def is_done(self) -> bool:
         data = self._parse()[0]
-        return data is not None and data.startswith("[DONE]")
+        return data is not None and data.startswith(b"[DONE]")
 
     @property
     def is_comment(self) -> bool:
         return self._parse()[2]
 
+    @property
+    def parsed(self) -> bool:
+        """`json()` ran already: asking again is free, so a byte-level check would cost more than it saves."""
+        return self._parsed
+
     def json(self) -> Any:
         """The `data` as JSON, or None when it is absent or not JSON (cached)."""
         if not self._parsed:
             self._parsed = True
-            data = self.data
-            if data is not None and data[:1] in ("{", "["):
+            data = self._parse()[0]
+            if data is not None and data[:1] in (b"{", b"["):
                 try:
-                    self._json = orjson.loads(data)
+                    self._json = orjson.loads(data)  # bytes: no decoding first
                 except orjson.JSONDecodeError:
-                    self._json = None
+                    try:  # not UTF-8: parse it as `data` reads it (invalid bytes replaced)
+                        self._json = orjson.loads(self.data)
+                    except orjson.JSONDecodeError:
+                        self._json = None
         return self._json
 
     def set_json(self, obj: Any) -> None:
         """Replace the data with `obj`; other fields of the event are dropped."""
         self._raw = b"data: " + orjson.dumps(obj) + b"\n\n"
-        self._fields = None
+        self._fields = self._data = None
         self._json, self._parsed = obj, True
 
 
@@ -129,6 +150,10 @@ class SSEDecoder:
         if not chunk:
             return []
         buf = self._buf
+        if (not buf and not self._skip_lf and type(chunk) is bytes and chunk[-2:] == b"\n\n"
+                and chunk.find(b"\n\n") == len(chunk) - 2 and chunk[:1] != b"\n" and b"\r" not in chunk):
+            # The usual chunk: exactly one whole event, nothing held before it (what the scan below finds).
+            return [Event(chunk)]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -181,3 +206,12 @@ def _find_eol(buf: bytearray, start: int, end: int) -> int:
     lf = buf.find(b"\n", start, end)
     cr = buf.find(b"\r", start, lf if lf >= 0 else end)
     return cr if cr >= 0 else lf
+
+
+def may_have_key(raw: bytes, quoted: bytes) -> bool:
+    """Whether JSON text `raw` may hold the object key `quoted` (e.g. `b'"usage"'`) anywhere.
+
+    False is certain: a key is written either as those bytes or with a `\\u` escape (the only escape
+    that spells a letter or digit; `quoted` must hold only those between its quotes), and a JSON string
+    cannot span SSE lines. So an event without either needs no parsing to know it lacks the key."""
+    return quoted in raw or b"\\u" in raw

@@ -26,12 +26,13 @@ class SSEFilter(Transform):
         return ex.family in FAMILIES
 
     def stream_event(self, ex: Exchange, event: Event) -> Iterable[Event]:
-        data = event.data
+        data = event.data_bytes  # bytes: nothing decoded to judge [DONE] or a comment
         if data is None:
             # Comments pass; a named event with no data would be parsed as "" and fail.
             return (event,) if event.is_comment else ()
-        if data.startswith("[DONE]"):
+        if data.startswith(b"[DONE]"):
             return (event,)
+        # Validity needs the one parse every later step then shares (`Event` caches it).
         obj = event.json()
         if not isinstance(obj, dict) or not ("choices" in obj or "error" in obj):
             return ()

@@ -90,10 +90,13 @@ class ThinkSettings:
     """`think_prefilled=auto`: decided per request from signals and what was learned (`Plan`)."""
     prefixes: tuple[str, ...] = field(init=False, repr=False)
     """Proper prefixes of both tags, longest first: what may be held back."""
+    firsts: tuple[str, str] = field(init=False, repr=False)
+    """The first character of each tag: a text with neither holds no tag and no tag prefix."""
 
     def __post_init__(self) -> None:
         prefixes = {tag[:k] for tag in (self.start, self.end) for k in range(1, len(tag))}
         object.__setattr__(self, "prefixes", tuple(sorted(prefixes, key=len, reverse=True)))
+        object.__setattr__(self, "firsts", (self.start[:1], self.end[:1]))  # "" (no tag) is in every text
 
 
 def resolve_settings(config: Config, params: ModelParams | None, prefilled: bool | None = None) -> ThinkSettings:
@@ -197,6 +200,15 @@ class TagSplitter:
     def feed(self, text: str) -> tuple[str, str]:
         if not self.saw_text and text and not text.isspace():
             self.saw_text = True
+        first, first_end = self.s.firsts
+        if (first not in text and first_end not in text and not self.pending and not self.held
+                and not self.holding and self.late is None):
+            # The usual chunk: no tag can start in it and nothing is held back, so the text is
+            # all reasoning or all answer and no state changes (what the loop below would find).
+            if self.inside:
+                return "", text
+            if self.released and not self.skip_ws:
+                return text, ""
         buf = self.pending + text
         start, end = self.s.start, self.s.end
         answer: list[str] = [self.held] if self.held else []
@@ -510,7 +522,7 @@ class Think(Transform):
             if choice.get("finish_reason") is None:
                 return None
             holder = {}  # a bare finish chunk may still have to carry flushed text
-        touched = any(f in holder for f in UPSTREAM_FIELDS)
+        touched = "reasoning_content" in holder or "reasoning" in holder  # UPSTREAM_FIELDS
         reasoning = _pop_reasoning(holder) if touched else ""
         text = holder.get(st.text_key)
         answer = ""

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..exchange import Exchange
-from ..sse import Event
+from ..sse import Event, may_have_key
 from .base import Transform
 
 FAMILIES = frozenset({"chat", "completions"})
@@ -41,6 +41,8 @@ class UsageCapture(Transform):
         return data
 
     def stream_event(self, ex: Exchange, event: Event) -> Iterable[Event]:
+        if not event.parsed and not may_have_key(event.raw, b'"usage"'):
+            return (event,)  # no `usage` key: not worth a parse (the chat steps parse every event anyway)
         obj = event.json()
         if not isinstance(obj, dict) or not isinstance(obj.get("usage"), dict):
             return (event,)
