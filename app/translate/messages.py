@@ -594,10 +594,12 @@ class MessageStream:
         return out
 
     def _start(self, chunk: Any) -> list[Event]:
+        """`message_start` with the prompt estimate (chat servers report usage only at the end;
+        `message_delta` then carries the real counts, which the SDK takes over these)."""
         self.started = True
         message = {"id": message_id(chunk.get("id") if isinstance(chunk, dict) else None), "type": "message",
                    "role": "assistant", "model": self.model, "content": [], "stop_reason": None,
-                   "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+                   "stop_sequence": None, "usage": {"input_tokens": self.input_estimate, "output_tokens": 0}}
         return [sse_event("message_start", {"type": "message_start", "message": message}),
                 sse_event("ping", {"type": "ping"})]
 

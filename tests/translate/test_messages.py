@@ -356,6 +356,15 @@ def test_empty_upstream_stream_is_still_a_whole_message():
     assert msg.content == []
 
 
+def test_message_start_carries_the_prompt_estimate():
+    stream = m.MessageStream(model="m", input_estimate=42)
+    start = stream.feed(chunk({"role": "assistant", "content": ""}))[0]
+    assert start.name == "message_start" and start.json()["message"]["usage"] == {"input_tokens": 42,
+                                                                                   "output_tokens": 0}
+    _, msg = accumulate([start, *stream.end({"prompt_tokens": 50, "completion_tokens": 1})])
+    assert msg.usage.input_tokens == 50  # the real count replaces the estimate
+
+
 def test_end_is_once_and_feed_after_end_is_ignored():
     stream = m.MessageStream(model="m")
     stream.feed(chunk({"content": "a"}))
