@@ -61,6 +61,12 @@ def _bad(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
+def _kind(obj: dict[str, Any], default: str | None = None) -> str | None:
+    """`obj["type"]` when it is a string (anything else, even unhashable, is no known type)."""
+    kind = obj.get("type", default)
+    return kind if isinstance(kind, str) else None
+
+
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
@@ -113,13 +119,13 @@ def _text_of(content: Any, param: str) -> str:
     for j, part in enumerate(content):
         if not isinstance(part, dict):
             raise _bad(f"'{param}[{j}]' must be an object.", f"{param}[{j}]")
-        if part.get("type") in TEXT_PARTS or part.get("type") == "refusal":
+        if _kind(part) in TEXT_PARTS or _kind(part) == "refusal":
             text = part.get("text", part.get("refusal"))
             if not isinstance(text, str):
                 raise _bad(f"'{param}[{j}].text' must be a string.", f"{param}[{j}].text")
             out.append(text)
         else:
-            raise _bad(f"'{param}[{j}]': content of type {part.get('type')!r} is not supported here.",
+            raise _bad(f"'{param}[{j}]': content of type {_kind(part)!r} is not supported here.",
                        f"{param}[{j}].type")
     return "".join(out)
 
@@ -135,7 +141,7 @@ def _user_content(content: Any, param: str) -> str | list[dict[str, Any]]:
         where = f"{param}[{j}]"
         if not isinstance(part, dict):
             raise _bad(f"'{where}' must be an object.", where)
-        kind = part.get("type")
+        kind = _kind(part)
         if kind in TEXT_PARTS:
             if not isinstance(part.get("text"), str):
                 raise _bad(f"'{where}.text' must be a string.", f"{where}.text")
@@ -178,7 +184,7 @@ def input_messages(given: Any) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for i, item in enumerate(given):
         where = f"input[{i}]"
-        kind = item.get("type", "message")
+        kind = _kind(item, "message")
         if kind == "message":
             role = item.get("role")
             content = item.get("content")
