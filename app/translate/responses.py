@@ -388,6 +388,11 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
             "status": status}
 
 
+def _list(value: Any) -> list[Any]:
+    """An upstream's list field, or nothing when it sent something else."""
+    return value if isinstance(value, list) else []
+
+
 def _reasoning_in(holder: dict[str, Any]) -> str:
     return next((holder[f] for f in REASONING_FIELDS if isinstance(holder.get(f), str) and holder[f]), "")
 
@@ -403,7 +408,7 @@ def from_chat(data: Any, sk: Skeleton) -> dict[str, Any]:
     content = message.get("content")
     if isinstance(content, str) and content:
         output.append(message_item(new_id("msg"), content))
-    for call in message.get("tool_calls") or ():
+    for call in _list(message.get("tool_calls")):
         fn = call.get("function") if isinstance(call, dict) else None
         if isinstance(fn, dict) and isinstance(fn.get("name"), str):
             args = fn.get("arguments")
@@ -539,7 +544,7 @@ class StreamState:
         content = delta.get("content")
         if isinstance(content, str) and content:
             out += self._text_delta(content)
-        for call in delta.get("tool_calls") or ():
+        for call in _list(delta.get("tool_calls")):
             if isinstance(call, dict):
                 out += self._call_delta(call)
         if choice.get("finish_reason") is not None:

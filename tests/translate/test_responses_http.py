@@ -326,3 +326,34 @@ def test_upstream_error_status_passes_in_openai_shape(make_client, chat_only, st
                                                              "invalid_request_error", "param": None, "code": None}}))
     r = create(make_client(RESPONSES_API="translate"), input="hi", stream=stream)
     assert r.status_code == 400 and r.get_json()["error"]["message"] == "context too long"
+
+
+ODD_CHUNKS = [
+    {"choices": [{"index": 0, "delta": {"tool_calls": 5}, "finish_reason": None}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": ["x", {"index": [1], "function": "f"}]}}]},
+    {"choices": [{"index": 0, "delta": "text", "finish_reason": None}]},
+    {"choices": ["x", 1]},
+    {"choices": [{"index": 1, "delta": {"content": "other choice"}}]},
+    {"choices": [{"index": 0, "delta": {"content": 7, "reasoning_content": ["r"]}}]},
+    {"choices": [{"index": 0, "delta": {"content": "kept"}, "finish_reason": ["stop"]}]},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_odd_upstream_answers_are_not_a_500(make_client, chat_only, stream):
+    """A chat server's malformed fields are skipped, not fatal."""
+    if stream:
+        chat_only.enqueue(sse_reply(ODD_CHUNKS))
+    else:
+        chat_only.enqueue(json_reply({"choices": [{"index": 0, "message": {"content": "kept", "tool_calls": 5,
+                                                                         "reasoning_content": 3},
+                                                   "finish_reason": None}], "usage": "lots"}))
+    r = create(make_client(RESPONSES_API="translate"), input="hi", stream=stream)
+    assert r.status_code == 200
+    if stream:
+        events = events_of(r.get_data())
+        assert events[-1]["type"] == "response.completed"
+        assert events[-1]["response"]["output"][0]["content"][0]["text"] == "kept"
+    else:
+        data = r.get_json()
+        assert data["output"][0]["content"][0]["text"] == "kept" and data["usage"] is None
