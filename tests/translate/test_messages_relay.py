@@ -371,3 +371,30 @@ def test_fallback_from_a_messages_server_to_a_translated_chat_server(tmp_path, u
     assert chat_only.requests[0].json() == {**BODY, "model": "qwen3"}  # the probe: the client's request
     assert chat_only.chat_bodies()[0]["model"] == "qwen3"
     assert resp.headers["x-cot-proxy-provider"].startswith("local")
+
+
+def test_too_large_is_413_request_too_large(make_client, chat_only):
+    resp = make_client(MAX_REQUEST_BYTES="1024").post("/v1/messages", json={**BODY, "system": "x" * 4096})
+    anthropic_error(resp, 413, "request_too_large")
+    assert chat_only.requests == []
+
+
+def test_the_proxys_own_limits_are_anthropic_errors(tmp_path, make_client, chat_only):
+    """A key's rpm (429 rate_limit_error, Retry-After kept) and model allow-list (403 permission_error)."""
+    from app.access.store import KeyStore
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    store = KeyStore(url)
+    try:
+        secret, _ = store.create("claude-code", rpm=1, models=["claude-*"])
+        client = make_client(VIRTUAL_KEYS="true", DATABASE_URL=url, MESSAGES_API="translate")
+        headers = {"x-api-key": secret}
+        assert client.post("/v1/messages", json=BODY, headers=headers).status_code == 200
+        resp = client.post("/v1/messages", json=BODY, headers=headers)
+        anthropic_error(resp, 429, "rate_limit_error")
+        assert int(resp.headers["retry-after"]) >= 1
+        resp = client.post("/v1/messages", json={**BODY, "model": "gpt-4o"}, headers=headers)
+        anthropic_error(resp, 403, "permission_error")
+        assert len(chat_only.chat_bodies()) == 1
+    finally:
+        store.close()
