@@ -32,6 +32,9 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_tool_calls", "previous_response_id",
           "temperature", "top_p", "tool_choice", "tools", "user")
 """Request fields a response object repeats."""
+CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"],
+                     "additionalProperties": False}
+"""What a custom tool takes, as a function: its whole input, one string."""
 TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 MAX_ITEMS = 10_000
 """Input items per request (the body size bound comes first; this keeps loops short on tiny items)."""
@@ -197,14 +200,17 @@ def input_messages(given: Any) -> list[dict[str, Any]]:
             else:
                 raise _bad(f"'{where}.role' must be user, assistant, system or developer (got {role!r}).",
                            f"{where}.role")
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
             name, call_id = item.get("name"), item.get("call_id")
             if not isinstance(name, str) or not name:
                 raise _bad(f"'{where}.name' must be a non-empty string.", f"{where}.name")
             if not isinstance(call_id, str) or not call_id:
                 raise _bad(f"'{where}.call_id' must be a non-empty string.", f"{where}.call_id")
-            call = {"id": call_id, "type": "function",
-                    "function": {"name": name, "arguments": _arguments(item.get("arguments"), f"{where}.arguments")}}
+            if kind == "function_call":
+                arguments = _arguments(item.get("arguments"), f"{where}.arguments")
+            else:
+                arguments = wrap_input(_arguments(item.get("input"), f"{where}.input"))
+            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
@@ -212,7 +218,7 @@ def input_messages(given: Any) -> list[dict[str, Any]]:
                     last["content"] = None
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             call_id = item.get("call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise _bad(f"'{where}.call_id' must be a non-empty string.", f"{where}.call_id")
@@ -232,27 +238,64 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise _bad(f"'{where}' must be an object.", where)
-        if tool.get("type") != "function":
-            raise _bad(f"'{where}': tools of type {tool.get('type')!r} are not supported over a chat-completions "
-                       "upstream (only function tools).", f"{where}.type")
+        kind = _kind(tool)
+        if kind not in ("function", "custom"):
+            raise _bad(f"'{where}': tools of type {kind!r} are not supported over a chat-completions upstream "
+                       "(only function and custom tools).", f"{where}.type")
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise _bad(f"'{where}.name' must be a non-empty string.", f"{where}.name")
         function: dict[str, Any] = {"name": name}
-        for key in ("description", "parameters", "strict"):
-            if tool.get(key) is not None:
-                function[key] = tool[key]
+        if kind == "custom":
+            function.update(_custom_function(tool))
+        else:
+            function.update({k: tool[k] for k in ("description", "parameters", "strict") if tool.get(k) is not None})
         out.append({"type": "function", "function": function})
     return out
+
+
+def _custom_function(tool: dict[str, Any]) -> dict[str, Any]:
+    """A custom (freeform) tool as a function taking one string, `input`; a grammar it names goes into
+    the description (a chat server cannot enforce it, the model can still follow it)."""
+    description = tool.get("description") if isinstance(tool.get("description"), str) else ""
+    fmt = tool.get("format")
+    if isinstance(fmt, dict) and _kind(fmt) == "grammar" and isinstance(fmt.get("definition"), str):
+        syntax = fmt.get("syntax") if isinstance(fmt.get("syntax"), str) else "grammar"
+        description = f"{description}\n\nThe input must follow this {syntax} grammar:\n{fmt['definition']}".strip()
+    out: dict[str, Any] = {"parameters": CUSTOM_PARAMETERS}
+    if description:
+        out["description"] = description
+    return out
+
+
+def wrap_input(text: str) -> str:
+    """A custom tool call's input as the arguments of its function."""
+    return orjson.dumps({"input": text}).decode()
+
+
+def unwrap_input(arguments: str) -> str:
+    """The function arguments a model wrote for a custom tool, back as its input (as written, if not
+    the `{"input": ...}` object it was asked for)."""
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    return parsed["input"] if isinstance(parsed, dict) and isinstance(parsed.get("input"), str) else arguments
+
+
+def custom_names(tools: Any) -> frozenset[str]:
+    """The names of the custom tools of a request: their calls come back as `custom_tool_call`s."""
+    return frozenset(t["name"] for t in _list(tools)
+                     if isinstance(t, dict) and _kind(t) == "custom" and isinstance(t.get("name"), str))
 
 
 def _tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+    if isinstance(choice, dict) and _kind(choice) in ("function", "custom") and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    raise _bad("'tool_choice' must be auto, none, required or {\"type\": \"function\", \"name\": ...} over a "
-               "chat-completions upstream.", "tool_choice")
+    raise _bad("'tool_choice' must be auto, none, required or {\"type\": \"function\" or \"custom\", \"name\": ...} "
+               "over a chat-completions upstream.", "tool_choice")
 
 
 def _response_format(text: dict[str, Any]) -> dict[str, Any] | None:
@@ -323,11 +366,21 @@ class Skeleton:
     store: bool = True
     reasoning: dict[str, Any] | None = None
     text: dict[str, Any] | None = None
+    custom: frozenset[str] = frozenset()
+    """Custom tools: a call to one is a `custom_tool_call` item."""
 
     @classmethod
     def of(cls, body: dict[str, Any], model: str | None) -> Skeleton:
         return cls(model=model, echoed={k: body.get(k) for k in ECHOED}, store=body.get("store") is not False,
-                   reasoning=body.get("reasoning"), text=body.get("text"))
+                   reasoning=body.get("reasoning"), text=body.get("text"), custom=custom_names(body.get("tools")))
+
+    def call(self, item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+             ) -> dict[str, Any]:
+        """The output item of a tool call: a custom tool's, or a function's."""
+        if name in self.custom:
+            return {"type": "custom_tool_call", "id": item_id, "call_id": call_id, "name": name,
+                    "input": unwrap_input(arguments) if arguments else "", "status": status}
+        return call_item(item_id, call_id, name, arguments, status)
 
     def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
                  error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
@@ -412,8 +465,8 @@ def from_chat(data: Any, sk: Skeleton) -> dict[str, Any]:
         fn = call.get("function") if isinstance(call, dict) else None
         if isinstance(fn, dict) and isinstance(fn.get("name"), str):
             args = fn.get("arguments")
-            output.append(call_item(new_id("fc"), str(call.get("id") or new_id("call")), fn["name"],
-                                    args if isinstance(args, str) else "{}"))
+            output.append(sk.call(new_id("fc"), str(call.get("id") or new_id("call")), fn["name"],
+                                  args if isinstance(args, str) else "{}"))
     incomplete = INCOMPLETE.get(str(choice.get("finish_reason")))
     return sk.response("incomplete" if incomplete else "completed", output, usage_of(data.get("usage")),
                        incomplete=incomplete)
@@ -427,9 +480,10 @@ def history_of(conversation: list[Any], response: dict[str, Any]) -> list[Any]:
     for item in response.get("output") or ():
         if item.get("type") == "message":
             texts.extend(p.get("text", "") for p in item.get("content") or () if p.get("type") == "output_text")
-        elif item.get("type") == "function_call":
+        elif item.get("type") in ("function_call", "custom_tool_call"):
+            arguments = item["arguments"] if item["type"] == "function_call" else wrap_input(item["input"])
             calls.append({"id": item["call_id"], "type": "function",
-                          "function": {"name": item["name"], "arguments": item["arguments"]}})
+                          "function": {"name": item["name"], "arguments": arguments}})
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         reply["tool_calls"] = calls
@@ -523,9 +577,16 @@ class StreamState:
         for c in sorted(self._calls.values(), key=lambda c: c.index):
             args = "".join(c.text)
             it = c.item
-            out.append(self._event("response.function_call_arguments.done", item_id=it["id"], output_index=c.index,
-                                   name=it["name"], arguments=args))
-            out.append(self._done(c, call_item(it["id"], it["call_id"], it["name"], args)))
+            final = self.sk.call(it["id"], it["call_id"], it["name"], args)
+            if final["type"] == "custom_tool_call":
+                # Arguments stream as JSON; the input is only known whole: one delta, then done.
+                where = {"item_id": it["id"], "output_index": c.index}
+                out.append(self._event("response.custom_tool_call_input.delta", **where, delta=final["input"]))
+                out.append(self._event("response.custom_tool_call_input.done", **where, input=final["input"]))
+            else:
+                out.append(self._event("response.function_call_arguments.done", item_id=it["id"],
+                                       output_index=c.index, name=it["name"], arguments=args))
+            out.append(self._done(c, final))
         self._calls.clear()
         return out
 
@@ -589,14 +650,15 @@ class StreamState:
             out += self._close_reasoning() + self._close_message()
             name = fn.get("name") if isinstance(fn.get("name"), str) else ""
             call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else new_id("call")
-            c, added = self._add(call_item(new_id("fc"), call_id, name, "", status="in_progress"))
+            c, added = self._add(self.sk.call(new_id("fc"), call_id, name, "", status="in_progress"))
             self._calls[index if isinstance(index, int) else len(self._calls)] = c
             out += added
         args = fn.get("arguments")
         if isinstance(args, str) and args:
             c.text.append(args)
-            out.append(self._event("response.function_call_arguments.delta", item_id=c.item["id"],
-                                   output_index=c.index, delta=args))
+            if c.item["type"] == "function_call":
+                out.append(self._event("response.function_call_arguments.delta", item_id=c.item["id"],
+                                       output_index=c.index, delta=args))
         return out
 
     def finish(self, chat_usage: Any) -> list[dict[str, Any]]:
@@ -621,6 +683,8 @@ class StreamState:
             item = dict(opened.item, status="incomplete")
             if item["type"] == "function_call":
                 item["arguments"] = "".join(opened.text)
+            elif item["type"] == "custom_tool_call":
+                item["input"] = unwrap_input("".join(opened.text))
             elif item["type"] == "message":
                 item["content"] = [text_part("".join(opened.text))]
             else:

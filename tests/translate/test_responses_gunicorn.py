@@ -15,7 +15,13 @@ from collections.abc import Iterator
 import openai
 import pytest
 import requests
-from openai.types.responses import Response, ResponseFunctionToolCall, ResponseOutputMessage, ResponseReasoningItem
+from openai.types.responses import (
+    Response,
+    ResponseCustomToolCall,
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseReasoningItem,
+)
 
 from app.access.store import KeyStore, usage_records
 from tests.fakes.chat_only_upstream import ChatAnswer, ChatOnlyUpstream, ToolCall
@@ -211,3 +217,20 @@ def test_broken_stream_raises_in_the_sdk(sdk, fake):
         for event in sdk.responses.create(model="m", input="hi", stream=True):
             seen.append(event.type)
     assert seen[:2] == ["response.created", "response.in_progress"] and "response.failed" in seen
+
+
+def test_custom_tool_round_trip_in_the_sdk(sdk, fake):
+    """Codex's freeform apply_patch: streamed as a custom tool call, continued with its output."""
+    patch = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"
+    tool = {"type": "custom", "name": "apply_patch", "description": "Edit files."}
+    fake.answer(ChatAnswer(text=None, tool_calls=[ToolCall("apply_patch", json.dumps({"input": patch}))],
+                           finish="tool_calls"),
+                ChatAnswer(text="Patched."))
+    with sdk.responses.stream(model="m", input="Add a.txt", tools=[tool]) as stream:
+        first = stream.get_final_response()
+    [call] = first.output
+    assert isinstance(call, ResponseCustomToolCall) and call.input == patch and call.name == "apply_patch"
+    second = sdk.responses.create(model="m", previous_response_id=first.id, tools=[tool], input=[
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done"}])
+    assert second.output_text == "Patched."
+    assert fake.chat_bodies()[-1]["messages"][-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "Done"}

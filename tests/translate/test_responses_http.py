@@ -357,3 +357,53 @@ def test_odd_upstream_answers_are_not_a_500(make_client, chat_only, stream):
     else:
         data = r.get_json()
         assert data["output"][0]["content"][0]["text"] == "kept" and data["usage"] is None
+
+
+PATCH_TOOL = {"type": "custom", "name": "apply_patch", "description": "Edit files.",
+              "format": {"type": "grammar", "syntax": "lark", "definition": "start: \"*** Begin Patch\" ..."}}
+PATCH = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_custom_tool_round_trip(make_client, chat_only, stream):
+    """Codex's freeform tools: a function taking one string over chat, `custom_tool_call` items back."""
+    chat_only.answer(ChatAnswer(text=None, tool_calls=[ToolCall("apply_patch", json.dumps({"input": PATCH}),
+                                                                id="call_p")], finish="tool_calls"))
+    client = make_client(RESPONSES_API="translate")
+    r = create(client, input="Add a.txt", tools=[PATCH_TOOL, WEATHER], tool_choice={"type": "custom",
+                                                                                   "name": "apply_patch"},
+               stream=stream)
+    sent = chat_only.chat_bodies()[0]
+    function = sent["tools"][0]["function"]
+    assert function["name"] == "apply_patch" and function["parameters"]["required"] == ["input"]
+    assert function["description"].startswith("Edit files.") and "lark grammar" in function["description"]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    if stream:
+        events = events_of(r.get_data())
+        types = [e["type"] for e in events]
+        assert "response.function_call_arguments.delta" not in types
+        assert [e["input"] for e in events if e["type"] == "response.custom_tool_call_input.done"] == [PATCH]
+        data = events[-1]["response"]
+    else:
+        data = r.get_json()
+    [call] = data["output"]
+    assert call == {"type": "custom_tool_call", "id": call["id"], "call_id": "call_p", "name": "apply_patch",
+                    "input": PATCH, "status": "completed"}
+    # The client runs it and sends the output back, with the call itself (no previous_response_id).
+    r = create(client, input=[{"role": "user", "content": "Add a.txt"},
+                              {"type": "custom_tool_call", "call_id": "call_p", "name": "apply_patch", "input": PATCH},
+                              {"type": "custom_tool_call_output", "call_id": "call_p", "output": "Done!"}],
+               tools=[PATCH_TOOL])
+    assert r.status_code == 200
+    messages = chat_only.chat_bodies()[1]["messages"]
+    assert messages[1]["tool_calls"][0]["function"] == {"name": "apply_patch",
+                                                        "arguments": json.dumps({"input": PATCH},
+                                                                                separators=(",", ":"))}
+    assert messages[2] == {"role": "tool", "tool_call_id": "call_p", "content": "Done!"}
+
+
+def test_custom_tool_with_arguments_not_wrapped(make_client, chat_only):
+    """A model that writes the input itself instead of `{"input": ...}`: kept as written."""
+    chat_only.answer(ChatAnswer(text=None, tool_calls=[ToolCall("apply_patch", PATCH)], finish="tool_calls"))
+    data = create(make_client(RESPONSES_API="translate"), input="x", tools=[PATCH_TOOL]).get_json()
+    assert data["output"][0]["input"] == PATCH
