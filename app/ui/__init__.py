@@ -25,7 +25,8 @@ def pipeline_steps(config: Any) -> list[Any]:
         return []
     from .live import LiveRequests
 
-    return [LiveRequests()]
+    a = config.access
+    return [LiveRequests(a.redis_url, a.redis_prefix, a.redis_timeout)]
 
 
 def init_app(app: Any, config: Any) -> None:
