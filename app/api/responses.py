@@ -54,8 +54,9 @@ def _not_stored(ex: Exchange) -> Response:
 
 
 RESPONSES = Family("responses", json_body=True, parse_response=True, validate=rs.validate, errors=rs.RESPONSES_ERRORS)
-RETRIEVE = Family("responses", local=stored, echo=_not_stored, errors=rs.RESPONSES_ERRORS)
-DELETE = Family("responses", local=deleted, echo=_not_stored, errors=rs.RESPONSES_ERRORS)
+# Reads of one response name no model: relayed as any other route (`passthrough`) when not stored here.
+RETRIEVE = Family("passthrough", local=stored, echo=_not_stored, errors=rs.RESPONSES_ERRORS)
+DELETE = Family("passthrough", local=deleted, echo=_not_stored, errors=rs.RESPONSES_ERRORS)
 
 
 @bp.post("/v1/responses")

@@ -407,3 +407,24 @@ def test_custom_tool_with_arguments_not_wrapped(make_client, chat_only):
     chat_only.answer(ChatAnswer(text=None, tool_calls=[ToolCall("apply_patch", PATCH)], finish="tool_calls"))
     data = create(make_client(RESPONSES_API="translate"), input="x", tools=[PATCH_TOOL]).get_json()
     assert data["output"][0]["input"] == PATCH
+
+
+def test_a_key_with_a_model_list_reads_its_stored_responses(make_client, chat_only, tmp_path):
+    """GET and DELETE name no model: a key limited to some models may still use them."""
+    from app.access.store import KeyStore
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    store = KeyStore(url)
+    try:
+        secret, _ = store.create("limited", models=["m"])
+    finally:
+        store.close()
+    client = make_client(RESPONSES_API="translate", VIRTUAL_KEYS="true", DATABASE_URL=url)
+    auth = {"Authorization": f"Bearer {secret}"}
+    made = client.post("/v1/responses", json={"model": "m", "input": "hi"}, headers=auth)
+    assert made.status_code == 200
+    assert client.post("/v1/responses", json={"model": "other", "input": "hi"}, headers=auth).status_code == 403
+    rid = made.get_json()["id"]
+    assert client.get(f"/v1/responses/{rid}", headers=auth).get_json()["id"] == rid
+    assert client.get(f"/v1/responses/{rid}").status_code == 401
+    assert client.delete(f"/v1/responses/{rid}", headers=auth).get_json()["deleted"] is True
