@@ -37,8 +37,8 @@ def metadata(router: Router, think: Any = None) -> dict[str, Any]:
          "backends": [b.state() for b in p.backends]}
         for name, p in router.providers.items()
     ]
-    if router.gateway:
-        providers.append({"name": "livepeer-gateway", "type": "livepeer", "healthy": None, "backends": []})
+    if router.gateway is not None:
+        providers.append({"name": router.gateway.name, "type": "livepeer", "healthy": None, "backends": []})
     out: dict[str, Any] = {
         "schema_version": "v1",
         "service": {"name": "cot-proxy", "version": VERSION,

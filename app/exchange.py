@@ -9,7 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .access.auth import Identity
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Exchange:
     """Parsed JSON body (mutable), or None for non-JSON bodies."""
     client_model: str | None = None
     """The model name the client asked for, before any alias."""
+    identity: Identity | None = None
+    """Who the client is, once the access guard authenticated it (kind, name, subject; never the key)."""
     needs_model: bool = False
     """Set by `authenticate` hooks: find `client_model` in a non-JSON family's body too."""
     target: Any = None
@@ -81,6 +86,12 @@ class Exchange:
         self.cancelled = True
         if self.interrupt is not None:
             self.interrupt()
+
+    @property
+    def key_name(self) -> str | None:
+        """The client's key name (never the key itself); None when anonymous."""
+        identity = self.identity
+        return None if identity is None or identity.kind == "anonymous" else identity.name
 
     @property
     def streaming(self) -> bool:

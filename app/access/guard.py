@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import validation
@@ -71,6 +72,21 @@ def _count_refusal(reason: str) -> None:
         REFUSED.labels(reason=reason).inc()
 
 
+@dataclass
+class Admission:
+    """What the guard knows of one request, from authentication to `done`."""
+
+    identity: Identity
+    estimate: int = 0
+    """Prompt tokens estimated from the body (the budget's and the token limit's first guess)."""
+    admitted: bool = False
+    ticket: Ticket | None = None
+    """The limiter's hold, released in `done` with the tokens really used."""
+    decision: Decision | None = None
+    slot: bool = False
+    """A concurrency slot (MAX_CONCURRENT_REQUESTS) is held."""
+
+
 class AccessGuard(Transform):
     name = "access"
 
@@ -112,42 +128,44 @@ class AccessGuard(Transform):
     def authenticate(self, ex: Exchange) -> None:
         identity = self.auth.authenticate(ex.headers)
         # Known from here on, also to observers (access log) if a later check refuses; `admitted` is set last.
-        ex.state[self.name] = {"identity": identity, "estimate": 0, "admitted": False}
+        ex.state[self.name] = Admission(identity)
+        ex.identity = identity
         if identity.models is not None:
             ex.needs_model = True
 
     def admit(self, ex: Exchange) -> None:
-        state: dict[str, Any] = ex.state[self.name]
-        identity: Identity = state["identity"]
+        state: Admission = ex.state[self.name]
+        identity = state.identity
         self._check_model(identity, ex.client_model, ex.family)
         if self.settings.strict_validation:
             validation.strict(ex.family, ex.body, max_tokens_cap=self.settings.max_tokens_cap,
                               max_n=self.settings.max_n)
         if ex.family in TOKEN_FAMILIES:
-            state["estimate"] = estimate_prompt_tokens(ex.family, ex.body)
+            state.estimate = estimate_prompt_tokens(ex.family, ex.body)
         if identity.limits.any:
             # Against a budget, hold what the request may spend (prompt + max_tokens x n), settled in `done`.
-            reserve = (estimate_reserve(ex.family, ex.body, state["estimate"], cap=self.settings.max_tokens_cap,
+            reserve = (estimate_reserve(ex.family, ex.body, state.estimate, cap=self.settings.max_tokens_cap,
                                         max_n=self.settings.max_n) if identity.limits.budget else 0)
-            ticket = Ticket(identity.subject, identity.limits, state["estimate"],
+            ticket = Ticket(identity.subject, identity.limits, state.estimate,
                             spent_at_lookup=identity.spent_tokens, reserve=reserve)
             decision = self._limit(ticket)
             if decision is not None:
                 if not decision.allowed:
                     _count_refusal(decision.reason or "limit")
                     raise self._refusal(decision, identity, ticket)
-                state["ticket"], state["decision"] = ticket, decision
+                state.ticket, state.decision = ticket, decision
         if self.queue is not None:
             try:
                 self.queue.acquire()
             except Overloaded:
                 _count_refusal("overloaded")
-                if "ticket" in state:
-                    self._release(state.pop("ticket"), 0)
+                if state.ticket is not None:
+                    self._release(state.ticket, 0)
+                    state.ticket = None
                 raise
-            state["slot"] = True
-        state["admitted"] = True
-        if ex.family in GENERATION and (self.writer is not None or "ticket" in state):
+            state.slot = True
+        state.admitted = True
+        if ex.family in GENERATION and (self.writer is not None or state.ticket is not None):
             ex.state[OutputCount.name] = 0
 
     def _check_model(self, identity: Identity, model: str | None, family: str) -> None:
@@ -242,18 +260,18 @@ class AccessGuard(Transform):
             ex.headers.pop("x-api-key", None)  # the same credential, Anthropic's way
 
     def response_headers(self, ex: Exchange, status: int, headers: dict[str, str]) -> None:
-        state = ex.state.get(self.name)
-        if state and state.get("decision") is not None:
-            headers.update(self._limit_headers(state["ticket"].limits, state["decision"]))
+        state: Admission | None = ex.state.get(self.name)
+        if state is not None and state.decision is not None and state.ticket is not None:
+            headers.update(self._limit_headers(state.ticket.limits, state.decision))
 
     def wants_json(self, ex: Exchange) -> bool:
-        state = ex.state.get(self.name)
-        return ex.family == "models" and bool(state) and state["identity"].models is not None
+        state: Admission | None = ex.state.get(self.name)
+        return ex.family == "models" and state is not None and state.identity.models is not None
 
     def response_json(self, ex: Exchange, data: Any) -> Any:
         """`GET /v1/models` lists only the models the key may use."""
-        state = ex.state.get(self.name)
-        models = state["identity"].models if state else None
+        state: Admission | None = ex.state.get(self.name)
+        models = state.identity.models if state is not None else None
         if models is None or ex.family != "models":
             return data
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -267,19 +285,20 @@ class AccessGuard(Transform):
     # -- done -----------------------------------------------------------------
 
     def done(self, ex: Exchange) -> None:
-        state = ex.state.get(self.name)
-        if not state:
+        state: Admission | None = ex.state.get(self.name)
+        if state is None:
             return
         try:
-            prompt, completion, total, estimated = tokens_used(ex, state.get("estimate", 0))
-            ticket = state.pop("ticket", None)
+            prompt, completion, total, estimated = tokens_used(ex, state.estimate)
+            ticket, state.ticket = state.ticket, None
             if ticket is not None:
                 self._release(ticket, total)
         finally:
-            if state.pop("slot", False):  # last: a free slot means this request is fully released
+            if state.slot:  # last: a free slot means this request is fully released
+                state.slot = False
                 self.queue.release()
-        if self.writer is not None and state.get("admitted"):
-            self.writer.record(self._usage_record(ex, state["identity"], prompt, completion, total, estimated))
+        if self.writer is not None and state.admitted:
+            self.writer.record(self._usage_record(ex, state.identity, prompt, completion, total, estimated))
 
     def _release(self, ticket: Ticket, tokens: int | None) -> None:
         try:

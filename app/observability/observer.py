@@ -30,7 +30,7 @@ from .sinks import AsyncSink, build_sinks
 access_log = logging.getLogger("cot_proxy.access")
 log = logging.getLogger("cot_proxy.observability")
 
-RECORDED_FAMILIES = frozenset({"chat", "completions", "responses"})
+RECORDED_FAMILIES = frozenset({"chat", "completions"})
 UPSTREAM_KINDS = {
     "upstream_unavailable": "connect",
     "upstream_timeout": "timeout",
@@ -79,7 +79,7 @@ class Recorder(Transform):
     name = "observability.record"
 
     def applies(self, ex: Exchange) -> bool:
-        return ex.family in RECORDED_FAMILIES
+        return ex.api in RECORDED_FAMILIES
 
     def _capture(self, ex: Exchange) -> _Capture:
         cap = ex.state.get(self.name)
@@ -105,7 +105,7 @@ class Recorder(Transform):
         if cap is None:
             return None
         if cap.stream is not None:
-            return cap.stream.result(ex.family, ex.usage or cap.stream.usage)
+            return cap.stream.result(ex.api, ex.usage or cap.stream.usage)
         return cap.response
 
 
@@ -128,7 +128,7 @@ class Observer(Transform):
     def admit(self, ex: Exchange) -> None:
         st = self._state(ex)
         st.admitted = True
-        metrics.requests_in_flight.labels(label_value(ex.family)).inc()
+        metrics.requests_in_flight.labels(label_value(ex.api)).inc()
         if self.copy_request and ex.body is not None:
             st.request_body = orjson.loads(orjson.dumps(ex.body, default=str))  # before transforms edit it
         if self.tracing:
@@ -153,7 +153,7 @@ class Observer(Transform):
 
     def done(self, ex: Exchange) -> None:
         st = self._state(ex)
-        route = label_value(ex.family)
+        route = label_value(ex.api)
         if st.admitted:
             metrics.requests_in_flight.labels(route).dec()
         if st.stream:
@@ -225,7 +225,7 @@ class Observer(Transform):
             "request_id": ex.request_id,
             "method": ex.method,
             "path": "/v1/" + ex.path,
-            "route": ex.family,
+            "route": ex.api,
             "status": o.status,
             "latency_ms": round(o.duration * 1000, 1),
             "ttfb_ms": round(o.ttfb * 1000, 1) if o.ttfb is not None else None,
@@ -238,7 +238,7 @@ class Observer(Transform):
             "completion_tokens": completion,
             "total_tokens": total,
             "client": client.address if client else None,
-            "key": key_name(ex) or (client.key_hint if client else None),
+            "key": ex.key_name or (client.key_hint if client else None),
             "error": o.error,
         }
         if self.debug_bodies:
@@ -255,7 +255,7 @@ class Observer(Transform):
         return {
             "request_id": ex.request_id,
             "created": round(started, 3),
-            "route": ex.family,
+            "route": ex.api,
             "method": ex.method,
             "path": fields["path"],
             "model": ex.client_model,
@@ -318,17 +318,6 @@ def think_blocks(ex: Exchange) -> tuple[int, str]:
         splitters = getattr(st, "splitters", None) or {}
         blocks = sum(1 for s in splitters.values() if getattr(s, "seen_tag", False))
     return blocks, label_value(mode)
-
-
-def key_name(ex: Exchange) -> str | None:
-    """The name of the client's key, when an auth step set one (never the key itself)."""
-    access = ex.state.get("access")
-    identity = access.get("identity") if isinstance(access, dict) else None
-    named = None if getattr(identity, "kind", None) == "anonymous" else getattr(identity, "name", None)
-    for candidate in (getattr(ex, "key_name", None), named):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    return None
 
 
 def _short(text: str | None, limit: int = 200) -> str | None:

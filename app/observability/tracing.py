@@ -63,6 +63,6 @@ def annotate(ex: Exchange) -> None:
     if not span.is_recording():
         return
     span.set_attribute("cot_proxy.request_id", ex.request_id)
-    span.set_attribute("cot_proxy.route", ex.family)
+    span.set_attribute("cot_proxy.route", ex.api)
     if ex.client_model:
         span.set_attribute("gen_ai.request.model", ex.client_model[:200])

@@ -20,14 +20,15 @@ from typing import Any
 from ..config import Config
 from ..errors import MethodNotAllowed, NotFound
 from ..exchange import Exchange
-from ..livepeer.settings import LivepeerSettings
 from ..upstream import Target
 from .backends import Backend
 from .catalog import Catalog
 from .providers import Provider, build
+from .settings import BackendSpec, ProviderSpec
 from .shared import SharedEjections
 
 IN_FLIGHT = "routing.in_flight"
+GATEWAY = "livepeer-gateway"
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,15 @@ class Attempt:
     """Who answered, for the `X-Cot-Proxy-Provider` header and logs."""
 
 
-def livepeer_targets(settings: LivepeerSettings, connect_timeout: float) -> dict[str, Target]:
-    """One target per gateway route, its `Livepeer` header computed once."""
-    base = settings.gateway_url + "/process/request/v1/"
-    return {
-        path: Target(
-            base_url=base, connect_timeout=connect_timeout, read_timeout=float(cap.timeout_seconds),
-            name=f"livepeer:{cap.name}", kind="livepeer", headers={"livepeer": settings.header(cap)},
-        )
-        for path, cap in settings.routes.items()
-    }
+def gateway_provider(config: Config) -> Provider | None:
+    """`GATEWAY_URL` as a provider of type `livepeer` that claims the gateway's routes (a request
+    on another path goes to the other providers, or echo mode)."""
+    if config.livepeer is None:
+        return None
+    spec = ProviderSpec(name=GATEWAY, type="livepeer", backends=(BackendSpec(config.livepeer.gateway_url + "/"),),
+                        retries=0)
+    return build(spec, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
+                 livepeer=config.livepeer)
 
 
 class Router:
@@ -63,12 +63,11 @@ class Router:
             for name, spec in settings.providers.items()
         }
         self.default_provider = settings.default_provider
+        self.gateway = gateway_provider(config)
+        every = [*self.providers.values(), *([self.gateway] if self.gateway is not None else [])]
         self._backends: dict[int, Backend] = {
-            id(target): backend for p in self.providers.values() for target, backend in p.targets()
+            id(target): backend for p in every for target, backend in p.targets()
         }
-        self.gateway: dict[str, Target] = {}
-        if config.livepeer is not None:
-            self.gateway = livepeer_targets(config.livepeer, config.connect_timeout)
         extra = [name for name in config.llm_params.names if name not in ("default", "*")]
         shared = None
         if config.access.redis_url and not self.transparent:
@@ -85,11 +84,10 @@ class Router:
     # -- planning -----------------------------------------------------------
 
     def plan(self, ex: Exchange) -> list[Attempt]:
-        gateway = self.gateway.get(ex.path.rstrip("/"))
-        if gateway is not None:
+        if self.gateway is not None and (claimed := self.gateway.target_for(self.gateway.backends[0], ex)):
             if ex.method != "POST":
                 raise MethodNotAllowed(f"/v1/{ex.path} accepts POST only.")
-            return [Attempt(gateway, label=gateway.name)]
+            return [Attempt(claimed, label=GATEWAY)]
         if not self.providers:
             return []
         attempts: list[Attempt] = []
@@ -157,7 +155,8 @@ class Router:
         default = self.providers.get(self.default_provider or "")
         if default is not None:
             return default.backends[0].target
-        return next(iter(self.gateway.values()), None)
+        gateway = self.gateway.targets() if self.gateway is not None else []
+        return gateway[0][0] if gateway else None
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready while a backend of the default provider (or of any, without one) is up."""

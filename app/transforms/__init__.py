@@ -6,26 +6,32 @@ the list below. The relay never needs to change.
 
 from __future__ import annotations
 
-from .. import observability, ui
-from ..access.guard import access_transforms
-from ..config import Config
-from ..livepeer.transforms import LivepeerGateway
-from ..translate.messages_steps import MessagesRequest, MessagesResponse
-from ..translate.responses_steps import responses_steps
+from typing import TYPE_CHECKING
+
 from .base import Transform
-from .headers import HeaderScrub
-from .model_name import ModelName
-from .overrides import Overrides
 from .pipeline import BoundPipeline, Pipeline
-from .sse_filter import SSEFilter
-from .think import Think
-from .usage import UsageCapture
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["Transform", "Pipeline", "BoundPipeline", "build_pipeline"]
 
 
 def build_pipeline(config: Config) -> Pipeline:
-    """The ordered list of steps; order matters (request hooks run first to last)."""
+    """The ordered list of steps; order matters (request hooks run first to last).
+    Imported here, not at the top: the steps' modules import `transforms.base` themselves."""
+    from .. import observability, ui
+    from ..access.guard import access_transforms
+    from ..livepeer.transforms import LivepeerGateway
+    from ..translate.messages_steps import MessagesRequest, MessagesResponse
+    from ..translate.responses_steps import responses_steps
+    from .headers import HeaderScrub
+    from .model_name import ModelName
+    from .overrides import Overrides
+    from .sse_filter import SSEFilter
+    from .think import Think
+    from .usage import UsageCapture
+
     responses_request, responses_answer = responses_steps(config)
     return Pipeline([
         # Access first: authenticate, check and limit before anything else runs (app/access/guard.py).

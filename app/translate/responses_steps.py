@@ -63,9 +63,7 @@ class Translation:
 
 def owner_of(ex: Exchange) -> str:
     """Whose stored responses these are: the access guard's subject (stable, not secret)."""
-    state = ex.state.get("access")
-    identity = state.get("identity") if isinstance(state, dict) else None
-    return str(getattr(identity, "subject", None) or "anonymous")
+    return str(getattr(ex.identity, "subject", None) or "anonymous")
 
 
 def is_create(ex: Exchange) -> bool:
