@@ -281,19 +281,73 @@ def rss_bytes(pid: int) -> int:
 
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(what: str) -> None:
+    """Skip the test for want of `what` (a service or tool); fail it under CI=true, where it must be there."""
+    import pytest
+
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI=true")
+    pytest.skip(f"{what} not reachable")
 
 
 def redis_or_skip(url: str = TEST_REDIS_URL) -> Any:
     """A client of the test Redis; the test is skipped without one (fails under CI=true)."""
-    import pytest
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
         client.ping()
     except redis.RedisError:
-        if IN_CI:
-            pytest.fail(f"Redis at {url} is required under CI=true")
-        pytest.skip(f"Redis at {url} not reachable")
+        unavailable(f"Redis at {url}")
     return client
+
+
+def pg_url(schema: str) -> str:
+    """TEST_PG_URL with `schema` first on the search path (one schema per test session or module)."""
+    return f"{TEST_PG_URL}?options=-csearch_path%3D{schema}"
+
+
+def guard_of(app):
+    """The app's access guard (keys, limits, budgets, usage), or None."""
+    from app.access.api import find_guard
+
+    return find_guard(app)
+
+
+class RedisServer:
+    """A redis-server of our own on a free port, to stop and start (never the shared one)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)  # polling for start-up only
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None

@@ -19,8 +19,8 @@ from app.access.settings import AccessSettings
 from app.exchange import Exchange
 from app.sse import Event
 from app.transforms import Pipeline, Transform
-from tests.conftest import proxy_config
 from tests.fakes.openai_upstream import chat_chunk, sse_reply
+from tests.support import proxy_config
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -15,10 +15,10 @@ from app.bounds import Bounds
 from app.config import Config
 from app.envparse import ConfigError
 from app.livepeer.settings import LivepeerSettings, listen_address
-from tests.conftest import LiveServer
 from tests.fakes import livepeer_gateway
 from tests.fakes.livepeer_gateway import NOISE, decode_header
 from tests.fakes.openai_upstream import FakeUpstream, Reply
+from tests.support import LiveServer
 
 MSG = [{"role": "user", "content": "hi"}]
 

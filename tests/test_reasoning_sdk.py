@@ -10,8 +10,8 @@ import pytest
 from app import create_app
 from app.config import Config
 from app.model_params import parse_llm_params
-from tests.conftest import LiveServer, proxy_config
 from tests.fakes.openai_upstream import FakeUpstream, chat_chunk, chat_completion, json_reply, sse_reply
+from tests.support import LiveServer, proxy_config
 
 MSG = [{"role": "user", "content": "hi"}]
 LLM_PARAMS = ("model=r1,upstream_model_name=deepseek-r1:14b,temperature=0.6,think_prefilled=true;"

@@ -53,7 +53,7 @@ def test_wrong_content_type_400(client):
 
 def test_too_large_413(upstream):
     from app import create_app
-    from tests.conftest import proxy_config
+    from tests.support import proxy_config
 
     c = create_app(proxy_config(upstream, bounds=Bounds(max_request_bytes=100))).test_client()
     resp = c.post("/v1/chat/completions", json={**CHAT, "pad": "x" * 200})
@@ -114,7 +114,7 @@ def test_request_id_generated_and_sent_upstream(client, upstream):
 
 def test_upstream_api_key_replaces_client_auth(upstream):
     from app import create_app
-    from tests.conftest import proxy_config
+    from tests.support import proxy_config
 
     c = create_app(proxy_config(upstream, upstream_api_key="sk-upstream")).test_client()
     c.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-client"})

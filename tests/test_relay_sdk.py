@@ -80,7 +80,7 @@ def test_garbage_is_502(live, upstream):
 
 def test_timeout_is_504(app, upstream):
     from app import create_app
-    from tests.conftest import LiveServer, proxy_config
+    from tests.support import LiveServer, proxy_config
 
     server = LiveServer(create_app(proxy_config(upstream, read_timeout=0.3)))
     try:
@@ -108,7 +108,7 @@ def test_connection_refused_is_502():
 
     from app import create_app
     from app.config import Config
-    from tests.conftest import LiveServer
+    from tests.support import LiveServer
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -8,10 +8,6 @@ A missing Redis or PostgreSQL skips those tests locally and fails them under CI=
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,24 +18,10 @@ import pytest
 from app import create_app
 from app.access.settings import AccessSettings
 from app.access.store import KeyStore
-from tests.conftest import proxy_config
 from tests.fakes.openai_upstream import FakeUpstream
+from tests.support import TEST_PG_URL, TEST_REDIS_URL, RedisServer, pg_url, proxy_config, unavailable
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-TEST_PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _unavailable(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is required under CI=true")
-    pytest.skip(f"{what} not reachable")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["TEST_PG_URL", "TEST_REDIS_URL", "pg_url"]  # tests/fleet/conftest.py still imports them from here
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +32,7 @@ def _redis_client():
     try:
         client.ping()
     except redis.RedisError:
-        _unavailable(f"Redis at {TEST_REDIS_URL}")
+        unavailable(f"Redis at {TEST_REDIS_URL}")
     yield client
     client.close()
 
@@ -77,16 +59,12 @@ def _pg_schema() -> Iterator[str]:
 
         conn = psycopg.connect(TEST_PG_URL, connect_timeout=3, autocommit=True)
     except Exception:
-        _unavailable(f"PostgreSQL at {TEST_PG_URL}")
+        unavailable(f"PostgreSQL at {TEST_PG_URL}")
     schema = f"cot_test_{uuid.uuid4().hex[:10]}"
     conn.execute(f"CREATE SCHEMA {schema}")
     yield schema
     conn.execute(f"DROP SCHEMA {schema} CASCADE")
     conn.close()
-
-
-def pg_url(schema: str) -> str:
-    return f"{TEST_PG_URL}?options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -144,54 +122,12 @@ def make_app(upstream: FakeUpstream):
             guard.close()
 
 
-def guard_of(app):
-    from app.access.api import find_guard
-
-    return find_guard(app)
-
-
-class RedisServer:
-    """A redis-server of our own on a free port, to stop and start (never the shared one)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        binary = "redis-server"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.02)  # polling for start-up only
-        self.stop()
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     from shutil import which
 
     if which("redis-server") is None:
-        _unavailable("redis-server binary")
+        unavailable("redis-server binary")
     server = RedisServer().start()
     yield server
     server.stop()

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import LiveServer
+from tests.support import LiveServer
 
 TOKEN = "gw-token-0123456789-WXYZ"
 OTHER = "gw-token-other-9876-ABCD"
@@ -67,7 +67,7 @@ def test_provider_key_replaces_client_token(upstream):
 
     from app import create_app
     from app.access.settings import AccessSettings
-    from tests.conftest import proxy_config
+    from tests.support import proxy_config
 
     config = replace(proxy_config(upstream, upstream_api_key="provider-key"),
                      access=AccessSettings(bearer_tokens=(TOKEN,)))

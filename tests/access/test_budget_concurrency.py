@@ -23,10 +23,8 @@ import requests
 from app.access.limits import Limits, MemoryLimiter, RedisLimiter, Ticket
 from app.access.store import KeyStore
 from app.access.usage import estimate_reserve
-from tests.access.conftest import TEST_REDIS_URL, guard_of
-from tests.conftest import LiveServer
 from tests.fakes.openai_upstream import chat_completion, json_reply
-from tests.support import Gunicorn
+from tests.support import TEST_REDIS_URL, Gunicorn, LiveServer, guard_of
 
 BUDGET = 40
 USAGE = 7  # the fake upstream's chat answer: usage.total_tokens

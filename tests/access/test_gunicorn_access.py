@@ -17,8 +17,7 @@ import pytest
 import requests
 
 from app.access.store import KeyStore
-from tests.access.conftest import TEST_REDIS_URL
-from tests.support import ROOT, Gunicorn
+from tests.support import ROOT, TEST_REDIS_URL, Gunicorn
 
 MSG = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "m", "messages": MSG}

@@ -142,7 +142,7 @@ def test_budget_exhaustion(database_url, make_app, store_at, shared, request):
     err = r.get_json()["error"]
     assert err["code"] == "insufficient_quota" and err["type"] == "insufficient_quota"
     assert r.headers["x-should-retry"] == "false" and "Retry-After" not in r.headers
-    from tests.access.conftest import guard_of
+    from tests.support import guard_of
 
     guard_of(app).writer.flush()
     assert store.lookup_by_id(rec.id).spent_tokens == 14

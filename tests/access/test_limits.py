@@ -9,9 +9,8 @@ import jwt
 import pytest
 
 from app.access.limits import Limits, MemoryLimiter, RedisLimiter, Ticket, reset_duration
-from tests.access.conftest import TEST_REDIS_URL, guard_of
-from tests.conftest import LiveServer
 from tests.fakes.openai_upstream import Reply, chat_completion, json_reply
+from tests.support import TEST_REDIS_URL, LiveServer, guard_of
 
 SECRET = "jwt-secret-for-limit-tests-0123456789"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}  # estimated at 8 prompt tokens

@@ -10,9 +10,8 @@ import jwt
 import pytest
 import requests
 
-from tests.access.conftest import guard_of
-from tests.conftest import LiveServer
 from tests.fakes.openai_upstream import Reply
+from tests.support import LiveServer, guard_of
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 SECRET = "jwt-secret-for-failover-tests-012345"

@@ -21,7 +21,7 @@ import pytest
 
 from app.access.limits import Circuit, LimiterUnavailable, Limits, RedisLimiter, Ticket
 from app.routing.shared import PREFIX, SharedEjections
-from tests.access.conftest import TEST_REDIS_URL, guard_of
+from tests.support import TEST_REDIS_URL, guard_of
 
 SECRET = "jwt-secret-for-redis-fault-tests-0123"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -12,8 +12,7 @@ import requests
 from app import create_app
 from app.access.settings import WEAK_TOKEN_CHARS, AccessSettings
 from app.config import Config, ConfigError
-from tests.conftest import proxy_config
-from tests.support import Gunicorn
+from tests.support import Gunicorn, proxy_config
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 STRONG = "s" * WEAK_TOKEN_CHARS

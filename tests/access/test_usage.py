@@ -10,9 +10,8 @@ import pytest
 import requests
 
 from app.access.store import usage_records
-from tests.access.conftest import guard_of
-from tests.conftest import LiveServer
 from tests.fakes.openai_upstream import chat_chunk, chat_completion, json_reply, sse_reply
+from tests.support import LiveServer, guard_of
 
 ADMIN = "admin-token-0123456789"
 MSG = [{"role": "user", "content": "hi"}]

@@ -10,7 +10,7 @@ import jwt
 import pytest
 
 from app.access.store import INT32_MAX, now_utc
-from tests.access.conftest import guard_of
+from tests.support import guard_of
 
 ADMIN = {"Authorization": "Bearer admin-token-0123456789"}
 SECRET = "jwt-secret-for-usage-input-tests-0123"

@@ -27,8 +27,8 @@ import orjson
 from app.access.settings import AccessSettings
 from app.config import Config
 from app.observability.settings import ObservabilitySettings
-from tests.conftest import proxy_config
 from tests.fakes.openai_upstream import FakeUpstream, Recorded, Reply, _default_reply, json_reply
+from tests.support import proxy_config
 
 PROVIDER_HEADER = "x-cot-proxy-provider"
 TOKEN = "fuzz-gateway-token-0123456789"

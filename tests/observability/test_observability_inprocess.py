@@ -16,10 +16,10 @@ from app import create_app
 from app.config import Config, ConfigError
 from app.observability.observer import Observer
 from app.observability.settings import ObservabilitySettings
-from tests.conftest import LiveServer, proxy_config
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.observability import sink_fixture
 from tests.observability.helpers import Blackhole
+from tests.support import LiveServer, proxy_config
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -18,9 +18,9 @@ import requests
 from app import create_app
 from app.observability.settings import ObservabilitySettings
 from app.observability.sinks import REDACTED, redact, redact_record, secret_name
-from tests.conftest import LiveServer, proxy_config
 from tests.fakes.openai_upstream import FakeUpstream, chat_completion, json_reply
 from tests.observability import sink_fixture
+from tests.support import LiveServer, proxy_config
 
 SECRETS = {
     "body": "sk-body-SECRET-11112222",

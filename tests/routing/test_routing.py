@@ -14,8 +14,8 @@ import requests
 
 from app import create_app
 from app.config import Config
-from tests.conftest import LiveServer
 from tests.fakes.openai_upstream import FakeUpstream, Reply, chat_chunk, json_reply, sse_reply
+from tests.support import LiveServer
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -188,8 +188,8 @@ def test_learned_while_redis_was_away_is_shared_when_it_is_back(redis_url):
 def test_metadata_and_metric_show_what_was_learned(upstream):
     from app import create_app
     from app.observability import metrics
-    from tests.conftest import proxy_config
     from tests.fakes.openai_upstream import chat_chunk, sse_reply
+    from tests.support import proxy_config
 
     app = create_app(proxy_config(upstream))
     c = app.test_client()
