@@ -4,7 +4,7 @@
 
 Starts its own fake upstream (this file with `--serve PORT`: aiohttp, streams of `--chunk-chars`
 characters per chunk, `bench_interval_ms` apart) and the proxy under real Gunicorn (one worker,
-default settings unless `--env`), both on free 127.0.0.1 ports, via bench/run.py's helpers.
+default settings unless `--env`), both on free 127.0.0.1 ports, via bench/common.py's helpers.
 
 TTFC here = from sending the request to the first SSE event whose `delta.content` has text (what a
 user sees), median and p90 over `--n` sequential streams per case and token interval:
@@ -146,20 +146,20 @@ def main() -> None:
         serve(args.serve)
         return
     sys.path.insert(0, str(HERE))
-    import run as bench  # bench/run.py: processes, ports, Gunicorn
+    import common as bench  # bench/common.py: processes, ports, Gunicorn (bench/harness.py)
 
     n = max(1, min(args.n, 200))
     intervals = [max(0.0, min(1000.0, float(x))) for x in args.intervals.split(",")]
     lengths = [max(0, min(100_000, int(x))) for x in args.reasoning.split(",")]
     extra = dict(pair.split("=", 1) for pair in args.env)
-    bench.RESULTS.mkdir(exist_ok=True)
+    bench.RESULTS.mkdir(parents=True, exist_ok=True)
     up_port = bench.free_port()
     upstream = bench.Proc("prefill-upstream", [sys.executable, str(Path(__file__).resolve()), "--serve",
                                                str(up_port)], dict(bench.os.environ), up_port)
     proxy = None
     try:
         upstream.wait_ready("/v1/models", 20)
-        env = bench.proxy_env(upstream, {"WEB_CONCURRENCY": "1", "LOG_LEVEL": "warning", **extra})
+        env = bench.proxy_env(upstream, {"LOG_LEVEL": "warning", **extra})
         proxy = bench.start_proxy("prefill-proxy", env, 1)
         common = {"bench_chunk_chars": args.chunk_chars}
         # Warm both up; teach the proxy that `bench-r1-known` does not pre-fill (a whole plain answer).
