@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthenticationError, Overloaded
-from .keys import KEY_PREFIX, KeyRecord, hint, now_utc
+from ..redact import hint
+from .keys import KEY_PREFIX, KeyRecord, now_utc
 from .limits import Limits
 from .settings import KEY_CACHE_SECONDS, AccessSettings
 

@@ -16,11 +16,6 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def hint(secret: str) -> str:
-    """What may be shown or logged of a secret: its last 4 characters."""
-    return "…" + secret[-4:] if len(secret) > 8 else "…"
-
-
 def utc(dt: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; they were written in UTC."""
     if dt is None:

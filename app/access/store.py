@@ -46,8 +46,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from .keys import KEY_PREFIX, KeyRecord, hash_key, hint, now_utc, utc  # noqa: F401  (re-exported)
+from .keys import KEY_PREFIX, KeyRecord, hash_key, now_utc, utc  # noqa: F401  (re-exported)
 from .limits import Limits
+from .usage import REPLAYED
 
 log = logging.getLogger("cot_proxy.guard")
 
@@ -278,10 +279,13 @@ class KeyStore:
         Records are made storable first (`_usage_row`). If the database still refuses the batch's data,
         each record is written on its own and the refused ones are logged and dropped (returns the
         number written); a store that is down raises, and the caller keeps the batch."""
-        rows = [_usage_row(r) for r in records]
-        if not rows:
+        records = list(records)
+        if not records:
             return 0
         self.ensure_schema()
+        rows = [_usage_row(r) for r in self._not_yet_stored(records)]
+        if not rows:
+            return 0
         try:
             self._insert_usage(rows)
             return len(rows)
@@ -296,6 +300,20 @@ class KeyStore:
                 log.error("usage record %s dropped, the database refuses it: %s", row.get("request_id"),
                           type(getattr(exc, "orig", None) or exc).__name__)
         return written
+
+    def _not_yet_stored(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`records` without the replayed ones (from a dead worker's spool, see usage.py) the table already
+        holds, by request id and time: that worker may have died after writing them, before its spool went."""
+        replayed = [r for r in records if r.get(REPLAYED)]
+        if not replayed:
+            return records
+        ids = {storable_text(r.get("request_id"), 128) for r in replayed}
+        u = usage_records.c
+        with self.engine.connect() as conn:
+            stored = {(rid, utc(at)) for rid, at in conn.execute(
+                select(u.request_id, u.created_at).where(u.request_id.in_(ids))).all()}
+        return [r for r in records if not r.get(REPLAYED)
+                or (storable_text(r.get("request_id"), 128), utc(r.get("created_at"))) not in stored]
 
     def _insert_usage(self, rows: list[dict[str, Any]]) -> None:
         spent: dict[int, int] = {}

@@ -15,6 +15,8 @@ import re
 import time
 from typing import Any
 
+from ..redact import hint
+
 _RESERVED = ("time", "level", "logger", "message", "pid")
 _SECRET_KEY = re.compile(
     r"(?i)(api[_-]?key|authorization|secret|password|passwd|credential|access[_-]?token|refresh[_-]?token"
@@ -83,29 +85,17 @@ def make_formatter(log_format: str) -> logging.Formatter:
     return TextFormatter() if log_format == "text" else JsonFormatter()
 
 
-def key_hint(token: str | None) -> str | None:
-    """What may be logged of a credential: its last 4 characters, and only if it is long."""
-    if not token:
-        return None
-    token = token.strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
-    if len(token) < 12:
-        return "****"
-    return "…" + token[-4:]
-
-
 def mask_secrets(obj: Any, depth: int = 0) -> Any:
-    """A copy of a decoded JSON body with credential-like string values reduced to `key_hint`."""
+    """A copy of a decoded JSON body with credential-like string values reduced to `redact.hint`."""
     if depth > 20:
         return "…"
     if isinstance(obj, dict):
-        return {k: (key_hint(v) if isinstance(v, str) and isinstance(k, str) and _SECRET_KEY.search(k)
+        return {k: (hint(v) if isinstance(v, str) and isinstance(k, str) and _SECRET_KEY.search(k)
                     else mask_secrets(v, depth + 1)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [mask_secrets(v, depth + 1) for v in obj]
     if isinstance(obj, str) and obj[:7].lower() == "bearer ":
-        return "Bearer " + (key_hint(obj) or "")
+        return "Bearer " + (hint(obj) or "")
     return obj
 
 

@@ -14,9 +14,10 @@ from flask import Flask, Response, current_app, g, request
 
 from .. import request_id
 from ..clientip import allow_only, client_text
+from ..redact import hint
 from . import metrics
 from .exposition import render, start_server
-from .logformat import key_hint, make_formatter
+from .logformat import make_formatter
 from .observer import CLIENT, ClientInfo
 
 access_log = logging.getLogger("cot_proxy.access")
@@ -48,7 +49,7 @@ def _client_info() -> ClientInfo:
     credential = headers.get("Authorization") or headers.get("X-Api-Key") or headers.get("Api-Key")
     access = getattr(current_app.config.get("COT"), "access", None)
     trusted = getattr(access, "trusted_proxies", None)  # TRUSTED_PROXIES: the client behind them
-    return ClientInfo(address=client_text(request, trusted), key_hint=key_hint(credential))
+    return ClientInfo(address=client_text(request, trusted), key_hint=hint(credential))
 
 
 def _metrics_allowlist(config: Any) -> Any:

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..exchange import Exchange
 from ..observability.exposition import multiprocess_dir
-from ..observability.logformat import key_hint
+from ..redact import hint
 from ..transforms.base import Transform
 
 log = logging.getLogger("cot_proxy.ui")
@@ -227,7 +227,7 @@ class LiveRequests(Transform):
         credential = ex.headers.get("authorization") or ex.headers.get("x-api-key") or ex.headers.get("api-key")
         live_id = f"{self.worker}-{next(self._ids)}"
         info = {"id": live_id, "request_id": ex.request_id, "api": ex.api or ex.family, "method": ex.method,
-                "path": "/v1/" + ex.path, "model": ex.client_model, "key": key_hint(credential),
+                "path": "/v1/" + ex.path, "model": ex.client_model, "key": hint(credential),
                 "key_name": getattr(identity, "name", None) if getattr(identity, "kind", "") == "key" else None,
                 "started_at": time.time(), "streaming": ex.streaming, "pid": self.pid, "worker": self.worker}
         ex.state[self.name] = live_id

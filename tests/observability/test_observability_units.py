@@ -6,9 +6,10 @@ import json
 import threading
 
 from app.observability.exposition import wants_json
-from app.observability.logformat import key_hint, mask_secrets
+from app.observability.logformat import mask_secrets
 from app.observability.reassemble import StreamReassembler
 from app.observability.sinks import JsonlFileSink
+from app.redact import hint
 
 
 def test_json_only_when_asked():
@@ -63,4 +64,4 @@ def test_masking():
     masked = mask_secrets(body)
     assert masked == {"model": "m", "max_tokens": 5, "api_key": "…mnop", "nested": [{"Authorization": "…abcd"}],
                       "text": "Bearer …9876"}
-    assert key_hint("short") == "****" and key_hint(None) is None
+    assert hint("short") == "****" and hint(None) is None
