@@ -72,10 +72,6 @@ class ModelLabels:
     def for_config(cls, config: Any) -> ModelLabels:
         return cls(configured_models(config), multiprocess_dir())
 
-    @property
-    def known(self) -> frozenset[str]:
-        return self.configured | frozenset(self._learned)
-
     def label(self, model: str | None) -> str:
         if model is None:
             return NONE

@@ -31,7 +31,6 @@ class Catalog:
         self.refresh_seconds = refresh_seconds
         self.models: dict[str, list[str]] = {name: list(p.spec.models) for name, p in providers.items()}
         """Provider name -> its model ids (unprefixed), from the last good fetch."""
-        self.fetched_at: dict[str, float] = {}
         self._fetching: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,7 +106,6 @@ class Catalog:
             ids = self.fetch(provider)
             if ids is not None:
                 self.models[name] = sorted(set(ids) | set(provider.spec.models))
-                self.fetched_at[name] = time.time()
         finally:
             self._fetching.discard(name)
 

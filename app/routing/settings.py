@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..envparse import ConfigError, integer, text
+from ..model_params import THINK_MODES
 
 PROVIDER_TYPES = ("openai", "ollama", "livepeer")
 BALANCES = ("cache_aware", "round_robin", "least_busy", "prefix_affinity")
@@ -285,8 +286,8 @@ def _model(name: str, spec: Any, providers: dict[str, ProviderSpec]) -> ModelSpe
     if not isinstance(params, dict):
         raise RoutingConfigError(f"{where}.params: must be a mapping")
     think_mode = spec.get("think_mode")
-    if think_mode is not None and think_mode not in ("strip", "separate", "keep"):
-        raise RoutingConfigError(f"{where}.think_mode: must be strip, separate or keep")
+    if think_mode is not None and think_mode not in THINK_MODES:
+        raise RoutingConfigError(f"{where}.think_mode: must be {', '.join(THINK_MODES)}")
     return ModelSpec(
         name=name, route=tuple(route), provider=provider, upstream_model=_opt_str(spec, "upstream_model", where),
         params=dict(params), think_mode=think_mode, think_tag_start=_opt_str(spec, "think_tag_start", where),
