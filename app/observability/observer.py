@@ -50,8 +50,9 @@ class ClientInfo:
     key_hint: str | None = None
     """At most the last 4 characters of the credential the client sent."""
     started: float = field(default_factory=time.monotonic)
-    handled: bool = False
-    """Set by `Observer.done`: this request got its log line there."""
+    fields: dict[str, Any] | None = None
+    """Set by `Observer.done` for a relayed request: its access-log fields, which the Flask side
+    writes at close (`web.py`), as it writes the line of every other request."""
 
 
 CLIENT: ContextVar[ClientInfo | None] = ContextVar("cot_proxy_client", default=None)
@@ -158,13 +159,14 @@ class Observer(Transform):
             metrics.requests_in_flight.labels(route).dec()
         if st.stream:
             metrics.streams_in_flight.dec()
-        if st.client is not None:
-            st.client.handled = True
         try:
             self._metrics(ex, route)
         finally:
             fields = self._fields(ex, st)
-            access_log.info("%s %s %s", ex.method, fields["path"], ex.outcome.status, extra={"fields": fields})
+            if st.client is not None:
+                st.client.fields = fields
+            else:  # no Flask side around (an exchange driven directly)
+                write_access_line(fields)
             if self.sinks:
                 record = self._record(ex, st, fields)
                 for sink in self.sinks:
@@ -286,6 +288,11 @@ def upstream_error_kind(ex: Exchange) -> str | None:
     if o.error is None and o.attempts and o.status >= 500:
         return "5xx"
     return None
+
+
+def write_access_line(fields: dict[str, Any], level: int = logging.INFO) -> None:
+    """The one writer of access-log lines (relayed or not)."""
+    access_log.log(level, "%s %s %s", fields["method"], fields["path"], fields["status"], extra={"fields": fields})
 
 
 def token_counts(usage: Any) -> tuple[int | None, int | None, int | None]:

@@ -18,9 +18,8 @@ from ..redact import hint
 from . import metrics
 from .exposition import render, start_server
 from .logformat import make_formatter
-from .observer import CLIENT, ClientInfo
+from .observer import CLIENT, ClientInfo, write_access_line
 
-access_log = logging.getLogger("cot_proxy.access")
 log = logging.getLogger("cot_proxy.observability")
 METRICS_ENDPOINT = "cot_proxy_metrics"
 QUIET_BLUEPRINTS = ("probes",)
@@ -67,8 +66,9 @@ def init_app(app: Flask, config: Any) -> None:
 
     @app.after_request
     def _log_unrelayed(response: Response) -> Response:
-        """Requests the relay never saw (probes, /metrics, unknown routes) get their line at close,
-        after the relay's own `done` had its chance (close callbacks run in order)."""
+        """Every request's access-log line, at close: a relayed one's fields come from `Observer.done`
+        (which runs first: close callbacks run in order), the others' (probes, /metrics, unknown
+        routes) are made here."""
         info: ClientInfo | None = g.get("cot_proxy_client")
         if info is None:
             return response
@@ -76,13 +76,13 @@ def init_app(app: Flask, config: Any) -> None:
         method, path, status, rid = request.method, request.path, response.status_code, request_id.current()
 
         def line() -> None:
-            if info.handled:
+            if info.fields is not None:  # relayed: the observer's fields, complete after the last byte
+                write_access_line({**info.fields, "path": path})  # the client's path, if a step translated it
                 return
             fields = {"request_id": rid, "method": method, "path": path, "route": None, "status": status,
                       "latency_ms": round((time.monotonic() - info.started) * 1000, 1), "client": info.address,
                       "key": info.key_hint}
-            access_log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %s", method, path, status,
-                           extra={"fields": fields})
+            write_access_line(fields, logging.DEBUG if quiet else logging.INFO)
 
         response.call_on_close(line)
         return response
