@@ -226,3 +226,11 @@ def json_depth(obj: Any) -> int:
         deepest = max(deepest, depth)
         stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
     return deepest
+
+
+def dump_json(obj: Any) -> bytes:
+    """orjson refuses what it cannot write (nesting over 254 levels, huge integers): the client's fault."""
+    try:
+        return orjson.dumps(obj)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidRequest(f"The request body cannot be relayed: {exc}.", code="invalid_json") from None

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 from werkzeug.exceptions import HTTPException
 
-from .body import RequestBody, SizedStream, model_in
+from .body import RequestBody, SizedStream, dump_json, model_in
 from .config import Config
 from .disconnect import DisconnectWatch
 from .errors import (
@@ -34,7 +34,6 @@ from .errors import (
     ClientDisconnected,
     ErrorShape,
     InternalError,
-    InvalidRequest,
     NotFound,
     ProxyError,
     UpstreamBadResponse,
@@ -44,9 +43,9 @@ from .errors import (
 )
 from .exchange import Exchange
 from .routing.router import Attempt, Router
-from .sse import Event, SSEDecoder
+from .stream import EventStream
 from .transforms import BoundPipeline, Pipeline
-from .upstream import DECODABLE, Call, Upstream, UpstreamReply
+from .upstream import Call, Upstream, UpstreamReply, accept_decodable
 
 log = logging.getLogger("cot_proxy.relay")
 
@@ -398,47 +397,6 @@ class Relay:
         ex.outcome.bytes_out += len(data)
 
 
-class EventStream:
-    """Upstream SSE bytes -> events -> the stream steps -> bytes for the client."""
-
-    def __init__(self, bound: BoundPipeline, max_event_bytes: int | None) -> None:
-        self.bound = bound
-        self.decoder = SSEDecoder(max_event_bytes)
-        self.transform = bound.touches_stream
-        self.ended = not self.transform  # no step to flush
-
-    def feed(self, chunk: bytes) -> bytes:
-        events = self.decoder.feed(chunk)
-        if not events:
-            return b""
-        if not self.transform:
-            return b"".join(e.raw for e in events)
-        out: list[Event] = []
-        for event in events:
-            if event.is_done and not self.ended:
-                self.ended = True
-                out.extend(self.bound.stream_end())
-                out.append(event)
-            else:
-                out.extend(self.bound.stream_event(event))
-        return b"".join(e.raw for e in out)
-
-    def end(self) -> bytes:
-        """After the upstream's last byte: what the steps still hold, if no `[DONE]` flushed it."""
-        if self.ended:
-            return b""
-        self.ended = True
-        return b"".join(e.raw for e in self.bound.stream_end())
-
-    def flushed(self) -> bytes:
-        """What the steps still hold, before an error event ends the stream (never raises)."""
-        try:
-            return self.end()
-        except Exception:
-            log.exception("a stream step failed while flushing")
-            return b""
-
-
 @dataclass
 class _Sent:
     """The request as the client sent it (after admission), restored before each attempt."""
@@ -476,29 +434,9 @@ def _without_length(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in ("content-length", "content-encoding")}
 
 
-def dump_json(obj: Any) -> bytes:
-    """orjson refuses what it cannot write (nesting over 254 levels, huge integers): the client's fault."""
-    try:
-        return orjson.dumps(obj)
-    except (orjson.JSONEncodeError, TypeError) as exc:
-        raise InvalidRequest(f"The request body cannot be relayed: {exc}.", code="invalid_json") from None
-
-
 def not_streaming(reply: UpstreamReply) -> UpstreamBadResponse:
     return UpstreamBadResponse(f"Upstream {reply.target.origin} did not answer a stream request with "
                                "an event stream.", code="upstream_not_streaming")
-
-
-def accept_decodable(headers: dict[str, str]) -> dict[str, str]:
-    """The client's Accept-Encoding, less what this worker cannot decode."""
-    given = headers.get("accept-encoding")
-    if given is None:
-        return headers
-    keep = [p for p in (part.strip() for part in given.split(","))
-            if p and p.split(";", 1)[0].strip().lower() in DECODABLE]
-    out = dict(headers)
-    out["accept-encoding"] = ", ".join(keep) if keep else "identity"
-    return out
 
 
 def cancelled() -> Cancelled:

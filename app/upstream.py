@@ -48,6 +48,18 @@ DECODABLE = frozenset(ACCEPT_ENCODING.split(","))
 """Content-Encodings this worker can decode (urllib3's, with the optional packages installed)."""
 
 
+def accept_decodable(headers: dict[str, str]) -> dict[str, str]:
+    """The client's Accept-Encoding, less what this worker cannot decode."""
+    given = headers.get("accept-encoding")
+    if given is None:
+        return headers
+    keep = [p for p in (part.strip() for part in given.split(","))
+            if p and p.split(";", 1)[0].strip().lower() in DECODABLE]
+    out = dict(headers)
+    out["accept-encoding"] = ", ".join(keep) if keep else "identity"
+    return out
+
+
 @dataclass(frozen=True)
 class Target:
     """Where one request goes: a base URL ending in `/` that `/v1/<rest>` maps under."""
