@@ -463,7 +463,7 @@ def from_chat(data: Any, sk: Skeleton) -> dict[str, Any]:
         output.append(message_item(new_id("msg"), content))
     for call in _list(message.get("tool_calls")):
         fn = call.get("function") if isinstance(call, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]:
             args = fn.get("arguments")
             output.append(sk.call(new_id("fc"), str(call.get("id") or new_id("call")), fn["name"],
                                   args if isinstance(args, str) else "{}"))
@@ -513,8 +513,8 @@ class StreamState:
         self.started = False
         self.finished: str | None = None
         """The chat `finish_reason`, once seen."""
-        self.output: list[dict[str, Any]] = []
-        """Items done, in output order."""
+        self.done_items: dict[int, dict[str, Any]] = {}
+        """Items done, by output index."""
         self._open: dict[int, _Item] = {}
         self._reasoning: _Item | None = None
         self._message: _Item | None = None
@@ -523,6 +523,11 @@ class StreamState:
         self.ended = False
         self.final: dict[str, Any] = {}
         """The last response object (completed, incomplete or failed), once `ended`."""
+
+    @property
+    def output(self) -> list[dict[str, Any]]:
+        """Items done, in output order (text after a tool call is done before it, but comes after it)."""
+        return [self.done_items[i] for i in sorted(self.done_items)]
 
     def _event(self, kind: str, **payload: Any) -> dict[str, Any]:
         out = {"type": kind, "sequence_number": self.seq, **payload}
@@ -545,7 +550,7 @@ class StreamState:
 
     def _done(self, opened: _Item, final: dict[str, Any]) -> dict[str, Any]:
         del self._open[opened.index]
-        self.output.append(final)
+        self.done_items[opened.index] = final
         return self._event("response.output_item.done", output_index=opened.index, item=final)
 
     def _close_reasoning(self) -> list[dict[str, Any]]:
@@ -647,8 +652,10 @@ class StreamState:
         out: list[dict[str, Any]] = []
         c = self._calls.get(index) if isinstance(index, int) else None
         if c is None:
-            out += self._close_reasoning() + self._close_message()
             name = fn.get("name") if isinstance(fn.get("name"), str) else ""
+            if not name:
+                return out  # a call's first fragment names its function: without one there is no call to show
+            out += self._close_reasoning() + self._close_message()
             call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else new_id("call")
             c, added = self._add(self.sk.call(new_id("fc"), call_id, name, "", status="in_progress"))
             self._calls[index if isinstance(index, int) else len(self._calls)] = c
@@ -669,7 +676,7 @@ class StreamState:
         self.ended = True
         incomplete = INCOMPLETE.get(self.finished or "")
         status = "incomplete" if incomplete else "completed"
-        final = self.sk.response(status, list(self.output), usage_of(chat_usage), incomplete=incomplete)
+        final = self.sk.response(status, self.output, usage_of(chat_usage), incomplete=incomplete)
         self.final = final
         out.append(self._event("response.incomplete" if incomplete else "response.completed", response=final))
         return out
@@ -693,6 +700,6 @@ class StreamState:
         self._reasoning = self._message = None
         self._calls.clear()
         self.ended = True
-        self.final = self.sk.response("failed", list(self.output), error={"code": code, "message": message})
+        self.final = self.sk.response("failed", self.output, error={"code": code, "message": message})
         out.append(self._event("response.failed", response=self.final))
         return out

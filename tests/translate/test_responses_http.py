@@ -428,3 +428,14 @@ def test_a_key_with_a_model_list_reads_its_stored_responses(make_client, chat_on
     assert client.get(f"/v1/responses/{rid}", headers=auth).get_json()["id"] == rid
     assert client.get(f"/v1/responses/{rid}").status_code == 401
     assert client.delete(f"/v1/responses/{rid}", headers=auth).get_json()["deleted"] is True
+
+
+def test_text_after_a_tool_call_keeps_output_order(make_client, chat_only):
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    chat_only.enqueue(sse_reply([chat_chunk(role="assistant", content=""), chat_chunk(tool_calls=[call]),
+                                 chat_chunk("and some text"), chat_chunk(finish="tool_calls")]))
+    events = events_of(create(make_client(RESPONSES_API="translate"), input="x", tools=[WEATHER],
+                              stream=True).get_data())
+    added = [(e["output_index"], e["item"]["type"]) for e in events if e["type"] == "response.output_item.added"]
+    assert added == [(0, "function_call"), (1, "message")]
+    assert [o["type"] for o in events[-1]["response"]["output"]] == ["function_call", "message"]
