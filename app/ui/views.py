@@ -9,6 +9,8 @@ endpoint's JSON.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from typing import Any
 
@@ -272,7 +274,14 @@ def api_config() -> Response:
 def register(app: Flask, config: Any) -> None:
     app.register_blueprint(bp)
     app.extensions[THROTTLE] = auth.LoginThrottle()
-    sampler = app.extensions[SAMPLER] = Sampler(_families)
+    shared = None
+    access = config.access
+    if access.redis_url:  # the Overview adds up every instance's steps
+        from .timeseries import SharedSeries
+
+        shared = SharedSeries(access.redis_url, access.redis_prefix, access.redis_timeout,
+                              instance=f"{socket.gethostname()}:{os.getppid()}")  # the Gunicorn master's pid
+    sampler = app.extensions[SAMPLER] = Sampler(_families, shared=shared)
     sampler.start()
     router = app.extensions.get("cot_proxy.router")
     with app.app_context():

@@ -75,15 +75,31 @@ def browser() -> Iterator[Any]:
 
 
 def _until(driver: Any, condition: Any, timeout: float = WAIT) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    # The pages redraw their tables on every refresh: an element found a moment ago may be gone.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(condition)
 
 
 def _css(driver: Any, selector: str) -> Any:
     from selenium.webdriver.common.by import By
 
     return _until(driver, lambda d: d.find_element(By.CSS_SELECTOR, selector))
+
+
+def _click(driver: Any, selector: str) -> None:
+    """Click what `selector` finds, again if a redraw replaced it in between."""
+    from selenium.webdriver.common.by import By
+
+    _until(driver, lambda d: d.find_element(By.CSS_SELECTOR, selector).click() or True)
+
+
+def _text(driver: Any, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return _until(driver, lambda d: d.find_element(By.CSS_SELECTOR, selector).text or None)
 
 
 def _text_in(selector: str, text: str) -> Any:
@@ -179,10 +195,10 @@ def test_walk_through(proxy: Gunicorn, browser: Any, module_upstream: FakeUpstre
     assert secret.startswith("sk-cp-")
     assert _chat(proxy, secret) == 200
     _shot(browser, "keys")
-    row = _css(browser, "#keys-table tbody tr:last-child")
-    assert "browser-key" in row.text and "active" in row.text and secret not in browser.page_source.replace(
-        browser.find_element(By.ID, "new-key-value").get_attribute("value"), "")
-    row.find_element(By.CSS_SELECTOR, "button[data-revoke]").click()
+    _until(browser, _text_in("#keys-table tbody tr:last-child", "browser-key"))
+    assert "active" in _text(browser, "#keys-table tbody tr:last-child")
+    assert secret not in browser.page_source.replace(secret, "", 1)  # once, in the read-only field only
+    _click(browser, "#keys-table tbody tr:last-child button[data-revoke]")
     _until(browser, ec.alert_is_present()).accept()
     _until(browser, _text_in("#keys-table tbody tr:last-child", "revoked"))
     assert _poll(lambda: _chat(proxy, secret) == 401, timeout=5), "the revoked key still works"
@@ -204,16 +220,15 @@ def test_walk_through(proxy: Gunicorn, browser: Any, module_upstream: FakeUpstre
     t = threading.Thread(target=stream, daemon=True)
     t.start()
     browser.get(proxy.url + "/ui/live")
-    button = _css(browser, "#live-table button[data-cancel]")
+    _css(browser, "#live-table button[data-cancel]")
     _until(browser, lambda d: int(d.find_element(By.CSS_SELECTOR, "#live-table tbody td.num:nth-of-type(7)").text
                                   .replace(",", "") or 0) > 0)
     _shot(browser, "live")
-    row_text = _css(browser, "#live-table tbody tr").text
+    row_text = _text(browser, "#live-table tbody tr")
     assert "fake-model" in row_text and "traffic" in row_text
     assert not module_upstream.disconnected.is_set()
     clicked = time.monotonic()
-    button = _css(browser, "#live-table button[data-cancel]")
-    button.click()
+    _click(browser, "#live-table button[data-cancel]")
     assert module_upstream.disconnected.wait(5), "the upstream connection was not closed"
     closed_after = module_upstream.disconnected_at - clicked
     print(f"\ncancel: upstream closed {closed_after * 1000:.0f} ms after the click")

@@ -58,3 +58,59 @@ def test_sampler_reads_the_registry() -> None:
     assert series["points"][0]["requests"] == 4 and series["points"][0]["rps"] == 0.4
     assert series["totals"]["requests"] == 4
     assert sampler.series("day")["points"] == [] or sampler.series("day")["points"][0]["partial"]
+
+
+def _instance(prefix: str, name: str, requests_per_step: int, clock: list[float]):
+    from prometheus_client import CollectorRegistry, Counter
+
+    from app.observability import exposition as names
+    from app.ui.timeseries import SharedSeries
+    from tests.support import TEST_REDIS_URL
+
+    registry = CollectorRegistry()
+    counter = Counter(names.REQUESTS, "r", ["route"], registry=registry)
+    shared = SharedSeries(TEST_REDIS_URL, prefix, 2.0, instance=name)
+    return Sampler(registry.collect, clock=lambda: clock[0], shared=shared), counter, requests_per_step
+
+
+def test_redis_adds_up_every_instance_and_not_workers_twice() -> None:
+    import uuid
+
+    from tests.support import redis_or_skip
+
+    client = redis_or_skip()
+    prefix = f"cot-proxy-test:{uuid.uuid4().hex[:12]}:"
+    clock = [1_000_000.0]
+    try:
+        a = _instance(prefix, "host-a:1", 4, clock)
+        a2 = _instance(prefix, "host-a:1", 4, clock)  # a second worker of instance a: same sums, same field
+        b = _instance(prefix, "host-b:1", 6, clock)
+        for _ in range(3):
+            for sampler, counter, n in (a, a2, b):
+                counter.labels("chat").inc(n)
+                sampler.tick()
+            clock[0] += HOUR_STEP
+        series = a[0].series("hour")
+        assert series["scope"] == "fleet"
+        closed = [p for p in series["points"] if not p.get("partial")]
+        assert [p["requests"] for p in closed] == [10, 10]  # 4 + 6 per step; the first tick is the base
+        assert b[0].series("hour")["points"][:2] == closed[:2]  # any instance reads the same
+    finally:
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()
+
+
+def test_redis_down_falls_back_to_this_instance() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from app.ui.timeseries import SharedSeries
+
+    clock = [2_000_000.0]
+    sampler = Sampler(CollectorRegistry().collect, clock=lambda: clock[0],
+                      shared=SharedSeries("redis://127.0.0.1:1/0", "p:", 0.2, "x"))
+    sampler.tick()
+    clock[0] += HOUR_STEP
+    sampler.tick()
+    series = sampler.series("hour")
+    assert series["scope"] == "instance" and len(series["points"]) == 1

@@ -85,6 +85,9 @@ function overview() {
       tile("Requests (total)", fmt(d.totals.requests), "tile-total"),
       tile("Tokens in / out (total)", fmt(d.totals.tokens_in) + " / " + fmt(d.totals.tokens_out), "tile-tokens"),
     );
+    document.getElementById("scope").textContent = d.scope === "fleet"
+      ? "Every instance sharing this Redis, added up (the open step: this instance only)."
+      : "This instance (all its workers); with REDIS_URL, every instance.";
     const xs = pts.map((p) => p.t);
     plots.forEach((p) => p.destroy());
     plots = [];
