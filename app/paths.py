@@ -51,21 +51,29 @@ def problem(path: str) -> str | None:
             if i < len(segments) - 1:
                 return "an empty segment (//)"
             continue
-        value = segment
-        for _ in range(_DECODE_ROUNDS + 1):
-            # An encoded slash is kept (model ids such as `provider/model` need it), but what it
-            # separates must not be a dot segment or empty once decoded.
-            parts = value.split("/")
-            # `..;x` is a dot segment to servlet containers (path parameters).
-            if any(p.split(";", 1)[0] in (".", "..") for p in parts):
-                return "a dot segment"
-            if "" in parts[1:-1] or (len(parts) > 1 and "" in (parts[0], parts[-1])):
-                return "an empty segment (encoded //)"
-            if "\\" in value:
-                return "a backslash"
-            if "%" not in value:
-                break
-            value = unquote(value)
+        why = _segment_problem(segment)
+        if why is not None:
+            return why
+    return None
+
+
+def _segment_problem(segment: str) -> str | None:
+    """Why one segment may not be relayed, looking through up to `_DECODE_ROUNDS` of encoding."""
+    value = segment
+    for _ in range(_DECODE_ROUNDS + 1):
+        # An encoded slash is kept (model ids such as `provider/model` need it), but what it
+        # separates must not be a dot segment or empty once decoded.
+        parts = value.split("/")
+        # `..;x` is a dot segment to servlet containers (path parameters).
+        if any(p.split(";", 1)[0] in (".", "..") for p in parts):
+            return "a dot segment"
+        if "" in parts[1:-1] or (len(parts) > 1 and "" in (parts[0], parts[-1])):
+            return "an empty segment (encoded //)"
+        if "\\" in value:
+            return "a backslash"
+        if "%" not in value:
+            break
+        value = unquote(value)
     return None
 
 

@@ -193,18 +193,7 @@ class Observer(Transform):
         if status >= 400 or o.error:
             kind = o.error if o.error and _KIND.match(o.error) else (f"http_{status}" if not o.error else "other")
             metrics.request_errors.labels(route, model, kind).inc()
-        upstream = upstream_error_kind(ex)
-        if upstream is not None:
-            metrics.upstream_errors.labels(provider, upstream).inc()
-        if target is not None and o.attempts:
-            backend = label_value(getattr(target, "origin", None))
-            metrics.backend_up.labels(provider, backend).set(0 if upstream in ("connect", "timeout", "5xx") else 1)
-        for failed, code in o.failures:  # attempts that failed before a fallback or retry answered
-            failed_provider = label_value(getattr(failed, "name", None))
-            kind = UPSTREAM_KINDS.get(code) or ("5xx" if code.startswith("http_5") else None)
-            if kind is not None:
-                metrics.upstream_errors.labels(failed_provider, kind).inc()
-                metrics.backend_up.labels(failed_provider, label_value(getattr(failed, "origin", None))).set(0)
+        self._upstream_health(ex, provider)
         if len(o.attempts) > 1:
             metrics.fallbacks.labels(route, provider).inc(len(o.attempts) - 1)
         if status == 429 and not o.attempts:
@@ -217,6 +206,23 @@ class Observer(Transform):
         blocks, mode = think_blocks(ex)
         if blocks:
             metrics.think_blocks.labels(model, mode).inc(blocks)
+
+    @staticmethod
+    def _upstream_health(ex: Exchange, provider: str) -> None:
+        """Upstream errors and backend up/down, for the attempt that answered and those that failed."""
+        o, target = ex.outcome, ex.target
+        upstream = upstream_error_kind(ex)
+        if upstream is not None:
+            metrics.upstream_errors.labels(provider, upstream).inc()
+        if target is not None and o.attempts:
+            backend = label_value(getattr(target, "origin", None))
+            metrics.backend_up.labels(provider, backend).set(0 if upstream in ("connect", "timeout", "5xx") else 1)
+        for failed, code in o.failures:  # attempts that failed before a fallback or retry answered
+            failed_provider = label_value(getattr(failed, "name", None))
+            kind = UPSTREAM_KINDS.get(code) or ("5xx" if code.startswith("http_5") else None)
+            if kind is not None:
+                metrics.upstream_errors.labels(failed_provider, kind).inc()
+                metrics.backend_up.labels(failed_provider, label_value(getattr(failed, "origin", None))).set(0)
 
     def _fields(self, ex: Exchange, st: _State) -> dict[str, Any]:
         o = ex.outcome
