@@ -123,13 +123,25 @@ def login_nonce() -> str:
     return secrets.token_urlsafe(18)
 
 
+def over_https() -> bool:
+    """HTTPS here, or at a proxy in TRUSTED_PROXIES that says so (`X-Forwarded-Proto`): cookies get `Secure`."""
+    if request.is_secure:
+        return True
+    from ..clientip import address
+
+    trusted = current_app.config["COT"].access.trusted_proxies
+    peer = address(request.remote_addr)
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return trusted is not None and peer is not None and peer in trusted and proto == "https"
+
+
 def set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(name, value, max_age=max_age, path="/ui/", httponly=True, samesite="Strict",
-                        secure=request.is_secure)
+                        secure=over_https())
 
 
 def clear_cookie(response: Response, name: str) -> None:
-    response.delete_cookie(name, path="/ui/", httponly=True, samesite="Strict", secure=request.is_secure)
+    response.delete_cookie(name, path="/ui/", httponly=True, samesite="Strict", secure=over_https())
 
 
 def current_nonce() -> str | None:

@@ -25,6 +25,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -218,6 +219,7 @@ class LiveRequests(Transform):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._dirty = True
+        self._last_write = 0.0
         self._failed_logged = -1e9
 
     # -- the transform --------------------------------------------------------
@@ -370,7 +372,8 @@ class LiveRequests(Transform):
         if self._thread is None and self.channel is not None:
             with self._lock:
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="cot-proxy-ui-live", daemon=True)
+                    self._thread = threading.Thread(target=self._run, args=(weakref.ref(self), self._stop),
+                                                    name="cot-proxy-ui-live", daemon=True)
                     self._thread.start()
 
     def start(self) -> None:
@@ -380,20 +383,28 @@ class LiveRequests(Transform):
     def stop(self) -> None:
         self._stop.set()
 
-    def _run(self) -> None:
-        last_write = 0.0
-        while not self._stop.is_set():
-            try:
-                self.take_cancels()
-                now = time.monotonic()
-                busy = bool(self._open) or self._dirty
-                if (busy and now - last_write >= WRITE_SECONDS) or now - last_write >= HEARTBEAT_SECONDS:
-                    self._dirty = False
-                    self._publish(self.snapshot())
-                    last_write = now
-            except Exception:  # the loop must outlive any one bad round
-                log.exception("console: live registry round failed")
-            self._stop.wait(POLL_SECONDS)
+    @staticmethod
+    def _run(ref: weakref.ref[LiveRequests], stop: threading.Event) -> None:
+        """The worker's loop; it ends with its registry (a discarded app leaves no loop behind)."""
+        while not stop.is_set():
+            registry = ref()
+            if registry is None:
+                return
+            registry._round()
+            del registry
+            stop.wait(POLL_SECONDS)
+
+    def _round(self) -> None:
+        try:
+            self.take_cancels()
+            now = time.monotonic()
+            busy = bool(self._open) or self._dirty
+            if (busy and now - self._last_write >= WRITE_SECONDS) or now - self._last_write >= HEARTBEAT_SECONDS:
+                self._dirty = False
+                self._publish(self.snapshot())
+                self._last_write = now
+        except Exception:  # the loop must outlive any one bad round
+            log.exception("console: live registry round failed")
 
     def take_cancels(self) -> None:
         channel = self.channel

@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -254,19 +255,26 @@ class Sampler:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="cot-proxy-ui-sampler", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(weakref.ref(self), self._stop),
+                                            name="cot-proxy-ui-sampler", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    @staticmethod
+    def _run(ref: weakref.ref[Sampler], stop: threading.Event) -> None:
+        """Ends with its sampler (a discarded app leaves no thread behind)."""
+        while not stop.is_set():
+            sampler = ref()
+            if sampler is None:
+                return
             try:
-                self.tick()
+                sampler.tick()
             except Exception:  # a bad scrape must not end the sampler
                 log.exception("console sampler: reading the metrics failed")
-            self._stop.wait(HOUR_STEP)
+            del sampler
+            stop.wait(HOUR_STEP)
 
     def series(self, span: str) -> dict[str, Any]:
         """`span` is `hour` or `day`: the closed steps (every instance's with Redis), plus this instance's

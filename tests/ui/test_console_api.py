@@ -279,3 +279,20 @@ def test_echo_mode_with_embedded_state_only(tmp_path: Path) -> None:
     assert client.get("/ui/api/live").get_json()["requests"] == []
     assert client.get("/ui/api/config").status_code == 200
     app.extensions["cot_proxy.ui.sampler"].stop()
+
+
+def test_cookies_are_secure_over_https_or_behind_a_trusted_proxy(upstream: FakeUpstream, tmp_path: Path) -> None:
+    from app.clientip import parse_networks
+
+    trusted = parse_networks("127.0.0.1/32", "TRUSTED_PROXIES")
+    app = create_app(ui_config(upstream, tmp_path / "k.db", trusted_proxies=trusted))
+    client = app.test_client()
+    plain = client.get("/ui/login").headers["Set-Cookie"]
+    forwarded = client.get("/ui/login", headers={"X-Forwarded-Proto": "https"}).headers["Set-Cookie"]
+    tls = client.get("/ui/login", base_url="https://localhost").headers["Set-Cookie"]
+    assert "Secure" not in plain and "Secure" in forwarded and "Secure" in tls
+    untrusted = create_app(ui_config(upstream, tmp_path / "k2.db"))  # no TRUSTED_PROXIES: the header is not believed
+    assert "Secure" not in untrusted.test_client().get("/ui/login", headers={"X-Forwarded-Proto": "https"}).headers[
+        "Set-Cookie"]
+    for a in (app, untrusted):
+        a.extensions["cot_proxy.ui.sampler"].stop()
