@@ -5,17 +5,33 @@ bounded in-memory buffer; a background thread (a greenlet under gevent)
 writes the buffer to the key store every USAGE_FLUSH_SECONDS in one
 transaction. If the store is down, records wait (up to the buffer's bound,
 then the oldest are dropped and counted) and are retried next round.
+
+Under Gunicorn each record is also appended to a spool file of the worker's own
+in PROMETHEUS_MULTIPROC_DIR (`Spool`) before it is buffered: the usage of a
+stream is spooled before its last chunk leaves, so a worker killed outright
+(SIGKILL, the OOM killer, a replica's container killed) loses no record of a
+request its client saw complete. A worker starting in that directory (the
+master's next worker, or the replica's successor on the same volume) writes
+the spools of dead workers to the store, skipping records already there, so
+each request is still recorded exactly once.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
+import glob
+import json
 import logging
 import math
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import IO, Any
 
 log = logging.getLogger("cot_proxy.guard")
 
@@ -131,11 +147,105 @@ def output_chars(obj: Any) -> int:
     return n
 
 
+SPOOL_GLOB = "usage-spool-*.jsonl"
+REPLAYED = "_replayed"
+"""Marks a record read back from a dead worker's spool: the store skips it if it already holds it
+(the worker may have died between writing a batch and removing its spool)."""
+
+
+class Spool:
+    """This worker's journal of records not yet in the store: files in `directory`, one line a record.
+
+    Each file is held under an exclusive `flock` while its worker lives (the kernel drops it when the
+    process dies, however it dies), so another worker can take over exactly the files of dead ones, also
+    across replicas sharing a volume on one host. A flush starts a new file (`rotate`) and removes the
+    old ones once their records are in the store (`written`)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._file: IO[bytes] = self._open()
+        self._flushing: list[IO[bytes]] = []
+
+    def _open(self) -> IO[bytes]:
+        path = os.path.join(self.directory, f"usage-spool-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
+        f = open(path, "ab")  # noqa: SIM115 - open for the worker's life, closed in `written`/`close`
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f
+
+    def append(self, rec: dict[str, Any]) -> None:
+        """One write(2): in the kernel once it returns, so it outlives this process."""
+        os.write(self._file.fileno(), json.dumps(rec, default=_json_default).encode() + b"\n")
+
+    def rotate(self) -> None:
+        """Records from here on go to a new file; the current one waits for `written`."""
+        self._flushing.append(self._file)
+        self._file = self._open()
+
+    def written(self) -> None:
+        """Everything rotated so far is in the store: remove those files."""
+        for f in self._flushing:
+            _remove(f)
+        self._flushing = []
+
+    def close(self, flushed: bool) -> None:
+        """At exit: with everything in the store, no file is left behind; else they wait for a successor."""
+        for f in [*self._flushing, self._file]:
+            if flushed:
+                _remove(f)
+            else:
+                f.close()
+
+    @staticmethod
+    def orphans(directory: str) -> list[tuple[IO[bytes], list[dict[str, Any]]]]:
+        """The files of dead workers (their lock is free), now locked by us, with their records."""
+        out = []
+        for path in sorted(glob.glob(os.path.join(directory, SPOOL_GLOB))):
+            try:
+                f = open(path, "rb+")  # noqa: SIM115 - kept locked until its records are written
+            except OSError:
+                continue  # taken and removed by another worker meanwhile
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()  # a live worker's
+                continue
+            if not os.path.exists(path):
+                f.close()  # replayed and removed by another worker between our glob and our lock
+                continue
+            records = []
+            for line in f.read().splitlines():
+                with contextlib.suppress(ValueError):
+                    rec = json.loads(line)
+                    if isinstance(rec.get("created_at"), str):
+                        rec["created_at"] = datetime.fromisoformat(rec["created_at"])
+                    records.append({**rec, REPLAYED: True})
+            out.append((f, records))
+        return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _remove(f: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(f.name)
+    f.close()
+
+
+def _spool_dir() -> str | None:
+    """Gunicorn's directory shared by a replica's workers (PROMETHEUS_MULTIPROC_DIR), if there is one."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    return path if path and os.path.isdir(path) else None
+
+
 class UsageWriter:
     """Buffers usage records and writes them to the store in batches, from a background thread."""
 
     def __init__(self, write: Callable[[list[dict[str, Any]]], Any], flush_seconds: float = 1.0,
-                 max_buffer: int = 20_000) -> None:
+                 max_buffer: int = 20_000, spool_dir: str | None = None) -> None:
         self._write = write
         self.flush_seconds = max(flush_seconds, 0.05)
         self.max_buffer = max_buffer
@@ -148,10 +258,48 @@ class UsageWriter:
         self.dropped = 0
         self.written = 0
         self.received = 0
+        self.replayed = 0
+        directory = spool_dir or _spool_dir()
+        self._spool: Spool | None = None
+        self._orphans: list[tuple[IO[bytes], list[dict[str, Any]]]] = []
+        if directory:
+            try:
+                self._spool = Spool(directory)
+                self._orphans = Spool.orphans(directory)
+            except OSError as exc:  # an unwritable directory: buffer in memory only, as without one
+                log.warning("usage spool in %s unusable (%s): records live in memory until written", directory,
+                            type(exc).__name__)
+        if self._orphans:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            start = self._thread is None and not self._stopped
+            if start:
+                self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+        if start:
+            self._thread.start()
+            atexit.register(self.close)
+
+    def _replay(self) -> None:
+        """Write what dead workers spooled (the store skips what it already holds); kept if the store is down."""
+        while self._orphans:
+            f, records = self._orphans[0]
+            if records:
+                self._write(records)
+                self.replayed += len(records)
+                log.info("usage: wrote %d record(s) a stopped worker had spooled", len(records))
+            _remove(f)
+            self._orphans.pop(0)
 
     def record(self, rec: dict[str, Any]) -> None:
         """Queue one record; never blocks on the database."""
-        with self._lock:
+        with self._lock:  # spooled and buffered together: a flush's rotation never splits the two
+            if self._spool is not None:
+                try:
+                    self._spool.append(rec)
+                except OSError as exc:  # a full disk: the record still goes to the store from memory
+                    log.warning("usage record not spooled (%s)", type(exc).__name__)
             self._buffer.append(rec)
             self.received += 1
             self._lock.notify_all()
@@ -160,12 +308,7 @@ class UsageWriter:
                 del self._buffer[:excess]
                 self.dropped += excess
                 log.warning("usage buffer full: dropped %d oldest records (%d so far)", excess, self.dropped)
-            start = self._thread is None and not self._stopped
-            if start:
-                self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
-        if start:
-            self._thread.start()
-            atexit.register(self.close)
+        self._start()
 
     def wait_received(self, count: int, timeout: float) -> bool:
         """Block until `count` records have been handed over in all (for tests and shutdown checks)."""
@@ -180,11 +323,15 @@ class UsageWriter:
         with self._write_lock:
             with self._lock:
                 batch, self._buffer = self._buffer, []
+                if batch and self._spool is not None:
+                    self._spool.rotate()
             if not batch:
                 return True
             try:
                 self._write(batch)
                 self.written += len(batch)
+                if self._spool is not None:
+                    self._spool.written()
                 return True
             except Exception as exc:  # the store is down: keep the records for the next round
                 log.warning("usage records not written yet (%d pending): %s", len(batch), type(exc).__name__)
@@ -198,6 +345,11 @@ class UsageWriter:
 
     def _run(self) -> None:
         while not self._stopped:
+            if self._orphans:
+                try:
+                    self._replay()
+                except Exception as exc:  # the store is down: kept (and locked) for the next round
+                    log.warning("usage spools of stopped workers not written yet: %s", type(exc).__name__)
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             try:
@@ -207,7 +359,11 @@ class UsageWriter:
                 time.sleep(self.flush_seconds)
 
     def close(self) -> None:
-        """Final flush (at exit)."""
+        """Final flush (at exit). Records the store did not take stay spooled for the next worker."""
         self._stopped = True
         self._wake.set()
-        self.flush()
+        flushed = self.flush()
+        with self._lock:
+            spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close(flushed)

@@ -1,9 +1,11 @@
 """Backend ejections shared by every worker and replica through Redis (`REDIS_URL`).
 
 A worker that takes a backend out writes `cot-proxy:ejected:<base url>` with the
-cool-down as its time-to-live; every worker reads those keys about once a
-second (from the catalog's background thread) and takes the same backends out
-until the key expires. Redis trouble never fails a request: each worker then
+cool-down as its time-to-live; every worker reads those keys every 0.25 s (one
+pipelined round trip, from the catalog's background thread) and takes the same
+backends out until the key expires: the others stop sending to a backend one
+worker found failing within about that, instead of each failing on it until
+its own failure_threshold. Redis trouble never fails a request: each worker then
 keeps its own view, as without Redis. Every call is bounded by the Redis timeout
 (REDIS_TIMEOUT_SECONDS, default 0.25 s, no retries), and after a failure Redis is
 skipped for a back-off (1 s doubling to 30 s, then one probe; see
@@ -21,7 +23,7 @@ from .backends import Backend
 
 log = logging.getLogger("cot_proxy.routing")
 PREFIX = "cot-proxy:ejected:"
-SYNC_SECONDS = 1.0
+SYNC_SECONDS = 0.25
 
 
 class SharedEjections:

@@ -4,23 +4,42 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
-from tests.fakes.openai_upstream import FakeUpstream, Recorded, Reply, chat_chunk, sse_reply
+from tests.fakes.openai_upstream import (
+    FakeUpstream,
+    Recorded,
+    Reply,
+    chat_chunk,
+    chat_completion,
+    json_reply,
+    sse_reply,
+)
 
 WORDS = [f"w{i} " for i in range(10)]
 WHOLE = "".join(WORDS)
 
 
+USED = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+"""What an answer that is not streamed reports: as many tokens as the proxy estimates for one "hi"
+message (3 + 4 + 1) and holds at admission, so a tokens-per-minute limit admits an exact count."""
+
+
 def slow_streams(upstream: FakeUpstream, words: list[str] = WORDS, delay: float = 0.05) -> None:
-    """Every chat completion streams `words`, one event every `delay` seconds, then usage and [DONE]."""
+    """Every streamed chat completion streams `words`, one event every `delay` seconds, then usage and
+    [DONE]; one not streamed answers at once, using `USED`."""
 
     def reply(rec: Recorded) -> Reply | None:
         if not rec.path.split("?")[0].endswith("/chat/completions"):
             return None
+        if not rec.json().get("stream"):
+            return json_reply({**chat_completion("hi"), "usage": USED})
         usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": "m",
                  "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": len(words),
                                           "total_tokens": 3 + len(words)}}
@@ -91,3 +110,73 @@ def wait_until(condition: Any, seconds: float, what: str, step: float = 0.02) ->
             return time.monotonic() - start
         time.sleep(step)  # polling an outside process's state, not ordering the test's own steps
     raise AssertionError(f"not within {seconds} s: {what}")
+
+
+@dataclass
+class Request:
+    """One logical request of a client: its X-Request-ID and what each attempt gave."""
+
+    request_id: str
+    attempts: list[str] = field(default_factory=list)
+    """`whole`, or what went wrong (an HTTP status, a cut stream, the exception's class)."""
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    """When each attempt began and ended (time.monotonic)."""
+
+    @property
+    def whole(self) -> bool:
+        return bool(self.attempts) and self.attempts[-1] == "whole"
+
+
+def attempt(url: str, key: str, request_id: str) -> str:
+    """One stream through `url`, read to the end of the HTTP body: `whole`, or why not. Strict: a
+    connection lost after [DONE] but before the body's last chunk counts as cut (and is retried)."""
+    try:
+        s = Stream(url, key=key, request_id=request_id).rest()
+    except requests.RequestException as exc:
+        return type(exc).__name__
+    if s.whole:
+        return "whole"
+    return f"http {s.status}" if s.status != 200 else f"cut after {len(s.events)} events"
+
+
+class Clients:
+    """`n` threads, each streaming one chat completion after another through `url` until `stop()`. A request
+    that fails (an error, or a stream cut before [DONE]) is sent again with the same X-Request-ID, at most
+    `retries` times: what a client does when a replica dies under it. Bounded in streams and time."""
+
+    def __init__(self, url: str, key: str, n: int, retries: int = 0, max_each: int = 200,
+                 max_seconds: float = 120.0) -> None:
+        self.url, self.key, self.retries, self.max_each = url, key, retries, max_each
+        self.deadline = time.monotonic() + max_seconds
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        for j in range(self.max_each):
+            if self._stop.is_set() or time.monotonic() > self.deadline:
+                return
+            req = Request(f"fleet-{i}-{j}-{uuid.uuid4().hex[:12]}")
+            for _ in range(1 + self.retries):
+                began = time.monotonic()
+                req.attempts.append(attempt(self.url, self.key, req.request_id))
+                req.spans.append((began, time.monotonic()))
+                if req.whole:
+                    break
+            with self._lock:
+                self.requests.append(req)
+
+    def done(self) -> int:
+        """Requests finished so far (whole or given up)."""
+        return len(self.requests)
+
+    def stop(self, seconds: float = 60.0) -> list[Request]:
+        """Let every client finish the request it is on; then the requests, all of them."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(max(self.deadline - time.monotonic(), 0) + seconds)
+        assert not any(t.is_alive() for t in self._threads), "a client did not finish its last request"
+        return list(self.requests)

@@ -1,245 +1,327 @@
 """The fleet on one machine, all real: 3 proxy replicas (Gunicorn, 2 gevent workers each) behind nginx
-(deploy/compose/nginx.conf with the replicas' 127.0.0.1 ports), sharing the machine's Redis (limits) and
-PostgreSQL (keys, usage). While clients keep streams going through nginx, the replicas are restarted one
-after another (SIGTERM, wait for a clean exit, start it again on its port, next); meanwhile one key with
-an rpm limit is hammered through nginx. Then: no request lost (every stream 200 and whole to [DONE]), the
-limit exact across the fleet (rpm answers 200, the rest 429), every admitted request in the usage table
-exactly once (by the X-Request-ID the client sent), and every replica exited 0 without a graceful-timeout
-kill. nginx, Redis or PostgreSQL missing: skipped saying so (failed under CI=true)."""
+(deploy/compose/nginx.conf), sharing the machine's Redis (limits, ejections) and PostgreSQL (keys, usage);
+one provider of two fake backends. Each test leaves the fleet whole (every replica up) for the next:
+
+- 300 concurrent streams while every replica is restarted in turn (SIGTERM): every stream whole to [DONE];
+- a replica killed with SIGKILL under 150 streams: its clients see a clean error (a cut stream, a 502), the
+  retry through nginx (same X-Request-ID) comes back whole; no request lost;
+- per-key rpm and tpm limits exact across the fleet; a budget never overshot with max_tokens, and without
+  it by no more than the in-flight requests' output; metrics summed over the replicas = requests sent;
+- a key revoked in PostgreSQL refused by every replica within 1 s;
+- a backend one replica ejects avoided by the others (through Redis), before they fail on it themselves;
+- every admitted request in the usage table exactly once (by the X-Request-ID the client sent).
+
+Each test prints its figures (`-s`)."""
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from datetime import datetime
+from typing import Any
 
-import pytest
 import requests
 
-from app.access.store import KeyStore
-from tests.access.conftest import TEST_PG_URL, TEST_REDIS_URL, pg_url
-from tests.fakes.openai_upstream import FakeUpstream
-from tests.fleet.streams import Stream, slow_streams, wait_until
-from tests.seeds import tools
-from tests.support import ROOT, Gunicorn, free_port
+from app.access.keys import now_utc, utc
+from tests.fakes.openai_upstream import Recorded, Reply, json_reply
+from tests.fleet.conftest import EJECTED_PREFIX, EVENT_GAP, FAILURE_THRESHOLD, FleetUnderTest
+from tests.fleet.streams import WORDS, Clients, slow_streams, wait_until
 
-REPLICAS = 3
-CLIENTS = 4
-RPM = 20
-BURST = 30
-GRACEFUL = 10
-MAX_STREAMS_PER_CLIENT = 400
-MAX_SECONDS = 60
+STREAMS = 300
+STREAM_GAP = 1.0
+"""Seconds between the events of a stream in the rolling restart (10 words: ~11 s a stream)."""
+KILL_STREAMS = 150
+REQUESTS_METRIC = "cot_proxy_requests_total"
+MSG = [{"role": "user", "content": "hi"}]
 
 
-class Replica(Gunicorn):
-    """A Gunicorn on a port of our choosing, so a restarted replica comes back where nginx expects it."""
-
-    def __init__(self, env: dict[str, str], port: int) -> None:
-        self._fixed_port = port
-        super().__init__({**env, "PORT": str(port)}, workers=2)
-
-    @property
-    def port(self) -> int:
-        return self._fixed_port
-
-    @port.setter
-    def port(self, _ignored: int) -> None:  # Gunicorn.__init__ picks a free one; ours stands
-        pass
+def chat(url: str, key: str, request_id: str | None = None, **extra: Any) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}", "Connection": "close"}
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return requests.post(url + "/v1/chat/completions", headers=headers, timeout=20,
+                         json={"model": "m", "messages": MSG, **extra})
 
 
-class Nginx:
-    """nginx -p <dir> with the shipped config, its upstream servers and listen port rewritten."""
+def burst(url: str, key: str, n: int, parallel: int = 6, **extra: Any) -> list[tuple[str, int, str]]:
+    """`n` requests at once (`parallel` in flight): (request id, status, error code) each."""
 
-    def __init__(self, where: Path, replica_ports: list[int]) -> None:
-        binary = tools.command("nginx", "nginx-light")
-        self.port = free_port()
-        conf = (ROOT / "deploy" / "compose" / "nginx.conf").read_text()
-        servers = iter(replica_ports)
-        conf, n = re.subn(r"server proxy-\d+:5000", lambda _m: f"server 127.0.0.1:{next(servers)}", conf)
-        assert n == len(replica_ports)
-        conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
-        conf = conf.replace("worker_processes auto;", "worker_processes 2;")
-        conf = conf.replace("/tmp/", f"{where}/")
-        conf = conf.replace("error_log stderr warn;", f"error_log {where}/error.log warn;")
-        (where / "nginx.conf").write_text(conf)
-        self.log = where / "error.log"
-        self.proc = subprocess.Popen([binary, "-p", str(where), "-e", str(self.log), "-c", str(where / "nginx.conf"),
-                                      "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_until(self._up, 10, "nginx listening")
+    def one(i: int) -> tuple[str, int, str]:
+        rid = f"fleet-burst-{i}-{uuid.uuid4().hex[:12]}"
+        r = chat(url, key, rid, **extra)
+        code = r.json().get("error", {}).get("code") if r.status_code != 200 else ""
+        return rid, r.status_code, code or ""
 
-    def _up(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text() if self.log.exists() else "nginx exited"
-        try:
-            requests.get(self.url + "/livez", timeout=2)
-            return True
-        except requests.ConnectionError:
-            return False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return self.log.read_text() if self.log.exists() else ""
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(one, range(n)))
 
 
-@pytest.fixture
-def fleet_upstream() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    slow_streams(server, delay=0.03)  # 13 events: ~0.4 s a stream
-    yield server
-    server.stop()
+def usage_counts(t: FleetUnderTest, request_ids: Iterable[str], seconds: float = 20.0) -> dict[str, int]:
+    """request id -> rows in cot_usage, once every id in `request_ids` has one (bounded wait: the replicas
+    flush every 0.2 s)."""
+    wanted = set(request_ids)
 
+    def rows() -> dict[str, int]:
+        with t.store.engine.connect() as conn:
+            got = conn.exec_driver_sql("SELECT request_id, count(*) FROM cot_usage GROUP BY request_id").all()
+        return {rid: n for rid, n in got if rid in wanted}
 
-@pytest.fixture
-def fleet_redis() -> Iterator[tuple[str, str]]:
-    import redis
-
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
     try:
-        client.ping()
-    except redis.RedisError:
-        tools.unavailable(f"Redis at {TEST_REDIS_URL} not reachable")
-    prefix = f"cot-proxy-fleet-test:{uuid.uuid4().hex[:12]}:"
-    yield TEST_REDIS_URL, prefix
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+        wait_until(lambda: len(rows()) >= len(wanted), seconds, "usage rows for every request", step=0.2)
+    except AssertionError:
+        pass  # the assertion on the counts says what is missing
+    return rows()
 
 
-@pytest.fixture
-def fleet_database() -> Iterator[str]:
-    try:
-        import psycopg
-
-        conn = psycopg.connect(TEST_PG_URL, connect_timeout=3, autocommit=True)
-    except Exception:
-        tools.unavailable(f"PostgreSQL at {TEST_PG_URL} not reachable")
-    schema = f"cot_fleet_{uuid.uuid4().hex[:10]}"
-    conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield pg_url(schema)
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+def assert_once(counts: dict[str, int], request_ids: set[str]) -> None:
+    missing = request_ids - set(counts)
+    assert not missing, (len(missing), sorted(missing)[:5])
+    twice = {rid: n for rid, n in counts.items() if n != 1}
+    assert not twice, list(twice.items())[:5]
 
 
-def test_rolling_restart_behind_nginx_loses_nothing_and_counts_exactly(
-        tmp_path, fleet_upstream, fleet_redis, fleet_database):
-    redis_url, prefix = fleet_redis
-    store = KeyStore(fleet_database)
-    store.ensure_schema()  # once, before three replicas would race to create it
-    stream_key, _ = store.create("fleet-streams", rpm=100000)
-    limited_key, _ = store.create("fleet-limited", rpm=RPM)
-    env = {"TARGET_BASE_URL": fleet_upstream.base_url, "VIRTUAL_KEYS": "true", "DATABASE_URL": fleet_database,
-           "REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "USAGE_FLUSH_SECONDS": "0.2",
-           "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL), "REQUEST_TIMEOUT_SECONDS": "20"}
-    ports = [free_port() for _ in range(REPLICAS)]
-    replicas: list[Replica] = []
-    logs: list[str] = []
-    exits: list[int | None] = []
-    nginx = None
-    streams: list[Stream] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-    deadline = time.monotonic() + MAX_SECONDS
-    try:
-        for port in ports:
-            replicas.append(Replica(env, port))
-        where = tmp_path / "nginx"
-        where.mkdir()
-        nginx = Nginx(where, ports)
+def first_rows(t: FleetUnderTest, request_ids: set[str]) -> list[datetime]:
+    """The earliest usage row's time of each request in `request_ids`."""
+    if not request_ids:
+        return []
+    with t.store.engine.connect() as conn:
+        got = conn.exec_driver_sql("SELECT request_id, min(created_at) FROM cot_usage GROUP BY request_id").all()
+    return [utc(at) for rid, at in got if rid in request_ids]
 
-        def client() -> None:
-            for _ in range(MAX_STREAMS_PER_CLIENT):
-                if stop.is_set() or time.monotonic() > deadline:
-                    return
-                rid = f"fleet-{uuid.uuid4().hex}"
-                try:
-                    s = Stream(nginx.url, key=stream_key, request_id=rid).rest()
-                except requests.RequestException as exc:
-                    with lock:
-                        failures.append(f"{rid}: {exc!r}")
-                    continue
-                with lock:
-                    streams.append(s)
 
-        def limited(i: int) -> tuple[str, int]:
-            rid = f"fleet-limited-{i}-{uuid.uuid4().hex[:8]}"
-            r = requests.post(nginx.url + "/v1/chat/completions", timeout=20,
-                              headers={"Authorization": f"Bearer {limited_key}", "X-Request-ID": rid,
-                                       "Connection": "close"},
-                              json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-            return rid, r.status_code
-
-        clients = [threading.Thread(target=client, daemon=True) for _ in range(CLIENTS)]
-        for t in clients:
-            t.start()
-        wait_until(lambda: len(streams) >= 2 * CLIENTS, 20, "streams flowing through nginx before the restarts")
-        restarts = 0
-        burst: list[tuple[str, int]] = []
-        for i in range(REPLICAS):
-            old = replicas[i]
-            old.proc.send_signal(signal.SIGTERM)
-            if i == 1:  # the limited key, hammered while one replica drains and the others take its share
-                with ThreadPoolExecutor(6) as pool:
-                    burst = list(pool.map(limited, range(BURST)))
-            exits.append(old.proc.wait(timeout=GRACEFUL + 5))
-            logs.append(old.stop())
-            before = len(streams)
-            replicas[i] = Replica(env, ports[i])
-            restarts += 1
-            wait_until(lambda b=before: len(streams) >= b + CLIENTS, 20, "streams flowing after the restart")
-        stop.set()
-        for t in clients:
-            t.join(30)
-            assert not t.is_alive()
-    finally:
-        stop.set()
-        nginx_log = nginx.stop() if nginx is not None else ""
-        for r in replicas:
-            if r.proc.poll() is None:
-                r.proc.terminate()
-        for r in replicas:
-            logs.append(r.stop())
-            exits.append(r.proc.returncode)
-    # Nothing lost: every stream through nginx answered 200 and arrived whole, across 3 restarts.
-    assert restarts == REPLICAS
-    assert not failures, failures[:5]
-    cut = [(s.request_id, s.status, s.events[-2:]) for s in streams if not s.whole]
-    other_errors = [line for line in nginx_log.splitlines() if "[error]" in line and "Connection refused" not in line]
-    assert not cut, (cut[:5], other_errors[:5])
-    assert len(streams) >= 10 * CLIENTS, len(streams)
-    assert exits == [0] * (2 * REPLICAS), exits
-    for log in logs:
+def assert_clean_logs(t: FleetUnderTest) -> None:
+    for log in t.fleet.logs:
         assert "Traceback" not in log and "graceful timeout" not in log.lower(), log[-3000:]
-    # The rpm limit is one budget across the fleet: exactly RPM admitted, the rest refused.
-    statuses = sorted(code for _, code in burst)
-    assert statuses == [200] * RPM + [429] * (BURST - RPM), statuses
-    # Usage: every admitted request exactly once (the replicas flushed at exit); refusals are not usage.
-    admitted = {s.request_id for s in streams} | {rid for rid, code in burst if code == 200}
-    with store.engine.connect() as conn:
-        rows = conn.exec_driver_sql("SELECT request_id, count(*) FROM cot_usage GROUP BY request_id").all()
-    store.close()
-    counts = dict(rows)
-    assert set(counts) == admitted, (len(counts), len(admitted), sorted(set(counts) ^ admitted)[:5])
-    assert set(counts.values()) == {1}
-    refusals = nginx_log.count("Connection refused")  # a draining or restarting replica: nginx tried the next
-    print(f"fleet: {len(streams)} streams through nginx, {restarts} rolling restarts, {refusals} connections "
-          f"refused and retried elsewhere, burst {BURST} -> {statuses.count(200)} x 200 + "
-          f"{statuses.count(429)} x 429, {len(counts)} usage rows")
+
+
+def key_spent(t: FleetUnderTest, key_id: int) -> int:
+    record = t.store.lookup_by_id(key_id)
+    assert record is not None
+    return record.spent_tokens
+
+
+def test_300_streams_through_a_rolling_restart_and_a_sigkill_lose_nothing(fleet: FleetUnderTest):
+    """Replicas 1 and 2 get SIGTERM (drain), replica 3 SIGKILL, one after another, each successor serving
+    before the next one goes; 300 clients stream all along, retrying (same X-Request-ID) when one fails."""
+    t = fleet
+    key, _ = t.store.create("fleet-streams")
+    for b in t.backends:  # long, sparse streams: 300 open at once without starving the replicas' start-up
+        slow_streams(b, delay=STREAM_GAP)
+    opened = sum(len(b.requests) for b in t.backends)
+    clients = Clients(t.fleet.url, key, STREAMS, retries=3)
+    draining = []
+    try:
+        wait_until(lambda: sum(len(b.requests) for b in t.backends) - opened >= STREAMS, 60,
+                   f"{STREAMS} streams open through nginx")
+        for i in range(len(t.fleet.replicas) - 1):
+            before = clients.done()
+            draining.append(t.fleet.restart(i))
+            wait_until(lambda b=before: clients.done() > b, 60, "streams ending after the restart")
+        exits = [t.fleet.retire(old) for old in draining]
+        killed_at, killed_wall = time.monotonic(), now_utc()
+        killed = t.fleet.kill(len(t.fleet.replicas) - 1)
+        restarted_at = time.monotonic()
+        before = clients.done()
+        wait_until(lambda: clients.done() >= before + STREAMS // 3, 60, "streams ending after the kill")
+    finally:
+        reqs = clients.stop()
+        for b in t.backends:
+            slow_streams(b, delay=EVENT_GAP)
+    # Nothing lost: every request came back whole, at the latest on a retry through nginx.
+    lost = [(r.request_id, r.attempts) for r in reqs if not r.whole]
+    assert not lost, (len(lost), lost[:5], t.fleet.nginx.errors()[:5])
+    # Only the SIGKILL cost a retry: each failed attempt was in flight when the replica died, and the
+    # client saw a clean error (a cut stream or a 502), never a stream that looked whole.
+    failed = [(r, a, span) for r in reqs for a, span in zip(r.attempts, r.spans, strict=True) if a != "whole"]
+    assert failed, "the SIGKILL cut no stream"
+    assert all(began <= restarted_at and ended >= killed_at for _, _, (began, ended) in failed), [
+        (a, round(b - killed_at, 2), round(e - killed_at, 2)) for _, a, (b, e) in failed][:10]
+    errors = Counter(a for _, a, _ in failed)
+    assert set(errors) <= {"ChunkedEncodingError", "ConnectionError", "http 502"} | {
+        f"cut after {n} events" for n in range(len(WORDS) + 4)}, errors
+    assert exits == [0] * len(draining)
+    assert_clean_logs(t)
+    ids = {r.request_id for r in reqs}
+    retried = {r.request_id for r, _, _ in failed}
+    counts = usage_counts(t, ids)
+    # Each request once, but for a retried one whose first attempt the killed replica had finished (usage
+    # spooled) when the kill cut its last chunk: both attempts were generated, both are recorded.
+    twice = {rid for rid, n in counts.items() if n == 2 and rid in retried}
+    assert_once({rid: 1 if rid in twice else n for rid, n in counts.items()}, ids)
+    assert all(at <= killed_wall for at in first_rows(t, twice)), "a second row not from before the kill"
+    print(f"\nfleet: {STREAMS} concurrent clients, {len(reqs)} streams started, {sum(r.whole for r in reqs)} "
+          f"whole with [DONE]; {len(draining)} rolling restarts (SIGTERM, exit 0), {t.fleet.nginx.refusals()} "
+          f"connects refused and retried by nginx; 1 SIGKILL ({killed} processes): {len(retried)} clients saw "
+          f"{dict(errors)}, {len(failed)} retries through nginx, all whole; {sum(counts.values())} usage rows: "
+          f"each once, {len(twice)} retried twice (first attempt finished at the proxy before the kill)")
+
+
+def test_limits_and_budgets_are_exact_across_the_fleet_and_metrics_add_up(fleet: FleetUnderTest):
+    t = fleet
+    url = t.fleet.url
+    counted_before = t.fleet.metric_total(REQUESTS_METRIC)
+    rpm_key, _ = t.store.create("fleet-rpm", rpm=20)
+    tpm_key, _ = t.store.create("fleet-tpm", tpm=80)  # 8 tokens a request (estimate = use): 10 fit
+    budget_key, budget_rec = t.store.create("fleet-budget", budget=100)
+    stream_budget_key, stream_budget_rec = t.store.create("fleet-budget-streams", budget=50)
+
+    rpm = burst(url, rpm_key, 30)
+    tpm = burst(url, tpm_key, 25)
+    # max_tokens 12: each holds 8 + 12 = 20 while it runs and spends 8; exactly 11 fit in 100 (88 + 20 > 100).
+    budget = burst(url, budget_key, 30, max_tokens=12)
+    for i in range(12):  # then one at a time, until refused: nothing held, only what was spent counts
+        rid = f"fleet-budget-tail-{i}-{uuid.uuid4().hex[:8]}"
+        r = chat(url, budget_key, rid, max_tokens=12)
+        budget.append((rid, r.status_code, "" if r.status_code == 200 else r.json()["error"]["code"]))
+        if r.status_code != 200:
+            break
+    # Streams without max_tokens hold only their prompt (8) and spend 13: 6 fit in 50 (48), all in flight
+    # together (a stream lasts ~3 s); once one ends its 13 leave less than 8: none more.
+    streams = burst(url, stream_budget_key, 20, parallel=20, stream=True,
+                    stream_options={"include_usage": True})
+
+    def statuses(results: list[tuple[str, int, str]]) -> Counter:
+        return Counter((code, err) for _, code, err in results)
+
+    assert statuses(rpm) == {(200, ""): 20, (429, "rate_limit_exceeded"): 10}, statuses(rpm)
+    assert statuses(tpm) == {(200, ""): 10, (429, "rate_limit_exceeded"): 15}, statuses(tpm)
+    assert statuses(budget) == {(200, ""): 11, (429, "insufficient_quota"): len(budget) - 11}, statuses(budget)
+    assert statuses(streams) == {(200, ""): 6, (429, "insufficient_quota"): 14}, statuses(streams)
+    admitted = {rid for rid, code, _ in rpm + tpm + budget + streams if code == 200}
+    assert_once(usage_counts(t, admitted), admitted)
+    spent = key_spent(t, budget_rec.id)
+    assert spent == 11 * 8 <= 100
+    stream_spent = key_spent(t, stream_budget_rec.id)
+    in_flight_output = 6 * len(WORDS)  # what the admitted streams generated beyond the prompt they held
+    assert stream_spent == 6 * (3 + len(WORDS)) and stream_spent - 50 <= in_flight_output
+
+    sent = len(rpm) + len(tpm) + len(budget) + len(streams)
+    total = sent + counted_before
+    try:  # a request is counted in its done hook, just after its last byte: bounded wait
+        wait_until(lambda: t.fleet.metric_total(REQUESTS_METRIC) >= total, 10, "metrics of every request", step=0.2)
+    except AssertionError:
+        pass
+    counted = t.fleet.metric_total(REQUESTS_METRIC) - counted_before
+    assert counted == sent
+    refused = sum(code == 429 for _, code, _ in rpm + tpm + budget + streams)
+    rpm_seen = statuses(rpm)
+    print(f"\nfleet limits: rpm 20: 30 -> {rpm_seen[(200, '')]} x 200 + {rpm_seen[(429, 'rate_limit_exceeded')]}"
+          f" x 429; tpm 80: 25 -> 10 + 15; budget 100 (max_tokens 12): {len(budget)} -> 11 admitted, spent {spent}"
+          f" (overshoot 0); budget 50 (streams, no max_tokens): 20 -> 6, spent {stream_spent} (overshoot "
+          f"{stream_spent - 50} <= in-flight output {in_flight_output}); 429s expected {refused} seen {refused}; "
+          f"{REQUESTS_METRIC} summed over 3 replicas +{counted:g} for {sent} sent; {len(admitted)} usage rows")
+
+
+def test_a_revoked_key_is_refused_by_every_replica_within_a_second(fleet: FleetUnderTest):
+    t = fleet
+    key, rec = t.store.create("fleet-revoked")
+    seen: list[tuple[int, float, int]] = []  # replica, sent at, status
+    lock = threading.Lock()
+    revoked_at: list[float] = []
+    stop = threading.Event()
+
+    def hammer(replica: int, url: str) -> None:
+        for _ in range(2000):
+            if stop.is_set():
+                return
+            sent = time.monotonic()
+            status = chat(url, key).status_code
+            with lock:
+                seen.append((replica, sent, status))
+
+    threads = [threading.Thread(target=hammer, args=(i, u), daemon=True)
+               for i, u in enumerate(t.fleet.urls()) for _ in range(2)]
+    for th in threads:
+        th.start()
+    try:
+        wait_until(lambda: all(sum(1 for r, _, s in list(seen) if r == i and s == 200) >= 4 for i in range(3)), 30,
+                   "every replica serving the key")
+        t.store.revoke(str(rec.id))
+        revoked_at.append(time.monotonic())
+        wait_until(lambda: all(sum(1 for r, at, _ in list(seen) if r == i and at > revoked_at[0] + 1.0) >= 6
+                               for i in range(3)), 30, "requests to every replica a second after the revocation")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(30)
+    t0 = revoked_at[0]
+    assert {s for _, _, s in seen} <= {200, 401}
+    late = [(r, round(at - t0, 3)) for r, at, s in seen if s == 200 and at > t0 + 1.0]
+    assert not late, late[:5]
+    latency = max([at - t0 for _, at, s in seen if s == 200] + [0.0])
+    after = Counter(r for r, at, _ in seen if at > t0 + 1.0)
+    print(f"\nfleet revocation: last request answered 200 was sent {latency * 1000:.0f} ms after the revocation; "
+          f"every request sent 1 s after it refused 401 ({dict(after)} per replica)")
+
+
+def test_a_backend_ejected_by_one_replica_is_avoided_by_all(fleet: FleetUnderTest):
+    t = fleet
+    key, _ = t.store.create("fleet-eject")
+    bad = t.backends[1]
+    hits: list[float] = []
+
+    def failing(rec: Recorded) -> Reply | None:
+        if rec.path.split("?")[0].endswith("/chat/completions"):
+            hits.append(time.monotonic())
+            return json_reply({"error": {"message": "broken", "type": "server_error"}}, status=500)
+        return None
+
+    ejected = EJECTED_PREFIX + bad.base_url
+    bad.responder = failing
+    try:
+        first, others = t.fleet.urls()[0], t.fleet.urls()[1:]
+
+        def until(condition: Callable[[], bool], urls: list[str], most: int, tag: str) -> list[int]:
+            statuses: list[int] = []
+
+            def loop(u: str) -> None:
+                for i in range(most):
+                    if condition():
+                        return
+                    statuses.append(chat(u, key, f"{tag}-{i}-{uuid.uuid4().hex[:8]}").status_code)
+
+            with ThreadPoolExecutor(len(urls) * 2) as pool:
+                list(pool.map(loop, urls * 2))
+            return statuses
+
+        # Replica 1 alone: its workers fail over to the good backend until one ejects the bad one.
+        statuses = until(lambda: t.redis.pttl(ejected) > 0, [first], 300, "eject-first")
+        assert t.redis.pttl(ejected) > 0, "replica 1 never ejected the failing backend"
+        t0 = time.monotonic()
+        by_first = len(hits)
+        # The others: they learn it from Redis (every 0.25 s), well before FAILURE_THRESHOLD failures.
+        last_hit = [t0]
+        clean = [0]
+
+        def quiet() -> bool:
+            if len(hits) > by_first and hits[-1] > last_hit[0]:
+                last_hit[0], clean[0] = hits[-1], 0
+            clean[0] += 1
+            return clean[0] > 60  # 60 requests in a row that never reached the bad backend
+
+        statuses += until(quiet, others, 150, "eject-others")
+        after = len(hits) - by_first
+        propagation = last_hit[0] - t0
+        assert set(statuses) == {200}, Counter(statuses)
+        assert clean[0] > 60, "the other replicas kept sending to the ejected backend"
+        # A request whose first attempt failed (on the bad backend) went on to the good one: 2 attempts. Per
+        # worker of replicas 2 and 3, fewer than FAILURE_THRESHOLD: none of them ejected it by itself.
+        failed_first = Counter(
+            (line["pid"]) for r in t.fleet.replicas[1:] for line in r.lines()
+            if str(line.get("request_id", "")).startswith("eject-others") and line.get("attempts"))
+        assert sum(failed_first.values()) == after, (failed_first, after)
+        assert max(failed_first.values(), default=0) < FAILURE_THRESHOLD, failed_first
+        assert propagation < 3.0, propagation
+        final = len(hits)
+        assert all(r.status_code == 200 for r in (chat(t.fleet.url, key) for _ in range(20)))
+        assert len(hits) == final
+    finally:
+        slow_streams(bad, delay=EVENT_GAP)
+    print(f"\nfleet ejection: replica 1 ejected the failing backend after {by_first} failed attempts (every request "
+          f"200 through the other backend); replicas 2 and 3 sent it {after} request(s) in the "
+          f"{propagation * 1000:.0f} ms after (at most {max(failed_first.values(), default=0)} per worker, threshold "
+          f"{FAILURE_THRESHOLD}), then none")
