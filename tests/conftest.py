@@ -5,14 +5,23 @@ Fixtures only: helpers (`proxy_config`, `LiveServer`, `Gunicorn`, ...) are in te
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from app import create_app
 from app.config import Config
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.support import LiveServer, proxy_config  # helpers live in tests/support.py; import them from there
+
+# Property tests draw the same cases on every run and keep no example database (.hypothesis/): a failure
+# is a real regression, not a new draw, and parallel runs share no files. HYPOTHESIS_PROFILE=random draws new
+# cases (reproduce one with `--hypothesis-seed`). A test's own @settings still set its number of examples.
+settings.register_profile("cot-proxy", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("random", derandomize=False, database=None, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cot-proxy"))
 
 
 @pytest.fixture(scope="session")

@@ -10,42 +10,18 @@ run (derandomized); FUZZ_RANDOM=1 draws new ones (reproduce with pytest's `--hyp
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from flask import Flask
 
 from app import create_app
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.fuzz import support
-
-SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1") or 1))
-DERANDOMIZE = not os.environ.get("FUZZ_RANDOM")
-CASES: Counter[str] = Counter()
-"""Cases run per test id (shown after the run)."""
-SECONDS: Counter[str] = Counter()
-KNOWN_SEEN: Counter[str] = Counter()
-"""How often each known failure turned up (shown after the run)."""
-
-
-def examples(n: int) -> int:
-    return n * SCALE
-
-
-@dataclass
-class Target:
-    name: str
-    app: Flask
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def client(self):
-        return self.app.test_client()
+from tests.fuzz.support import CASES, KNOWN_SEEN, SCALE, SECONDS, Target
+from tests.support import TEST_PG_URL, pg_url, unavailable
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +51,16 @@ def postgresql_url() -> Iterator[str]:
     """A schema of our own in the test PostgreSQL (TEST_DATABASE_URL, as tests/access uses), dropped after."""
     import uuid
 
-    base = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     try:
         import psycopg
 
-        conn = psycopg.connect(base, connect_timeout=3, autocommit=True)
+        conn = psycopg.connect(TEST_PG_URL, connect_timeout=3, autocommit=True)
     except Exception:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL at {base} is required under CI=true")
-        pytest.skip(f"PostgreSQL at {base} not reachable")
+        unavailable(f"PostgreSQL at {TEST_PG_URL}")
     schema = f"cot_fuzz_{uuid.uuid4().hex[:10]}"
     conn.execute(f"CREATE SCHEMA {schema}")
     try:
-        yield f"{base}?options=-csearch_path%3D{schema}"
+        yield pg_url(schema)
     finally:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
         conn.close()

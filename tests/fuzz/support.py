@@ -17,12 +17,15 @@ test red until both the mark and the entry here are removed.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+from flask import Flask
 
 from app.access.settings import AccessSettings
 from app.config import Config
@@ -35,6 +38,32 @@ TOKEN = "fuzz-gateway-token-0123456789"
 ADMIN_TOKEN = "fuzz-admin-token-0123456789"
 JWT_SECRET = "fuzz-jwt-secret-with-at-least-32-bytes!"
 ENVELOPE_FIELDS = ("message", "type", "param", "code")
+
+# -- scale and counts (FUZZ_SCALE, FUZZ_RANDOM: see conftest.py) ----------------------
+
+SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1") or 1))
+DERANDOMIZE = not os.environ.get("FUZZ_RANDOM")
+CASES: Counter[str] = Counter()
+"""Cases run per test id (shown after the run)."""
+SECONDS: Counter[str] = Counter()
+KNOWN_SEEN: Counter[str] = Counter()
+"""How often each known failure turned up (shown after the run)."""
+
+
+def examples(n: int) -> int:
+    return n * SCALE
+
+
+@dataclass
+class Target:
+    name: str
+    app: Flask
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client(self):
+        return self.app.test_client()
+
 
 # -- apps ------------------------------------------------------------------------
 

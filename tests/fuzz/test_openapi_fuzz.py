@@ -30,7 +30,7 @@ from schemathesis.specs.openapi import checks as st_checks
 
 from app import openapi
 from tests.fuzz import support
-from tests.fuzz.conftest import CASES, DERANDOMIZE, KNOWN_SEEN, Target, examples
+from tests.fuzz.support import CASES, DERANDOMIZE, KNOWN_SEEN, Target, examples
 
 EXAMPLES = {"positive": 25, "negative": 25}
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from app import create_app
 from tests.fuzz import strategies as S
 from tests.fuzz import support
-from tests.fuzz.conftest import CASES, DERANDOMIZE, KNOWN_SEEN, Target, examples
+from tests.fuzz.support import CASES, DERANDOMIZE, KNOWN_SEEN, Target, examples
 
 TARGETS = ("echo", "proxy", "auth", "routed")
 BODY_CODES = frozenset({"invalid_json", "invalid_content_type", "invalid_body", "invalid_path", "request_too_large"})

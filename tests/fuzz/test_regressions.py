@@ -18,8 +18,8 @@ from flask import Flask
 from app import create_app
 from app.access.settings import AccessSettings
 from tests.fuzz import support
-from tests.fuzz.conftest import Target
 from tests.fuzz.strategies import nested
+from tests.fuzz.support import Target
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 from flask import Flask
 
 from app import create_app, discovery, openapi
 from tests.fuzz import support
-from tests.fuzz.conftest import Target
+from tests.fuzz.support import Target
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
 
@@ -63,7 +65,7 @@ def test_every_route_of_the_proxy_is_documented(targets: dict[str, Target]) -> N
     for rule in app.url_map.iter_rules():
         if rule.endpoint in ("static", "passthrough.passthrough"):
             continue
-        path = str(rule).replace("<path:model>", "{model}")
+        path = re.sub(r"<(?!path:rest>)(?:\w+:)?(\w+)>", r"{\1}", str(rule))  # <path:model> -> {model}
         if "<path:rest>" in path:  # the media and video families: their documented operations
             prefix = path.split("<path:rest>")[0]
             assert any(p.startswith(prefix) for p in documented), str(rule)
