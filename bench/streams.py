@@ -4,7 +4,7 @@
     python bench/streams.py --streams 200        # a cleaner gap comparison (the client saturates less)
     python bench/streams.py --modes keep strip   # cot-proxy twice: THINK_MODE=keep (step off) and strip (on)
     python bench/streams.py --think-content --modes keep strip   # think-heavy chunks (70 % inside <think>)
-    python bench/streams.py --ref HEAD~3         # also cot-proxy at that commit (git worktree), before/after
+    python bench/streams.py --ref HEAD~3 HEAD    # also cot-proxy at those commits (git worktrees): before/after
 
 Every target is started first (fake upstream bench/fake_upstream.py; bench/naive_relay.py and cot-proxy under
 Gunicorn gevent with 2 workers; nginx with 2 worker processes when installed), warmed up, and its idle RSS
@@ -74,7 +74,7 @@ from common import (  # noqa: E402
 
 SEQ_RE = re.compile(rb'"bench_seq":\s*(\d+)')
 SATURATED = 0.8  # share of one core above which the single-threaded client or upstream is the bottleneck
-REF_DIR = Path("/tmp/cot-streams-ref")
+REF_DIR = "/tmp/cot-streams-ref-{}"
 TARGETS = {  # issue 13's floors for this round, checked on the default cot-proxy row
     "completed": "== N", "ttfc_p50_added_ms": "<= 500", "extra_gap_p99_ms": "<= 60",
     "idle_rss_mb": "<= 120", "peak_rss_mb": "<= 180",
@@ -231,10 +231,10 @@ def start_targets(args: argparse.Namespace, upstream: Proc, tmp: Path, extra: di
         name = f"proxy-{mode}" if mode else "proxy"
         targets.append(Target(name, f"cot-proxy {here}{f' THINK_MODE={mode}' if mode else ''}",
                               start_proxy(f"streams-{name}", env), gunicorn=True))
-        if args.ref:
-            ref = start_proxy_at(REF_DIR, f"streams-ref{f'-{mode}' if mode else ''}", env)
-            targets.append(Target(f"ref-{mode}" if mode else "ref",
-                                  f"cot-proxy {args.ref}{f' THINK_MODE={mode}' if mode else ''}", ref, gunicorn=True))
+        for i, ref in enumerate(args.ref):
+            server = start_proxy_at(Path(REF_DIR.format(i)), f"streams-ref{i}{f'-{mode}' if mode else ''}", env)
+            targets.append(Target(f"ref{i}-{mode}" if mode else f"ref{i}",
+                                  f"cot-proxy {ref}{f' THINK_MODE={mode}' if mode else ''}", server, gunicorn=True))
 
 
 def rows(res: dict[str, Any], labels: dict[str, str], n: int) -> list[tuple[str, ...]]:
@@ -283,21 +283,23 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=("keep", "strip", "separate"),
                         help="one cot-proxy per THINK_MODE (default: one, default configuration)")
     parser.add_argument("--think-content", action="store_true", help="think-heavy chunks (bench_think)")
-    parser.add_argument("--ref", metavar="COMMIT", help="also cot-proxy at this commit (git worktree)")
+    parser.add_argument("--ref", nargs="+", default=[], metavar="COMMIT",
+                        help="also cot-proxy at these commits (git worktrees)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VAL", help="cot-proxy environment")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all targets (default 1)")
     args = parser.parse_args()
     if not (1 <= args.streams <= 10_000 and 1 <= args.chunks <= 1000 and 0 <= args.interval_ms <= 10_000
-            and 1 <= args.repeat <= 5):
-        parser.error("--streams 1..10000, --chunks 1..1000, --interval-ms 0..10000, --repeat 1..5")
+            and 1 <= args.repeat <= 5 and len(args.ref) <= 3):
+        parser.error("--streams 1..10000, --chunks 1..1000, --interval-ms 0..10000, --repeat 1..5, --ref: 3 at most")
     extra = parse_env(args.env)
     on_sigterm_exit()
     nofile = raise_nofile()
     started, load0 = time.monotonic(), loadavg()
     targets: list[Target] = []
     upstream: Proc | None = None
-    with worktree(args.ref, REF_DIR) as ref, tempfile.TemporaryDirectory(prefix="cot-streams-") as tmp:
-        args.ref = ref
+    with contextlib.ExitStack() as stack:
+        args.ref = [stack.enter_context(worktree(c, Path(REF_DIR.format(i)))) for i, c in enumerate(args.ref)]
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="cot-streams-"))
         try:
             upstream = start_upstream("streams-upstream")
             start_targets(args, upstream, Path(tmp), extra, targets)
