@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import requests
@@ -117,10 +117,13 @@ class Fleet:
         self.logs: list[str] = []
         self.exits: list[int | None] = []
         self.nginx: Nginx | None = None
+        self._pool = ThreadPoolExecutor(size)
+        self._booting: dict[int, Future[Replica]] = {}
         self._started = itertools.count(1)
         try:
-            with ThreadPoolExecutor(size) as pool:  # started together: each mostly waits for its workers
-                futures = [pool.submit(self._start, port) for port in self.ports]
+            # Started together: each mostly waits for its workers.
+            futures = [self._pool.submit(self._start, port) for port in self.ports]
+            wait(futures)
             self.replicas = [f.result() for f in futures if f.exception() is None]
             for f in futures:
                 if f.exception() is not None:
@@ -166,8 +169,9 @@ class Fleet:
         return old.proc.returncode
 
     def kill(self, i: int) -> int:
-        """SIGKILL to the replica's master and workers at once (a container killed, a node lost); it is then
-        started again on its port. Returns how many processes were killed."""
+        """SIGKILL to the replica's master and workers at once (a container killed, a node lost); its
+        successor starts on the same port in the background (`whole()` waits for it). Returns how many
+        processes were killed."""
         old = self.replicas[i]
         pids = old.processes()
         for pid in pids:
@@ -178,8 +182,14 @@ class Fleet:
         old.proc.wait(timeout=10)
         wait_until(lambda: refused(old.port), 10, "the killed replica's port free")
         self._retire(old)
-        self.replicas[i] = self._start(old.port)
+        self._booting[i] = self._pool.submit(self._start, old.port)
         return len(pids)
+
+    def whole(self) -> None:
+        """Every replica serving again (the successors of killed ones started)."""
+        for i, future in list(self._booting.items()):
+            self.replicas[i] = future.result(timeout=120)
+            del self._booting[i]
 
     def _retire(self, replica: Replica) -> None:
         self.logs.append(replica.stop())
@@ -190,6 +200,10 @@ class Fleet:
         return sum(metric_total(url, name) for url in self.urls())
 
     def stop(self) -> None:
+        try:
+            self.whole()
+        finally:
+            self._pool.shutdown()
         if self.nginx is not None:
             self.nginx.stop()
         for r in self.replicas:
