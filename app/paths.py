@@ -23,6 +23,7 @@ from flask import Flask, request
 from .errors import InvalidRequest
 
 _ENCODED_BACKSLASH = re.compile(r"%5c", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENCODED_CONTROL = re.compile(r"%(0[0-9a-f]|1[0-9a-f]|7f)", re.IGNORECASE)
 _DECODE_ROUNDS = 3  # a doubly or triply encoded dot segment is still one
 
@@ -43,7 +44,7 @@ def problem(path: str) -> str | None:
         return "a backslash"
     if _ENCODED_BACKSLASH.search(path):
         return "an encoded backslash"
-    if _ENCODED_CONTROL.search(path) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if _ENCODED_CONTROL.search(path) or _CONTROL.search(path):
         return "a control character"
     segments = path.split("/")[1:]
     for i, segment in enumerate(segments):
