@@ -141,6 +141,11 @@ def _default_reply(rec: Recorded) -> Reply:
                                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})
             return sse_reply(chunks)
         return json_reply(chat_completion("Hello from upstream", model))
+    if path.endswith("/responses") and isinstance(body, dict) and body.get("stream"):
+        # A Responses API stream: named events, no [DONE] (a JSON body would be no answer to a stream).
+        resp = {"id": "resp_fake", "object": "response", "status": "completed", "output": []}
+        return sse_reply([f"event: {t}\ndata: {json.dumps({'type': t, 'sequence_number': i, 'response': resp})}\n\n"
+                          .encode() for i, t in enumerate(("response.created", "response.completed"))], done=False)
     if path.endswith("/completions") and isinstance(body, dict):
         if body.get("stream"):
             base = {"id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": "fake-model"}
