@@ -59,6 +59,7 @@ def test_three_replicas_share_redis_and_postgresql():
         assert env["REDIS_URL"].startswith("redis://redis:6379/")
         assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:5432/" in env["DATABASE_URL"]
         assert env["OBSERVABILITY_PORT"] == "8801"
+        assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")  # fixed: kept across a container restart
         assert "ports" not in s, "replicas are reached through nginx only"
         grace = int(str(s["stop_grace_period"]).rstrip("s"))
         assert grace > int(env["GUNICORN_GRACEFUL_TIMEOUT"])

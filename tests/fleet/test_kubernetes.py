@@ -105,6 +105,9 @@ def test_probes_drain_and_security(overlay):
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])  # metrics dir, drain marker
+    # The workers' directory (metrics, usage spools) on the pod's emptyDir: a container restarted after a
+    # kill finds the spools of its killed workers there and writes their usage records.
+    assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
