@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,6 @@ FAILURE_THRESHOLD = 30
 after fewer failures than this learnt it from another replica (through Redis), not by itself."""
 EVENT_GAP = 0.25
 """Seconds between a stream's events (10 words: ~3 s a stream)."""
-EJECTED_PREFIX = "cot-proxy:ejected:"
-"""app/routing/shared.py's key prefix (it does not follow REDIS_PREFIX yet: keys are deleted by name)."""
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +76,18 @@ class FleetUnderTest:
     fleet: Fleet
     store: KeyStore
     backends: list[FakeUpstream]
-    redis: object
+    redis: Any
     prefix: str
+
+    def ejected(self, backend: FakeUpstream) -> bool:
+        """Whether a replica published `backend`'s ejection in Redis."""
+        return any(self.redis.pttl(name) > 0 for name in ejection_keys(self.prefix, backend))
+
+
+def ejection_keys(prefix: str, backend: FakeUpstream) -> list[str]:
+    """app/routing/shared.py's key for `backend`: under REDIS_PREFIX once the router hands it the prefix,
+    under `cot-proxy:` until then."""
+    return [p + "ejected:" + backend.base_url for p in (prefix, "cot-proxy:")]
 
 
 @pytest.fixture(scope="module")
@@ -110,5 +119,5 @@ providers:
     finally:
         f.stop()
         store.close()
-        client.delete(*(EJECTED_PREFIX + b.base_url for b in backends))
+        client.delete(*(name for b in backends for name in ejection_keys(prefix, b)))
         client.close()
