@@ -311,6 +311,37 @@ class _HTTPSPool(HTTPSConnectionPool):
 
 
 class _Adapter(HTTPAdapter):
+    """requests' adapter, less what a relay never uses on its hot path: proxies (the session
+    ignores the environment), cookies, and per-call connection-pool lookups (cached per origin
+    and TLS setting). Sending, timeouts, TLS and error mapping are requests' own."""
+
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self._pools: dict[tuple[str, object, object], HTTPConnectionPool] = {}
+
+    def get_connection_with_tls_context(self, request: requests.PreparedRequest, verify: object,
+                                        proxies: object = None, cert: object = None) -> HTTPConnectionPool:
+        if proxies:
+            return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        url = request.url or ""
+        key = (url[:url.find("/", url.find("//") + 2)], verify, cert)
+        pool = self._pools.get(key)
+        if pool is None or pool.pool is None:  # new, or closed when the pool manager evicted it
+            pool = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+            self._pools[key] = pool
+        return pool
+
+    def request_url(self, request: requests.PreparedRequest, proxies: object) -> str:
+        return request.path_url if not proxies else super().request_url(request, proxies)
+
+    def build_response(self, req: requests.PreparedRequest, resp: object) -> requests.Response:
+        response = requests.Response()
+        response.status_code = getattr(resp, "status", None)  # type: ignore[assignment]
+        response.headers = CaseInsensitiveDict(getattr(resp, "headers", {}))
+        response.raw = resp
+        response.reason = getattr(resp, "reason", None)  # type: ignore[assignment]
+        response.url = req.url or ""
+        response.request = req
+        response.connection = self
+        return response
