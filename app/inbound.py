@@ -9,6 +9,7 @@ server here, the one place every relayed answer becomes a Flask response.
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import quote
 
 from flask import Response, current_app, g, request, stream_with_context
@@ -21,6 +22,7 @@ from .relay import Family, Relay, Reply
 log = logging.getLogger("cot_proxy.relay")
 
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_UNSAFE = re.compile("[\r\n\0]")
 
 
 class Inbound:
@@ -80,7 +82,7 @@ def safe_headers(headers: dict[str, str]) -> dict[str, str]:
         except UnicodeEncodeError:
             log.warning("dropped response header %s: not Latin-1", key)
             continue
-        if any(c in value for c in "\r\n\0"):
+        if _UNSAFE.search(value):
             log.warning("dropped response header %s: control characters", key)
             continue
         out[key] = value

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..exchange import Exchange
 from ..sse import Event
-from .base import Transform, overrides
+from .base import HOOKS, Transform, overrides
 
 log = logging.getLogger("cot_proxy.transforms")
 
@@ -52,14 +52,16 @@ class BoundPipeline:
     def __init__(self, ex: Exchange, transforms: list[Transform]) -> None:
         self.ex = ex
         self.transforms = transforms
-        self._stream = [t for t in transforms if overrides(t, "stream_event") or overrides(t, "stream_end")]
+        self._stream = [t for t in transforms if _hooks(t) & {"stream_event", "stream_end"}]
+        self._resend = [t for t in transforms if "resend" in _hooks(t)]
+        self.touches_errors = any("error_json" in _hooks(t) for t in transforms)
 
     def request(self) -> None:
         for t in self.transforms:
             t.request(self.ex)
 
     def resend(self, status: int) -> bool:
-        return any(t.resend(self.ex, status) for t in self.transforms)
+        return any(t.resend(self.ex, status) for t in self._resend)
 
     def response_headers(self, status: int, headers: dict[str, str]) -> None:
         for t in self.transforms:
@@ -78,10 +80,6 @@ class BoundPipeline:
         for t in self.transforms:
             data = t.error_json(self.ex, status, data)
         return data
-
-    @property
-    def touches_errors(self) -> bool:
-        return any(overrides(t, "error_json") for t in self.transforms)
 
     @property
     def touches_stream(self) -> bool:
@@ -108,3 +106,15 @@ class BoundPipeline:
             events.extend(flushed)
         return events
 
+
+
+def _hooks(transform: Transform) -> frozenset[str]:
+    """The hooks a transform's class overrides, found once per class (bind runs per request)."""
+    cls = type(transform)
+    found = _OVERRIDDEN.get(cls)
+    if found is None:
+        found = _OVERRIDDEN[cls] = frozenset(h for h in HOOKS if overrides(transform, h))
+    return found
+
+
+_OVERRIDDEN: dict[type, frozenset[str]] = {}
