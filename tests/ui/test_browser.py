@@ -3,8 +3,9 @@ against the proxy under real Gunicorn (2 workers) in front of the fake upstream.
 
 One walk through, in order: pages fail closed without the login; log in; read every page; create a key
 and use it; revoke it and see the proxy refuse it (401); open a slow stream and cancel it from the Live
-page (the upstream's connection closed within 1 s of the click); log out. Screenshots of every page go
-to docs/screenshots/ (set UI_SCREENSHOTS=0 to leave them alone). Skipped, with the reason printed,
+page (the upstream's connection closed within 1 s of the click); log out. With UI_SCREENSHOTS=1 it
+saves a screenshot of every page to docs/screenshots/ (off by default: a test run leaves the tree clean).
+Skipped, with the reason printed,
 when chromium, its driver or Selenium is missing (CI installs them).
 """
 
@@ -112,7 +113,7 @@ def _text_in(selector: str, text: str) -> Any:
 
 
 def _shot(driver: Any, name: str) -> None:
-    if os.environ.get("UI_SCREENSHOTS", "1") == "0":
+    if os.environ.get("UI_SCREENSHOTS", "0") != "1":
         return
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
