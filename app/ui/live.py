@@ -74,9 +74,8 @@ def _alive(pid: int) -> bool:
 
 
 def _identity(ex: Exchange) -> Any:
-    """Who the access guard says is calling (its state is an object, or a dict in older versions)."""
-    state = ex.state.get("access")
-    return state.get("identity") if isinstance(state, dict) else getattr(state, "identity", None)
+    """Who the access guard says is calling (`Exchange.identity`)."""
+    return getattr(ex, "identity", None)
 
 
 class Channel:
