@@ -50,7 +50,7 @@ def keys(tmp_path_factory) -> Iterator[tuple[KeyStore, str, str]]:
 
 @pytest.fixture(scope="module")
 def proxy(fake: ChatOnlyUpstream, keys) -> Iterator[Gunicorn]:
-    g = Gunicorn({"TARGET_BASE_URL": fake.base_url, "THINK_MODE": "separate", "THINK_PREFILLED": "false",
+    g = Gunicorn({"TARGET_BASE_URL": fake.base_url, "THINK_MODE": "separate",
                   "REQUEST_TIMEOUT_SECONDS": "20", "VIRTUAL_KEYS": "true", "DATABASE_URL": keys[2],
                   "USAGE_FLUSH_SECONDS": "0.2"}, workers=WORKERS)
     yield g

@@ -103,7 +103,7 @@ def test_tool_call_answer(make_client, chat_only):
 @pytest.mark.parametrize("mode, expect", [("separate", True), ("strip", False)])
 def test_reasoning_follows_think_mode(make_client, chat_only, mode, expect):
     chat_only.answer(ChatAnswer(text="42", reasoning="Six times seven.", reasoning_as="think"))
-    client = make_client(RESPONSES_API="translate", THINK_MODE=mode, THINK_PREFILLED="false")
+    client = make_client(RESPONSES_API="translate", THINK_MODE=mode)
     data = create(client, input="Answer?").get_json()
     kinds = [o["type"] for o in data["output"]]
     if expect:
