@@ -73,11 +73,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _identity(ex: Exchange) -> Any:
-    """Who the access guard says is calling (`Exchange.identity`)."""
-    return getattr(ex, "identity", None)
-
-
 class Channel:
     """Where workers publish snapshots and queue cancels for each other."""
 
@@ -224,7 +219,7 @@ class LiveRequests(Transform):
     # -- the transform --------------------------------------------------------
 
     def admit(self, ex: Exchange) -> None:
-        identity = _identity(ex)
+        identity = ex.identity
         credential = ex.headers.get("authorization") or ex.headers.get("x-api-key") or ex.headers.get("api-key")
         live_id = f"{self.worker}-{next(self._ids)}"
         info = {"id": live_id, "request_id": ex.request_id, "api": ex.api or ex.family, "method": ex.method,
