@@ -146,6 +146,13 @@ def _default_reply(rec: Recorded) -> Reply:
         resp = {"id": "resp_fake", "object": "response", "status": "completed", "output": []}
         return sse_reply([f"event: {t}\ndata: {json.dumps({'type': t, 'sequence_number': i, 'response': resp})}\n\n"
                           .encode() for i, t in enumerate(("response.created", "response.completed"))], done=False)
+    if path.endswith("/messages") and isinstance(body, dict) and body.get("stream"):
+        # An Anthropic Messages stream: named events, no [DONE].
+        message = {"id": "msg_fake", "type": "message", "role": "assistant", "content": [], "model": "fake-model",
+                   "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 0}}
+        events = [("message_start", {"type": "message_start", "message": message}),
+                  ("message_stop", {"type": "message_stop"})]
+        return sse_reply([f"event: {t}\ndata: {json.dumps(d)}\n\n".encode() for t, d in events], done=False)
     if path.endswith("/completions") and isinstance(body, dict):
         if body.get("stream"):
             base = {"id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": "fake-model"}

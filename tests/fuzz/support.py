@@ -3,7 +3,8 @@
 The invariants (`problems`), for any request whatever:
 - no status >= 500 made by the proxy. A relayed answer carries `x-cot-proxy-provider`; the
   fake upstream here answers 2xx (or 400 for bodies it cannot read), so any other 5xx is ours;
-- every 4xx/5xx the proxy made is an OpenAI error envelope `{"error": {message, type, param, code}}`;
+- every 4xx/5xx the proxy made is an OpenAI error envelope `{"error": {message, type, param, code}}`
+  (Anthropic's `{"type": "error", "error": {type, message}}` on /v1/messages);
 - every response header is one a WSGI server can send: Latin-1, no CR, LF or NUL
   (the test client does not check this; Gunicorn fails on it);
 - a streamed body does not break while it is read (the caller reports that).
@@ -183,6 +184,9 @@ def is_relayed(headers: Mapping[str, Any]) -> bool:
     return header(headers, PROVIDER_HEADER) is not None
 
 
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+
+
 def envelope_problem(body: bytes) -> str | None:
     """Why `body` is not an OpenAI error envelope, or None."""
     try:
@@ -203,16 +207,35 @@ def envelope_problem(body: bytes) -> str | None:
     return None
 
 
-def problems(status: int, headers: Mapping[str, Any], body: bytes, method: str = "GET") -> list[str]:
-    """Every invariant this response breaks (empty if none). A HEAD answer has no body to check."""
+def anthropic_problem(body: bytes) -> str | None:
+    """Why `body` is not Anthropic's error shape `{"type": "error", "error": {"type", "message"}}`, or None."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return f"error body is not JSON: {body[:200]!r}"
+    if not isinstance(data, dict) or data.get("type") != "error" or not isinstance(data.get("error"), dict):
+        return f"error body is not {{'type': 'error', 'error': {{...}}}}: {body[:200]!r}"
+    error = data["error"]
+    if not isinstance(error.get("type"), str) or not isinstance(error.get("message"), str):
+        return f"error type/message are not strings: {body[:200]!r}"
+    return None
+
+
+def problems(status: int, headers: Mapping[str, Any], body: bytes, method: str = "GET",
+             path: str = "") -> list[str]:
+    """Every invariant this response breaks (empty if none). A HEAD answer has no body to check.
+    Under /v1/messages (Anthropic's API) errors are in Anthropic's shape instead of OpenAI's."""
     found: list[str] = []
     relayed = is_relayed(headers)
+    anthropic = path.split("?")[0].rstrip("/") in ANTHROPIC_PATHS
     if status >= 500 and not relayed:
         found.append(f"the proxy answered {status}: {body[:300]!r}")
     if method.upper() == "HEAD":
         if body:
             found.append(f"HEAD answered with a body: {body[:100]!r}")
-    elif status >= 400 and status != 499 and not relayed and (why := envelope_problem(body)):
+    elif status >= 400 and status != 499 and not relayed and anthropic and (why := anthropic_problem(body)):
+        found.append(f"{status} without Anthropic's error shape: {why}")
+    elif status >= 400 and status != 499 and not relayed and not anthropic and (why := envelope_problem(body)):
         found.append(f"{status} without an OpenAI error envelope: {why}")
     for name, value in _values(headers):
         try:

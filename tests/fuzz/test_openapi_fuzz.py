@@ -120,7 +120,8 @@ def test_openapi_fuzz(request: pytest.FixtureRequest, schemas: dict[str, Any], t
             except Exception:  # a stream that broke while it was read, or worse
                 raise AssertionError(f"request failed in the proxy:\n{traceback.format_exc()}\n"
                                      f"{case.as_curl_command(headers=headers)}") from None
-            found = support.problems(response.status_code, response.headers, response.content, case.method)
+            found = support.problems(response.status_code, response.headers, response.content, case.method,
+                                     case.formatted_path)
             if found:
                 known = support.known_failure(_sent(target, case, headers), found)
                 if known is not None:
