@@ -205,3 +205,44 @@ def test_metrics_count_the_messages_route(sdk, proxy):
     while _messages_count(proxy) < before + 2 and time.monotonic() < deadline:
         time.sleep(0.1)  # polling: the done hooks run after the last byte
     assert _messages_count(proxy) == before + 2
+
+
+NATIVE_STREAM = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_native","type":"message",'
+                 b'"role":"assistant","model":"claude-native","content":[],"stop_reason":null,"stop_sequence":null,'
+                 b'"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+                 b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+                 b'"content_block":{"type":"text","text":""}}\n\n'
+                 b'event: ping\ndata: {"type": "ping"}\n\n'
+                 b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+                 b'"delta":{"type":"text_delta","text":"native  bytes"}}\n\n'
+                 b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+                 b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+                 b'"stop_sequence":null},"usage":{"output_tokens":3}}\n\n'
+                 b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+
+def test_passthrough_through_gunicorn_is_byte_identical():
+    """An upstream that speaks Messages (auto: it answers, so it is remembered as such): the client gets
+    its bytes exactly, and the SDK reads them."""
+    from tests.fakes.openai_upstream import FakeUpstream, Reply
+
+    native = FakeUpstream().start()
+    g = Gunicorn({"TARGET_BASE_URL": native.base_url}, workers=1)
+    try:
+        split = len(NATIVE_STREAM) // 3  # upstream chunks that do not line up with events
+        for _ in range(2):
+            native.enqueue(Reply(headers={"Content-Type": "text/event-stream"},
+                                 parts=[NATIVE_STREAM[:split], NATIVE_STREAM[split:]]))
+        body = {"model": "claude-native", "max_tokens": 16, "messages": ASK, "stream": True}
+        with requests.post(g.url + "/v1/messages", json=body, stream=True, timeout=30) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            assert r.raw.read() == NATIVE_STREAM
+        sdk = anthropic.Anthropic(base_url=g.url, api_key="sk-ant-client", max_retries=0, timeout=30)
+        with sdk.messages.stream(model="claude-native", max_tokens=16, messages=ASK) as s:
+            final = s.get_final_message()
+        assert final.content[0].text == "native  bytes" and final.usage.output_tokens == 3
+        assert [r.path for r in native.requests] == ["/v1/messages", "/v1/messages"]
+        assert native.requests[-1].headers["x-api-key"] == "sk-ant-client"  # auth off: the client's, for upstream
+    finally:
+        g.stop()
+        native.stop()
