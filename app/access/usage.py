@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
@@ -163,18 +164,21 @@ class Spool:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        self._file: IO[bytes] = self._open()
-        self._flushing: list[IO[bytes]] = []
+        self._file: Spooled = self._open()
+        self._flushing: list[Spooled] = []
 
-    def _open(self) -> IO[bytes]:
-        path = os.path.join(self.directory, f"usage-spool-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-        f = open(path, "ab")  # noqa: SIM115 - open for the worker's life, closed in `written`/`close`
+    def _open(self) -> Spooled:
+        """A new file, locked before it gets a name `orphans` looks for (so none takes it in between)."""
+        name = f"usage-spool-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        hidden, path = os.path.join(self.directory, "." + name), os.path.join(self.directory, name)
+        f = open(hidden, "ab")  # noqa: SIM115 - open for the worker's life, closed in `written`/`close`
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return f
+        os.rename(hidden, path)
+        return Spooled(f, path)
 
     def append(self, rec: dict[str, Any]) -> None:
         """One write(2): in the kernel once it returns, so it outlives this process."""
-        os.write(self._file.fileno(), json.dumps(rec, default=_json_default).encode() + b"\n")
+        os.write(self._file.f.fileno(), json.dumps(rec, default=_json_default).encode() + b"\n")
 
     def rotate(self) -> None:
         """Records from here on go to a new file; the current one waits for `written`."""
@@ -183,20 +187,20 @@ class Spool:
 
     def written(self) -> None:
         """Everything rotated so far is in the store: remove those files."""
-        for f in self._flushing:
-            _remove(f)
+        for spooled in self._flushing:
+            spooled.remove()
         self._flushing = []
 
     def close(self, flushed: bool) -> None:
         """At exit: with everything in the store, no file is left behind; else they wait for a successor."""
-        for f in [*self._flushing, self._file]:
+        for spooled in [*self._flushing, self._file]:
             if flushed:
-                _remove(f)
+                spooled.remove()
             else:
-                f.close()
+                spooled.f.close()
 
     @staticmethod
-    def orphans(directory: str) -> list[tuple[IO[bytes], list[dict[str, Any]]]]:
+    def orphans(directory: str) -> list[tuple[Spooled, list[dict[str, Any]]]]:
         """The files of dead workers (their lock is free), now locked by us, with their records."""
         out = []
         for path in sorted(glob.glob(os.path.join(directory, SPOOL_GLOB))):
@@ -219,20 +223,27 @@ class Spool:
                     if isinstance(rec.get("created_at"), str):
                         rec["created_at"] = datetime.fromisoformat(rec["created_at"])
                     records.append({**rec, REPLAYED: True})
-            out.append((f, records))
+            out.append((Spooled(f, path), records))
         return out
+
+
+@dataclass
+class Spooled:
+    """One open, locked spool file."""
+
+    f: IO[bytes]
+    path: str
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        self.f.close()
 
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
-
-
-def _remove(f: IO[bytes]) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(f.name)
-    f.close()
 
 
 def _spool_dir() -> str | None:
@@ -261,7 +272,7 @@ class UsageWriter:
         self.replayed = 0
         directory = spool_dir or _spool_dir()
         self._spool: Spool | None = None
-        self._orphans: list[tuple[IO[bytes], list[dict[str, Any]]]] = []
+        self._orphans: list[tuple[Spooled, list[dict[str, Any]]]] = []
         if directory:
             try:
                 self._spool = Spool(directory)
@@ -284,12 +295,12 @@ class UsageWriter:
     def _replay(self) -> None:
         """Write what dead workers spooled (the store skips what it already holds); kept if the store is down."""
         while self._orphans:
-            f, records = self._orphans[0]
+            spooled, records = self._orphans[0]
             if records:
                 self._write(records)
                 self.replayed += len(records)
                 log.info("usage: wrote %d record(s) a stopped worker had spooled", len(records))
-            _remove(f)
+            spooled.remove()
             self._orphans.pop(0)
 
     def record(self, rec: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ Each test prints its figures (`-s`)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -149,6 +150,8 @@ def test_300_streams_through_a_rolling_restart_and_a_sigkill_lose_nothing(fleet:
     ids = {r.request_id for r in reqs}
     retried = {r.request_id for r, _, _ in failed}
     counts = usage_counts(t, ids)
+    recovered = sum(int(m.group(1)) for r in t.fleet.replicas for line in r.lines()
+                    if (m := re.match(r"usage: wrote (\d+) record", str(line.get("message", "")))))
     # Each request once, but for a retried one whose first attempt the killed replica had finished (usage
     # spooled) when the kill cut its last chunk: both attempts were generated, both are recorded.
     twice = {rid for rid, n in counts.items() if n == 2 and rid in retried}
@@ -158,7 +161,8 @@ def test_300_streams_through_a_rolling_restart_and_a_sigkill_lose_nothing(fleet:
           f"whole with [DONE]; {len(draining)} rolling restarts (SIGTERM, exit 0), {t.fleet.nginx.refusals()} "
           f"connects refused and retried by nginx; 1 SIGKILL ({killed} processes): {len(retried)} clients saw "
           f"{dict(errors)}, {len(failed)} retries through nginx, all whole; {sum(counts.values())} usage rows: "
-          f"each once, {len(twice)} retried twice (first attempt finished at the proxy before the kill)")
+          f"each once ({recovered} written by the successor from the killed workers' spools), {len(twice)} "
+          f"retried twice (first attempt finished at the proxy before the kill)")
 
 
 def test_limits_and_budgets_are_exact_across_the_fleet_and_metrics_add_up(fleet: FleetUnderTest):

@@ -85,9 +85,9 @@ def test_records_already_written_before_the_kill_are_not_written_twice(tmp_path)
     [left] = glob.glob(str(spool / SPOOL_GLOB))
     from app.access.usage import Spool
 
-    [(f, records)] = Spool.orphans(str(spool))
+    [(spooled, records)] = Spool.orphans(str(spool))
     store.add_usage([{k: v for k, v in r.items() if not k.startswith("_")} for r in records[:2]])
-    f.close()  # let the successor take it
+    spooled.f.close()  # unlocked: the successor takes it
     assert os.path.exists(left)
     successor = UsageWriter(store.add_usage, flush_seconds=0.05, spool_dir=str(spool))
     try:
