@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -14,6 +15,7 @@ from hypothesis import settings
 from app import create_app
 from app.config import Config
 from tests.fakes.openai_upstream import FakeUpstream
+from tests.fuzz import support as fuzz
 from tests.support import LiveServer, proxy_config  # helpers live in tests/support.py; import them from there
 
 # Property tests draw the same cases on every run and keep no example database (.hypothesis/): a failure
@@ -72,3 +74,33 @@ def live_echo() -> Iterator[LiveServer]:
     server = LiveServer(create_app(Config()))
     yield server
     server.stop()
+
+
+# -- the end-of-run summaries: here, not in tests/fuzz or tests/seeds, since pytest-xdist's controller
+# loads only this conftest.py; fuzz case counts come from the workers (`workeroutput`).
+
+
+class _FuzzCountsFromWorkers:
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        fuzz.add_counts(getattr(node, "workeroutput", {}).get("fuzz_counts", {}))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_FuzzCountsFromWorkers(), "cot-proxy-fuzz-counts")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["fuzz_counts"] = fuzz.counts()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    fuzz.write_summary(terminalreporter)
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "tests/seeds/" in r.nodeid]
+    if skipped:
+        terminalreporter.section("seed tests skipped")
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            terminalreporter.line(f"{report.nodeid}: {reason}")

@@ -11,16 +11,14 @@ run (derandomized); FUZZ_RANDOM=1 draws new ones (reproduce with pytest's `--hyp
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from app import create_app
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.fuzz import support
-from tests.fuzz.support import CASES, KNOWN_SEEN, SCALE, SECONDS, Target
+from tests.fuzz.support import SECONDS, Target
 from tests.support import TEST_PG_URL, pg_url, unavailable
 
 
@@ -71,26 +69,3 @@ def _count_time(request: pytest.FixtureRequest) -> Iterator[None]:
     started = time.perf_counter()
     yield
     SECONDS[request.node.nodeid] += time.perf_counter() - started
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not CASES:
-        return
-    tr = terminalreporter
-    tr.section("fuzz cases")
-    by_file: Counter[str] = Counter()
-    time_by_file: Counter[str] = Counter()
-    for nodeid, n in CASES.items():
-        by_file[nodeid.split("::")[0]] += n
-    for nodeid, s in SECONDS.items():
-        if nodeid.startswith("tests/fuzz/"):
-            time_by_file[nodeid.split("::")[0]] += s
-    for path, n in sorted(by_file.items()):
-        tr.write_line(f"{path}: {n} cases in {time_by_file[path]:.1f} s")
-    tr.write_line(f"total: {sum(CASES.values())} cases (FUZZ_SCALE={SCALE})")
-    if tr.config.getoption("verbose") > 0:
-        for nodeid, n in sorted(CASES.items()):
-            tr.write_line(f"  {n:6d}  {SECONDS[nodeid]:6.2f} s  {nodeid}")
-    for name, n in sorted(KNOWN_SEEN.items()):
-        known = next(k for k in support.KNOWN_FAILURES if k.name == name)
-        tr.write_line(f"known failure {name} ({known.where}) seen {n} times: {known.reason}")

@@ -66,6 +66,40 @@ class Target:
         return self.app.test_client()
 
 
+def counts() -> dict[str, dict[str, float]]:
+    """This process's counts, as an xdist worker hands them to the controller (tests/conftest.py)."""
+    return {"cases": dict(CASES), "seconds": dict(SECONDS), "known": dict(KNOWN_SEEN)}
+
+
+def add_counts(got: dict[str, dict[str, float]]) -> None:
+    CASES.update(got.get("cases", {}))
+    SECONDS.update(got.get("seconds", {}))
+    KNOWN_SEEN.update(got.get("known", {}))
+
+
+def write_summary(tr: Any) -> None:
+    """The "fuzz cases" section at the end of a run: cases and seconds per file, known failures seen."""
+    if not CASES:
+        return
+    tr.section("fuzz cases")
+    by_file: Counter[str] = Counter()
+    time_by_file: Counter[str] = Counter()
+    for nodeid, n in CASES.items():
+        by_file[nodeid.split("::")[0]] += n
+    for nodeid, s in SECONDS.items():
+        if nodeid.startswith("tests/fuzz/"):
+            time_by_file[nodeid.split("::")[0]] += s
+    for path, n in sorted(by_file.items()):
+        tr.write_line(f"{path}: {n} cases in {time_by_file[path]:.1f} s")
+    tr.write_line(f"total: {sum(CASES.values())} cases (FUZZ_SCALE={SCALE})")
+    if tr.config.getoption("verbose") > 0:
+        for nodeid, n in sorted(CASES.items()):
+            tr.write_line(f"  {n:6d}  {SECONDS[nodeid]:6.2f} s  {nodeid}")
+    for name, n in sorted(KNOWN_SEEN.items()):
+        known = next(k for k in KNOWN_FAILURES if k.name == name)
+        tr.write_line(f"known failure {name} ({known.where}) seen {n} times: {known.reason}")
+
+
 # -- apps ------------------------------------------------------------------------
 
 
