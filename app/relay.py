@@ -209,7 +209,7 @@ class Relay:
             plan = plan[:1]  # a streamed upload cannot be replayed
         # Any answer may need reading (errors, streams): ask only for encodings this worker decodes.
         again = len(plan) > 1 or self.pipeline.may_resend
-        sent = _Sent(ex.family, ex.path, dump_json(ex.body) if again and ex.body is not None else None,
+        sent = _Sent(ex.family, ex.path, ex.query, dump_json(ex.body) if again and ex.body is not None else None,
                      accept_decodable(ex.headers))
         retry_after: str | None = None
         for n, attempt in enumerate(plan):
@@ -403,11 +403,12 @@ class _Sent:
 
     family: str
     path: str
+    query: str
     body: bytes | None
     headers: dict[str, str]
 
     def restore(self, ex: Exchange, *, first: bool) -> None:
-        ex.family, ex.path, ex.headers = self.family, self.path, dict(self.headers)
+        ex.family, ex.path, ex.query, ex.headers = self.family, self.path, self.query, dict(self.headers)
         if not first and self.body is not None:
             ex.body = orjson.loads(self.body)
 

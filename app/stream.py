@@ -35,7 +35,7 @@ class EventStream:
             if event.is_done and not self.ended:
                 self.ended = True
                 out.extend(self.bound.stream_end())
-                out.append(event)
+                out.extend(self.bound.stream_event(event))  # a translating step ends its API's own way
             else:
                 out.extend(self.bound.stream_event(event))
         return b"".join(e.raw for e in out)

@@ -37,8 +37,8 @@ class Transform:
 
     def attempt(self, ex: Exchange) -> None:
         """Per attempt, once `ex.target` is set and before `applies` is asked: may set `ex.family`,
-        `ex.path`, `ex.body`, `ex.headers` to what this target speaks (the relay restores the
-        client's before each attempt)."""
+        `ex.path`, `ex.query`, `ex.body`, `ex.headers` to what this target speaks (the relay
+        restores the client's before each attempt)."""
 
     def resend(self, ex: Exchange, status: int) -> bool:
         """After an upstream answer with `status`: True sends the same attempt again (its hooks
@@ -64,7 +64,8 @@ class Transform:
         return data
 
     def stream_event(self, ex: Exchange, event: Event) -> Iterable[Event]:
-        """Return the events to send in place of `event`: itself, none, or several."""
+        """Return the events to send in place of `event`: itself, none, or several. The
+        upstream's `[DONE]` comes through here too, after `stream_end`."""
         return (event,)
 
     def stream_end(self, ex: Exchange) -> Iterable[Event]:

@@ -136,3 +136,24 @@ def test_cancel_closes_the_upstream_and_ends_the_request(upstream, stream):
             assert json.loads(result["body"])["error"]["code"] == "cancelled"
     finally:
         live.stop()
+
+
+class OwnEnd(Transform):
+    """Ends a stream its own way, as a translating step does: no `[DONE]` for its clients."""
+
+    name = "own_end"
+
+    def stream_event(self, ex: Exchange, event):
+        return () if event.is_done else (event,)
+
+    def stream_end(self, ex: Exchange):
+        from app.sse import Event
+
+        return (Event.from_data("the end"),)
+
+
+def test_done_passes_the_stream_steps_after_stream_end(upstream):
+    upstream.enqueue(sse_reply([chat_chunk("hi", finish="stop")]))
+    body = app_with(upstream, OwnEnd()).test_client().post(
+        "/v1/chat/completions", json={**CHAT, "stream": True}).get_data()
+    assert body.endswith(b"data: the end\n\n") and b"[DONE]" not in body
