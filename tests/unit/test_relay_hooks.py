@@ -149,11 +149,11 @@ class OwnEnd(Transform):
     def stream_end(self, ex: Exchange):
         from app.sse import Event
 
-        return (Event.from_data("the end"),)
+        return (Event.from_json({"the": "end"}),)
 
 
 def test_done_passes_the_stream_steps_after_stream_end(upstream):
     upstream.enqueue(sse_reply([chat_chunk("hi", finish="stop")]))
     body = app_with(upstream, OwnEnd()).test_client().post(
         "/v1/chat/completions", json={**CHAT, "stream": True}).get_data()
-    assert body.endswith(b"data: the end\n\n") and b"[DONE]" not in body
+    assert body.endswith(b'data: {"the":"end"}\n\n') and b"[DONE]" not in body
