@@ -46,10 +46,10 @@ class SpeakCompletions(Transform):
         return {"wrapped": data, "status": status}
 
 
-def app_with(upstream, *steps: Transform):
+def app_with(upstream, *steps: Transform, last: bool = False):
     app = create_app(proxy_config(upstream))
     relay = app.extensions["cot_proxy.relay"]
-    relay.pipeline = Pipeline([*steps, *relay.pipeline.transforms])
+    relay.pipeline = Pipeline([*relay.pipeline.transforms, *steps] if last else [*steps, *relay.pipeline.transforms])
     return app
 
 
@@ -154,6 +154,6 @@ class OwnEnd(Transform):
 
 def test_done_passes_the_stream_steps_after_stream_end(upstream):
     upstream.enqueue(sse_reply([chat_chunk("hi", finish="stop")]))
-    body = app_with(upstream, OwnEnd()).test_client().post(
+    body = app_with(upstream, OwnEnd(), last=True).test_client().post(
         "/v1/chat/completions", json={**CHAT, "stream": True}).get_data()
     assert body.endswith(b'data: {"the":"end"}\n\n') and b"[DONE]" not in body
