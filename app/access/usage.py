@@ -10,10 +10,10 @@ Under Gunicorn each record is also appended to a spool file of the worker's own
 in PROMETHEUS_MULTIPROC_DIR (`Spool`) before it is buffered: the usage of a
 stream is spooled before its last chunk leaves, so a worker killed outright
 (SIGKILL, the OOM killer, a replica's container killed) loses no record of a
-request its client saw complete. A worker starting in that directory (the
-master's next worker, or the replica's successor on the same volume) writes
-the spools of dead workers to the store, skipping records already there, so
-each request is still recorded exactly once.
+request its client saw complete. A worker in that directory (the master's next
+worker, or the replica's successor on the same volume; at start and every 5 s)
+writes the spools of dead workers to the store, skipping records already there,
+so each request is still recorded exactly once.
 """
 
 from __future__ import annotations
@@ -149,6 +149,8 @@ def output_chars(obj: Any) -> int:
 
 
 SPOOL_GLOB = "usage-spool-*.jsonl"
+ORPHAN_SCAN_SECONDS = 5.0
+"""How often a running writer looks for spools of workers that died after it started."""
 REPLAYED = "_replayed"
 """Marks a record read back from a dead worker's spool: the store skips it if it already holds it
 (the worker may have died between writing a batch and removing its spool)."""
@@ -355,7 +357,14 @@ class UsageWriter:
                 return False
 
     def _run(self) -> None:
+        next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
         while not self._stopped:
+            if self._spool is not None and time.monotonic() >= next_scan:
+                # Also files orphaned after this worker started: a worker of a replica that shares this
+                # directory killed at its graceful timeout, or a sibling killed by the OOM killer.
+                next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
+                with contextlib.suppress(OSError):
+                    self._orphans += Spool.orphans(self._spool.directory)
             if self._orphans:
                 try:
                     self._replay()

@@ -20,8 +20,8 @@ from tests.fleet.streams import refused, wait_until
 from tests.seeds import tools
 from tests.support import ROOT, Gunicorn, free_port
 
-GRACEFUL = 15
-"""GUNICORN_GRACEFUL_TIMEOUT of every replica: a stream of the tests lasts a few seconds."""
+GRACEFUL = 30
+"""GUNICORN_GRACEFUL_TIMEOUT of every replica: a stream of the tests lasts ~9 s, up to ~15 s under load."""
 
 
 class Replica(Gunicorn):

@@ -1,7 +1,8 @@
 """The usage spool (app/access/usage.py): a worker killed outright (SIGKILL) before it wrote its buffered
 usage records leaves them in its spool file; the next writer started in that directory writes them to the
-store, exactly once, also when the dead worker had written them already but not removed its spool. A live
-writer's spool is never taken. Real processes, a real SQLite key store, no mocks."""
+store, exactly once, also when the dead worker had written them already but not removed its spool; a running
+writer also takes the spool of a worker that died after it started. A live writer's spool is never taken.
+Real processes, a real SQLite key store, no mocks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from app.access.keys import now_utc
 from app.access.store import KeyStore
-from app.access.usage import SPOOL_GLOB, UsageWriter
+from app.access.usage import ORPHAN_SCAN_SECONDS, SPOOL_GLOB, UsageWriter
 from tests.fleet.streams import wait_until
 from tests.support import ROOT
 
@@ -112,5 +113,22 @@ def test_a_live_writers_spool_is_not_taken(tmp_path):
         other.close()
         live.close()
     assert rows(store) == {"live-1": 1}
+    assert glob.glob(str(tmp_path / SPOOL_GLOB)) == []
+    store.close()
+
+
+def test_a_running_writer_takes_spools_of_workers_that_died_after_it_started(tmp_path):
+    db = f"sqlite:///{tmp_path / 'keys.db'}"
+    store = KeyStore(db)
+    store.ensure_schema()
+    running = UsageWriter(store.add_usage, flush_seconds=0.05, spool_dir=str(tmp_path))
+    running.record({"created_at": now_utc(), "request_id": "running-1", "key_name": "k", "total_tokens": 1})
+    try:
+        killed_worker(db, tmp_path, 2)  # e.g. a draining replica's worker killed at its graceful timeout
+        wait_until(lambda: len(rows(store)) == 3, 3 * ORPHAN_SCAN_SECONDS, "the running writer took the spool",
+                   step=0.1)
+        assert rows(store) == {"running-1": 1, "spooled-0": 1, "spooled-1": 1}
+    finally:
+        running.close()
     assert glob.glob(str(tmp_path / SPOOL_GLOB)) == []
     store.close()
