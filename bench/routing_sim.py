@@ -26,6 +26,11 @@ Workloads (the reference routers' published shapes, scaled to run in seconds):
   docs     30 documents x 5 users, 6,000-token document, 1,200-token question, 200 out; Poisson
   skew     80% of requests on one 2,048-token system prompt, 20% on 40 others; 1,000 requests; Poisson
   failure  chat, with backend 3 failing (connection refused, cache lost) half way through
+  gunicorn the real-Gunicorn test's shape (tests/integration/test_cache_routing.py): 3 backends with
+           small caches, 12 groups x 6 prompts (1,000-token system prompt), 4 closed-loop clients
+           each on a keep-alive connection that one router (worker) holds, answers in ~2 ms (so
+           in-flight counts say nothing about load); run over many seeds with 2 routers
+           (`--gunicorn-seeds`): the worst max:mean is what a CI run can meet
 
 Deterministic for a seed. Prints one table per router count.
 """
@@ -89,8 +94,9 @@ class Text:
 
 
 class Server:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, cache_blocks: int = CACHE_BLOCKS) -> None:
         self.index = index
+        self.cache_blocks = cache_blocks
         self.cache: OrderedDict[int, None] = OrderedDict()
         self.busy = 0
         self.queue: list[Job] = []
@@ -119,7 +125,7 @@ class Server:
         for block in ids:
             c.pop(block, None)
             c[block] = None
-        while len(c) > CACHE_BLOCKS:
+        while len(c) > self.cache_blocks:
             c.popitem(last=False)
 
     def fail(self) -> None:
@@ -135,6 +141,7 @@ class Request:
     answer: str = ""
     user: int | None = None
     round: int = 0
+    client: int | None = None
 
 
 @dataclass
@@ -232,6 +239,12 @@ class Workload:
     answers: list[list[str]] = field(default_factory=list)
     fail_at: int | None = None
     """Fail backend 3 after this many requests have been sent."""
+    backends: int = N_BACKENDS
+    cache_blocks: int = CACHE_BLOCKS
+    clients: int = 0
+    """Closed loop over `open_loop`'s requests (times ignored): this many clients, each on one router."""
+    time_scale: float = 1.0
+    """Multiplies every prefill and decode time."""
 
 
 def poisson(rng: random.Random, requests: list[Request], rate: float) -> list[tuple[float, Request]]:
@@ -277,9 +290,18 @@ def failure(rng: random.Random, text: Text) -> Workload:
     return w
 
 
+def gunicorn(rng: random.Random, text: Text) -> Workload:
+    systems = [text(1000) for _ in range(12)]
+    reqs = [single([("system", systems[g]), ("user", text(75))], 1) for g in range(12) for _ in range(6)]
+    rng.shuffle(reqs)
+    return Workload("gunicorn", [(0.0, r) for r in reqs], backends=3, cache_blocks=400, clients=4,
+                    time_scale=0.01)
+
+
 WORKLOADS: dict[str, Callable[[random.Random, Text], Workload]] = {
     "groups": groups, "chat": chat, "docs": docs, "skew": skew, "failure": failure,
 }
+EXTRA: dict[str, Callable[[random.Random, Text], Workload]] = {"gunicorn": gunicorn}
 
 
 # -- the simulation --------------------------------------------------------------------------
@@ -303,8 +325,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def simulate(work: Workload, strategy: str, n_routers: int, seed: int) -> Result:
     rng = random.Random(seed)
-    servers = [Server(i) for i in range(N_BACKENDS)]
-    targets = [Target(base_url=f"http://backend-{i}.internal:8000/v1/") for i in range(N_BACKENDS)]
+    servers = [Server(i, work.cache_blocks) for i in range(work.backends)]
+    targets = [Target(base_url=f"http://backend-{i}.internal:8000/v1/") for i in range(work.backends)]
     views = [[Backend(target=t, failure_threshold=3, cooldown_seconds=1e9) for t in targets]
              for _ in range(n_routers)]
     strategies = [make_strategy(strategy) for _ in range(n_routers)]
@@ -318,13 +340,16 @@ def simulate(work: Workload, strategy: str, n_routers: int, seed: int) -> Result
     after_ejection = 0
     fail_index: int | None = None
     history: dict[int, list[tuple[str, str]]] = {}
+    # Closed-loop clients: each on one keep-alive connection, which one router (worker) accepted.
+    backlog = [r for _, r in reversed(work.open_loop)] if work.clients else []
+    client_router = [rng.randrange(n_routers) for _ in range(work.clients)]
 
     def push(t: float, kind: str, payload: Any) -> None:
         heapq.heappush(events, (t, next(seq), kind, payload))
 
     def arrive(now: float, req: Request) -> None:
         nonlocal sent, failed_at, fail_index
-        r = rng.randrange(n_routers)
+        r = rng.randrange(n_routers) if req.client is None else client_router[req.client]
         ex = Exchange(request_id=str(sent), family="chat", method="POST", path="chat/completions", body=req.body)
         ranked = strategies[r](views[r], ex, counters[r], 1024)
         order = [b for b in ranked if b.healthy()] + [b for b in ranked if not b.healthy()]
@@ -362,10 +387,10 @@ def simulate(work: Workload, strategy: str, n_routers: int, seed: int) -> Result
         server.store(ids)
         tokens = len(job.request.prompt) // 4
         cached = min(tokens, cached_blocks * 16)
-        prefill = ((tokens - cached) * PREFILL_MS + cached * HIT_MS) / 1000
+        prefill = ((tokens - cached) * PREFILL_MS + cached * HIT_MS) / 1000 * work.time_scale
         ttfts.append(now - job.arrived + prefill)
         hits.append((cached, tokens))
-        done = now + prefill + job.request.out_tokens * DECODE_MS / 1000
+        done = now + prefill + job.request.out_tokens * DECODE_MS / 1000 * work.time_scale
         push(done, "done", (job, cached, tokens))
 
     def finish(now: float, job: Job, cached: int, tokens: int) -> None:
@@ -386,6 +411,13 @@ def simulate(work: Workload, strategy: str, n_routers: int, seed: int) -> Result
             start(now, server, server.queue.pop(0))
         if req.user is not None and req.round + 1 < work.rounds:
             push(now + rng.expovariate(1.0), "turn", (req.user, req.round + 1))
+        if req.client is not None and backlog:
+            next_client(now + 0.0005, req.client)
+
+    def next_client(now: float, client: int) -> None:
+        req = backlog.pop()
+        req.client = client
+        push(now, "arrive", req)
 
     def turn(now: float, user: int, rnd: int) -> None:
         msgs = history.setdefault(user, [("system", work.system)])
@@ -395,8 +427,12 @@ def simulate(work: Workload, strategy: str, n_routers: int, seed: int) -> Result
         req = Request(chat_body(list(msgs)), render(msgs), 200, work.answers[user][rnd], user, rnd)
         arrive(now, req)
 
-    for t, req in work.open_loop:
-        push(t, "arrive", req)
+    if work.clients:
+        for c in range(min(work.clients, len(backlog))):
+            next_client(0.0, c)
+    else:
+        for t, req in work.open_loop:
+            push(t, "arrive", req)
     for u in range(work.users):
         push(rng.uniform(0, 10.0), "turn", (u, 0))
 
@@ -445,11 +481,23 @@ def decision_cost(seed: int, prefixes: int = 10_000) -> tuple[float, int]:
     for body in bodies:
         strat(backends, Exchange("r", "chat", "POST", "chat/completions", body=body))
     probe = [bodies[rng.randrange(prefixes)] for _ in range(2000)]
-    exs = [Exchange("r", "chat", "POST", "chat/completions", body=b) for b in probe]
-    t = time.perf_counter()
-    for ex in exs:
-        strat(backends, ex)
-    return (time.perf_counter() - t) / len(exs) * 1e6, len(strat.index)
+    best = math.inf
+    for _ in range(3):  # CPU time, the best of 3: on a shared box wall time measures the neighbours
+        exs = [Exchange("r", "chat", "POST", "chat/completions", body=b) for b in probe]
+        t = time.process_time()
+        for ex in exs:
+            strat(backends, ex)
+        best = min(best, (time.process_time() - t) / len(exs) * 1e6)
+    return best, len(strat.index)
+
+
+def gunicorn_shape(strategy: str, seeds: range, routers: int = 2) -> list[Result]:
+    """The real-Gunicorn test's shape over many seeds (each seed: other texts, order, worker per connection)."""
+    out = []
+    for seed in seeds:
+        rng = random.Random(seed)
+        out.append(simulate(gunicorn(rng, Text(rng)), strategy, routers, seed))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(WORKLOADS))
     ap.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     ap.add_argument("--cost", action="store_true", help="also time cache_aware's decision at 10,000 prefixes")
+    ap.add_argument("--gunicorn-seeds", type=int, default=30, help="seeds of the real-Gunicorn test's shape (0: skip)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     names = [s for s in args.strategies.split(",") if s]
@@ -476,6 +525,16 @@ def main(argv: list[str] | None = None) -> int:
                     notes = f"sent after ejection {r.after_ejection}; pre-failure {r.pre_hit:.1%}; back to 90% in {rec}"
                 print(f"{wname:<9} {sname:<16} {r.hit_rate * 100:6.1f} {r.ttft_p90_ms:12.0f} {r.max_mean:9.2f}"
                       f"  {notes}")
+    if args.gunicorn_seeds:
+        n = args.gunicorn_seeds
+        print(f"\n## the real-Gunicorn test's shape (3 backends, 2 routers, 12 groups x 6, 4 clients; seeds 1-{n})")
+        print(f"{'strategy':<16} {'hit % median':>12} {'hit % worst':>12} {'max/mean median':>16}"
+              f" {'max/mean worst':>15}")
+        for sname in names:
+            rs = gunicorn_shape(sname, range(1, n + 1))
+            hit = sorted(r.hit_rate * 100 for r in rs)
+            mm = sorted(r.max_mean for r in rs)
+            print(f"{sname:<16} {hit[len(hit) // 2]:12.1f} {hit[0]:12.1f} {mm[len(mm) // 2]:16.2f} {mm[-1]:15.2f}")
     if args.cost:
         us, entries = decision_cost(args.seed)
         print(f"\ncache_aware decision: {us:.1f} us per request at 10,000 cached prefixes ({entries} index entries)")

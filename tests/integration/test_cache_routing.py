@@ -1,7 +1,10 @@
 """cache_aware through real Gunicorn (2 workers, each with its own state) in front of three
 fake servers that keep a prefix cache and report `usage.prompt_tokens_details.cached_tokens`.
 
-Hit rate and balance are measured over real HTTP, against round_robin on the same workload.
+Hit rate and balance are measured over real HTTP, against round_robin on the same workload,
+and again with `REDIS_URL` set (shared ejections on; each worker still routes on its own).
+The answers are instant, so in-flight counts say nothing: balance comes from the share cap.
+bench/routing_sim.py replays this shape (`gunicorn`) over many seeds.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 import requests
 
 from tests.fakes.openai_upstream import FakeUpstream, Recorded, Reply, json_reply
-from tests.support import Gunicorn
+from tests.support import TEST_REDIS_URL, Gunicorn, redis_or_skip
 
 GROUPS, PER_GROUP, SYSTEM_CHARS, QUESTION_CHARS = 12, 6, 4000, 300
 CACHE_BLOCKS = 400  # 25,600 characters per server: round robin (every group everywhere) must evict
@@ -92,15 +95,16 @@ def workload(seed: int = 7) -> list[list[dict[str, str]]]:
     return out
 
 
-def run(tmp_path: Path, servers: list[CachingServer], balance: str | None) -> tuple[float, float, str]:
+def run(tmp_path: Path, servers: list[CachingServer], balance: str | None,
+        env: dict[str, str] | None = None) -> tuple[float, float, str]:
     for s in servers:
         s.reset()
     line = f"    balance: {balance}\n" if balance else ""
     config = tmp_path / f"config-{balance}.yaml"
     config.write_text("providers:\n  pool:\n" + line + "    retries: 0\n    backends:\n"
                       + "".join(f"      - base_url: {s.fake.base_url}\n" for s in servers))
-    g = Gunicorn({"COT_PROXY_CONFIG": str(config), "REQUEST_TIMEOUT_SECONDS": "20", "METRICS_ENABLED": "true"},
-                 workers=2)
+    g = Gunicorn({"COT_PROXY_CONFIG": str(config), "REQUEST_TIMEOUT_SECONDS": "20", "METRICS_ENABLED": "true",
+                  **(env or {})}, workers=2)
     try:
         session = requests.Session()
 
@@ -137,3 +141,11 @@ def test_cache_aware_beats_round_robin_over_real_http(tmp_path, caching_servers)
     cached = sum(float(m.rsplit(" ", 1)[1]) for m in lines if 'type="cached"' in m)
     prompt = sum(float(m.rsplit(" ", 1)[1]) for m in lines if 'type="prompt"' in m)
     assert prompt > 0 and abs(cached / prompt - hit) < 0.05, (cached, prompt, hit)
+
+
+def test_cache_aware_holds_with_redis_set(tmp_path, caching_servers):
+    redis_or_skip()
+    hit, balance, _ = run(tmp_path, caching_servers, None, {"REDIS_URL": TEST_REDIS_URL})
+    print(json.dumps({"cache_aware_redis": [round(hit, 3), round(balance, 2)]}))
+    assert hit >= 0.5, hit
+    assert balance <= 1.5, balance

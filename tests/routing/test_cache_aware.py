@@ -35,13 +35,13 @@ def text(rng: random.Random, n: int) -> str:
 def test_block_ids_are_chained_over_the_whole_prompt():
     rng = random.Random(1)
     system = text(rng, 3000)
-    a = ca.blocks(ex(("system", system), ("user", "one question " * 20)).body)
-    b = ca.blocks(ex(("system", system), ("user", "another one " * 20)).body)
-    shared = len(system) // 128
+    a = ca.blocks(ex(("system", system), ("user", "one question " * 80)).body)
+    b = ca.blocks(ex(("system", system), ("user", "another one " * 80)).body)
+    shared = len(system) // ca.BLOCK_CHARS
     assert a.ids[:shared - 1] == b.ids[:shared - 1]
     assert a.ids[shared + 1:] != b.ids[shared + 1:]
     # A change early on changes every later id (each id stands for the whole prefix).
-    c = ca.blocks(ex(("system", "X" + system[1:]), ("user", "one question " * 20)).body)
+    c = ca.blocks(ex(("system", "X" + system[1:]), ("user", "one question " * 80)).body)
     assert not set(c.ids) & set(a.ids)
     # Another model: other ids (its server caches nothing of this one's).
     assert ca.blocks(ex(("system", system), model="other").body).ids[0] != a.ids[0]
@@ -53,13 +53,18 @@ def test_a_shared_prefix_sticks_to_its_backend_and_groups_spread():
     backends = pool(4)
     strategy = ca.CacheAware()
     systems = [text(rng, 4000) for _ in range(8)]
-    homes: dict[int, set[int]] = {g: set() for g in range(8)}
+    homes: dict[int, list[int]] = {g: [] for g in range(8)}
     for _ in range(6):
         for g, system in enumerate(systems):
             first = strategy(backends, ex(("system", system), ("user", text(rng, 200))))[0]
-            homes[g].add(backends.index(first))
-    assert all(len(h) == 1 for h in homes.values()), homes
-    assert len({next(iter(h)) for h in homes.values()}) >= 3, "groups spread over the backends"
+            homes[g].append(backends.index(first))
+    # Rendezvous alone would put 4 of these 8 groups on one backend: the share cap moves a
+    # few requests of the crowded ones, but each group stays on its home or one more.
+    assert all(len(set(h)) <= 2 for h in homes.values()), homes
+    assert sum(len(set(h)) == 1 for h in homes.values()) >= 5, homes
+    assert len({h[0] for h in homes.values()}) >= 3, "groups spread over the backends"
+    counts = [sum(h.count(b) for h in homes.values()) for b in range(4)]
+    assert max(counts) <= ca.SHARE_FACTOR * 12 + ca.SHARE_SLACK + 1, counts
 
 
 def test_a_popular_prefix_spills_when_its_backend_is_loaded():
@@ -68,7 +73,7 @@ def test_a_popular_prefix_spills_when_its_backend_is_loaded():
     strategy = ca.CacheAware()
     system = text(rng, 4000)
     home = strategy(backends, ex(("system", system), ("user", "q")))[0]
-    home.in_flight = 20  # far over the bound: ceil(1.25 x 21 / 4) + slack
+    home.in_flight = 20  # far over the bound: ceil(1.25 x 21 / 4) + slack = 11
     other = strategy(backends, ex(("system", system), ("user", "q2")))[0]
     assert other is not home
     home.in_flight = 0
@@ -78,7 +83,7 @@ def test_a_popular_prefix_spills_when_its_backend_is_loaded():
 def test_independent_routers_agree_on_a_new_prefix_and_a_conversation():
     rng = random.Random(4)
     names = [f"http://b{i}.test/v1/" for i in range(8)]
-    routers = [(ca.CacheAware(choices=1), [Backend(Target(base_url=u)) for u in names]) for _ in range(3)]
+    routers = [(ca.CacheAware(), [Backend(Target(base_url=u)) for u in names]) for _ in range(3)]
     for _ in range(10):
         system = text(rng, 3000)
         picks = {r(bs, ex(("system", system), ("user", text(rng, 100))))[0].target.base_url for r, bs in routers}
@@ -86,6 +91,102 @@ def test_independent_routers_agree_on_a_new_prefix_and_a_conversation():
         history = (("system", "short"), ("user", text(rng, 600)), ("assistant", text(rng, 600)), ("user", "next"))
         picks = {r(bs, ex(*history))[0].target.base_url for r, bs in routers}
         assert len(picks) == 1
+
+
+def _feed(strategy: ca.CacheAware, e: Exchange, backend: Backend, cached: int) -> None:
+    strategy.feedback(e.state[ca.STATE], backend, {"prompt_tokens": 1000,
+                                                   "prompt_tokens_details": {"cached_tokens": cached}})
+
+
+def test_the_share_cap_bounds_each_router_and_so_the_fleet():
+    """Two workers, instant answers (in-flight always 0), a hot prefix: what put 40 of 72
+    requests on one backend (be49549). Each router caps its own spread, so the sum is capped."""
+    rng = random.Random(21)
+    names = [f"http://b{i}.test/v1/" for i in range(3)]
+    routers = [(ca.CacheAware(), [Backend(Target(base_url=u)) for u in names]) for _ in range(2)]
+    hot, others = text(rng, 4000), [text(rng, 4000) for _ in range(5)]
+    sent = {u: 0 for u in names}
+    for _ in range(300):
+        r, bs = routers[rng.randrange(2)]
+        system = hot if rng.random() < 0.6 else rng.choice(others)
+        sent[r(bs, ex(("system", system), ("user", text(rng, 300))))[0].target.base_url] += 1
+    # Per router: (count + 1) <= 1.15 x (its total + 1) / 3 + 3.5 (+ warm-up slack, gone by now).
+    bound = sum(ca.SHARE_FACTOR * (r.decisions + 1) / 3 + ca.SHARE_SLACK for r, _ in routers)
+    assert max(sent.values()) <= bound, (sent, bound)
+    assert max(sent.values()) / (300 / 3) <= 1.3, sent
+
+
+def test_a_router_learns_whether_it_routes_alone():
+    rng = random.Random(22)
+    backends = pool(4)
+    lone, shared = ca.CacheAware(), ca.CacheAware()
+    assert not lone.alone and not shared.alone  # one of several until shown otherwise
+    for _ in range(30):
+        for strategy, cached in ((lone, 0), (shared, 1000)):
+            e = ex(("user", text(rng, 3000)))
+            first = strategy(backends, e)[0]
+            # The server had none of a new prefix (nobody else routes here), or had it all.
+            _feed(strategy, e, first, cached if e.state[ca.STATE].probe else 0)
+    assert lone.alone and not shared.alone
+    # Misses where this router chose by itself prove nothing; a hit on a new prefix does.
+    for _ in range(20):
+        e = ex(("user", text(rng, 3000)))
+        _feed(lone, e, lone(backends, e)[0], 1000)
+    assert not lone.alone
+
+
+def test_a_lone_router_balances_new_prefixes_and_keeps_each_where_it_went():
+    rng = random.Random(23)
+    backends = pool(8)
+    strategy = ca.CacheAware(peers=0.0)
+    docs = [text(rng, 6000) for _ in range(16)]
+    homes = []
+    for d in docs:
+        e = ex(("user", d + "\n" + text(rng, 400)))
+        homes.append(strategy(backends, e)[0])
+        _feed(strategy, e, homes[-1], 0)
+    assert sorted(homes.count(b) for b in backends) == [2] * 8
+    for d, h in zip(docs, homes, strict=True):
+        assert strategy(backends, ex(("user", d + "\n" + text(rng, 400))))[0] is h
+
+
+def test_a_conversation_goes_home_even_where_this_router_knows_only_the_system_prompt():
+    """A turn routed by another worker: its history is at the conversation's rendezvous home,
+    which beats a backend where this router once sent the (shared) system prompt."""
+    rng = random.Random(24)
+    names = [f"http://b{i}.test/v1/" for i in range(8)]
+    system = text(rng, 4000)
+    other, here = ca.CacheAware(), ca.CacheAware()
+    theirs, ours = [Backend(Target(base_url=u)) for u in names], [Backend(Target(base_url=u)) for u in names]
+    here(ours, ex(("system", system), ("user", text(rng, 300))))  # the system prompt is known somewhere
+    for _ in range(60):  # the other worker has sent the system prompt everywhere by now
+        other(theirs, ex(("system", system), ("user", text(rng, 300))))
+    agreed = 0
+    for _ in range(20):
+        turn = [("system", system), ("user", text(rng, 600)), ("assistant", text(rng, 800))]
+        first = other(theirs, ex(*turn[:2]))[0].target.base_url
+        agreed += here(ours, ex(*turn, ("user", "next")))[0].target.base_url == first
+    # (3 of 20 when a history was trusted no more than a first message, at 0.5; the rest are
+    # first turns the other worker's share cap sent elsewhere.)
+    assert agreed >= 13, agreed
+
+
+def test_the_simulator_catches_two_workers_piling_onto_one_backend():
+    """The real-Gunicorn test's shape (3 backends, 2 workers, 12 groups x 6, instant answers)
+    over ten seeds: the reverted tuning (be49549) reached max:mean 1.71 on two of them."""
+    sim = _simulator()
+    results = sim.gunicorn_shape("cache_aware", range(1, 11))
+    assert max(r.max_mean for r in results) <= 1.5, [round(r.max_mean, 2) for r in results]
+    assert min(r.hit_rate for r in results) >= 0.5, [round(r.hit_rate, 3) for r in results]
+
+
+def _simulator():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import routing_sim as sim
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return sim
 
 
 def test_ejected_backends_get_nothing_and_only_their_prefixes_move():
@@ -200,11 +301,7 @@ def test_cache_aware_is_the_default_for_several_backends(tmp_path):
 
 
 def test_the_simulator_runs_and_cache_aware_beats_round_robin():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import routing_sim as sim
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    sim = _simulator()
     results = {}
     for name in ("round_robin", "cache_aware"):
         rng = random.Random(1)
