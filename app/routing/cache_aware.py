@@ -77,6 +77,7 @@ import bisect
 import itertools
 import math
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -87,6 +88,8 @@ CHARS_PER_TOKEN = 4
 BLOCK_CHARS = 256
 MAX_BLOCKS = 40
 DEFAULT_MAX_ENTRIES = 200_000
+RANK_CACHE = 4096
+"""Rendezvous rankings remembered (about 200 bytes each)."""
 """About 100 bytes an entry: ~20 MB per worker at the cap."""
 LOAD_FACTOR = 1.25
 ANCHOR_BLOCKS = 8
@@ -332,6 +335,7 @@ class CacheAware:
         self._lock = threading.Lock()
         self._positions: dict[int, int] = {}
         self._lists: dict[tuple[int, ...], list[int]] = {}
+        self._ranks: dict[tuple[int, int], list[int]] = {}
         """Positions of a list of backends (the provider passes the same list every time)."""
         self._seeds: list[int] = []
         self._down: set[int] = set()
@@ -368,6 +372,17 @@ class CacheAware:
             self._sent.append(0.0)
         return pos
 
+    def _rendezvous(self, key: int, candidates: int, seeds: list[int], weights: list[int]) -> list[int]:
+        """`rendezvous`, remembered for the last few thousand keys (a shared system prompt's
+        anchor or a conversation comes back often) while the healthy set stays the same."""
+        cache = self._ranks
+        ranking = cache.get((key, candidates))
+        if ranking is None:
+            if len(cache) >= RANK_CACHE:
+                cache.clear()
+            ranking = cache[(key, candidates)] = rendezvous(key, seeds, weights)
+        return ranking
+
     def _decide(self, backends: list[Any], prompt: Prompt) -> tuple[list[Any], Decision | None]:
         self.decisions += 1
         healthy: list[Any] = []
@@ -380,8 +395,9 @@ class CacheAware:
             if len(self._lists) >= 64:  # a bound: a provider passes the same list every time
                 self._lists.clear()
             positions = self._lists[key] = [self._position(b) for b in backends]
+        now = time.monotonic()
         for b, p in zip(backends, positions, strict=True):
-            if b.healthy():
+            if b.healthy(now):
                 healthy.append(b)
                 pos.append(p)
                 candidates |= 1 << p
@@ -417,9 +433,9 @@ class CacheAware:
         fresh = not matched
         winner = -1
         anchor = prompt.ids[min(prompt.first_message, ANCHOR_BLOCKS - 1)] if prompt.first_message >= 0 else 0
-        home = rendezvous(prompt.conversation or anchor, seeds, weights)
+        home = self._rendezvous(prompt.conversation or anchor, candidates, seeds, weights)
         if prompt.first_message >= 0:
-            homes = rendezvous(anchor, seeds, weights) if prompt.conversation else home
+            homes = self._rendezvous(anchor, candidates, seeds, weights) if prompt.conversation else home
             depth = min(prompt.first_message, ANCHOR_BLOCKS - 1)
             # Where this router already sent the first message's start stays its home.
             held = [i for i in homes if matched.get(pos[i], 0) > depth] if matched else None
@@ -457,7 +473,8 @@ class CacheAware:
         tokens = prompt.tokens
         conf, conf_history = self.confidence, self.history_confidence
         # Each prediction weighed by how often predictions of its kind came true.
-        value = [max(conf * f, conf_history * h) for f, h in zip(predicted, history, strict=True)]
+        value = ([max(conf * f, conf_history * h) for f, h in zip(predicted, history, strict=True)]
+                 if prompt.history >= 0 else [conf * f for f in predicted])
         weight = self.work * self.load_weight
         bonus = self.home_bonus if prompt.conversation else 0.0
 
