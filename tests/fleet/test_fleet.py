@@ -2,9 +2,9 @@
 (deploy/compose/nginx.conf), sharing the machine's Redis (limits, ejections) and PostgreSQL (keys, usage);
 one provider of two fake backends. Each test leaves the fleet whole (every replica up) for the next:
 
-- 300 concurrent streams while every replica is restarted in turn (SIGTERM): every stream whole to [DONE];
-- a replica killed with SIGKILL under 150 streams: its clients see a clean error (a cut stream, a 502), the
-  retry through nginx (same X-Request-ID) comes back whole; no request lost;
+- 300 concurrent streams while the replicas are restarted one after another, two with SIGTERM (every
+  stream whole to [DONE]) and the third with SIGKILL (its clients see a clean error, a cut stream or a
+  502, and the retry through nginx with the same X-Request-ID comes back whole); no request lost;
 - per-key rpm and tpm limits exact across the fleet; a budget never overshot with max_tokens, and without
   it by no more than the in-flight requests' output; metrics summed over the replicas = requests sent;
 - a key revoked in PostgreSQL refused by every replica within 1 s;
