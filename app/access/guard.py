@@ -85,6 +85,8 @@ class Admission:
     decision: Decision | None = None
     slot: bool = False
     """A concurrency slot (MAX_CONCURRENT_REQUESTS) is held."""
+    recorded: bool = False
+    """The usage row is queued (at a stream's end, before `[DONE]` goes out, or in `done`)."""
 
 
 class AccessGuard(Transform):
@@ -297,8 +299,19 @@ class AccessGuard(Transform):
             if state.slot:  # last: a free slot means this request is fully released
                 state.slot = False
                 self.queue.release()
-        if self.writer is not None and state.admitted:
+        if self.writer is not None and state.admitted and not state.recorded:
             self.writer.record(self._usage_record(ex, state.identity, prompt, completion, total, estimated))
+
+    def stream_end(self, ex: Exchange) -> Iterable[Event]:
+        """A stream's usage row is queued before its `[DONE]` reaches the client: a replica killed
+        after that can no longer leave a finished stream unrecorded (or recorded twice after the
+        client's retry)."""
+        state: Admission | None = ex.state.get(self.name)
+        if self.writer is not None and state is not None and state.admitted and not state.recorded:
+            state.recorded = True
+            prompt, completion, total, estimated = tokens_used(ex, state.estimate)
+            self.writer.record(self._usage_record(ex, state.identity, prompt, completion, total, estimated))
+        return ()
 
     def _release(self, ticket: Ticket, tokens: int | None) -> None:
         try:

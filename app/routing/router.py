@@ -71,7 +71,8 @@ class Router:
         extra = [name for name in config.llm_params.names if name not in ("default", "*")]
         shared = None
         if config.access.redis_url and not self.transparent:
-            shared = SharedEjections(config.access.redis_url, timeout=config.access.redis_timeout)
+            shared = SharedEjections(config.access.redis_url, timeout=config.access.redis_timeout,
+                                     prefix=config.access.redis_prefix)
             for backend in self._backends.values():
                 backend.on_eject = shared.publish
         self.catalog = Catalog(self.providers, [*settings.models, *extra], settings.models_refresh_seconds, shared)
