@@ -122,7 +122,7 @@ class Gunicorn:
             log_path = Path(tempfile.mkstemp(prefix="cot-proxy-gunicorn-", suffix=".log")[1])
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
-        full_env.update({"HOST": HOST, "PORT": str(self.port), "WEB_CONCURRENCY": str(workers), **env})
+        full_env.update({"HOST": HOST, "WEB_CONCURRENCY": str(workers), **env, "PORT": str(self.port)})
         self.workers = int(full_env["WEB_CONCURRENCY"])
         self._out = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -148,27 +148,35 @@ class Gunicorn:
 
     def answering(self, connections: int) -> set[int]:
         """Workers that answered /livez on `connections` connections opened at once (so several workers
-        accept), each looked up while its connection is still open."""
+        accept). Each request's head is sent but for its last CRLF, so the worker that accepted it holds
+        the connection (a sync worker would close it after answering) until it is looked up."""
         socks: list[socket.socket] = []
         found: set[int] = set()
         try:
             for _ in range(connections):
                 socks.append(socket.create_connection((HOST, self.port), timeout=5))
             for s in socks:
-                s.sendall(b"GET /livez HTTP/1.1\r\nHost: harness\r\n\r\n")
+                s.sendall(b"GET /livez HTTP/1.1\r\nHost: harness\r\n")
             pids = self.worker_pids()
-            for s in socks:
+            holders: dict[socket.socket, int] = {}
+            deadline = time.monotonic() + 2.0  # accepted within it by a worker that runs, or left to a next round
+            while len(holders) < len(socks) and time.monotonic() < deadline:
+                for s in socks:
+                    inode = None if s in holders else _socket_inode(self.port, s.getsockname()[1])
+                    pid = _holder(inode, pids) if inode else None
+                    if pid is not None:
+                        holders[s] = pid
+                if len(holders) < len(socks):
+                    time.sleep(0.02)  # polling the kernel's tables for the accepts, bounded by the deadline
+            for s, pid in holders.items():
+                s.sendall(b"\r\n")
                 head = b""
                 for _ in range(100):  # bounded: a head is a few hundred bytes
                     data = s.recv(4096)
                     head += data
                     if not data or b"\r\n\r\n" in head:
                         break
-                if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
-                    continue
-                inode = _socket_inode(self.port, s.getsockname()[1])
-                pid = _holder(inode, pids) if inode else None
-                if pid is not None:
+                if head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
                     found.add(pid)
         except OSError:
             pass  # not listening yet, or a worker restarting: the next round asks again
