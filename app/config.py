@@ -24,6 +24,7 @@ from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, par
 from .observability.settings import ObservabilitySettings
 from .routing.settings import RoutingSettings, single_provider
 from .routing.settings import load as load_routing
+from .translate.settings import StoreBounds
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
 
@@ -110,6 +111,8 @@ class Config:
     """Authentication, limits, usage accounting and strict checks (app/access/settings.py)."""
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     """Logs, metrics, completion sinks and tracing (app/observability/settings.py)."""
+    responses_store: StoreBounds = field(default_factory=StoreBounds)
+    """RESPONSES_STORE_*: what the Responses store keeps (app/translate/store.py)."""
     extra: dict[str, str] = field(default_factory=dict, repr=False)
     """The raw environment, for subsystems that read their own variables once at init."""
 
@@ -178,5 +181,6 @@ class Config:
             bounds=Bounds.from_env(env),
             access=access,
             observability=observability,
+            responses_store=StoreBounds.from_env(env),
             extra=dict(env),
         )

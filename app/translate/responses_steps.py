@@ -187,5 +187,6 @@ def responses_steps(config: Config) -> tuple[ResponsesRequest, ResponsesAnswer]:
     from .store import make_store
 
     access = config.access
-    store = make_store(config.extra, access.redis_url, access.redis_prefix, access.redis_timeout, multiprocess_dir())
+    store = make_store(config.responses_store, access.redis_url, access.redis_prefix, access.redis_timeout,
+                       multiprocess_dir())
     return ResponsesRequest(config, store), ResponsesAnswer(store)

@@ -22,18 +22,15 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from ..envparse import ConfigError, integer, number
+from .settings import MAX_BYTES, MAX_ITEMS, TTL_SECONDS, StoreBounds
 
 log = logging.getLogger("cot_proxy.translate")
 
-MAX_ITEMS = 1000
-MAX_BYTES = 64 << 20
-TTL_SECONDS = 86400.0
 SHARED_FILE = "cot_proxy_responses.sqlite"
 
 
@@ -220,24 +217,16 @@ class RedisResponseStore(ResponseStore):
             pass
 
 
-def make_store(env: Mapping[str, str], redis_url: str | None, redis_prefix: str, redis_timeout: float,
+def make_store(bounds: StoreBounds, redis_url: str | None, redis_prefix: str, redis_timeout: float,
                shared_dir: str | None) -> ResponseStore:
     """The store this process uses (Redis, a file shared by this host's workers, or memory)."""
-    try:
-        bounds = {
-            "max_items": integer(env, "RESPONSES_STORE_MAX_ITEMS", MAX_ITEMS, low=1),
-            "max_bytes": integer(env, "RESPONSES_STORE_MAX_BYTES", MAX_BYTES, low=1024),
-            "ttl": number(env, "RESPONSES_STORE_TTL_SECONDS", TTL_SECONDS, positive=True),
-        }
-    except ConfigError as exc:  # read in the worker: raising would only restart workers in a loop
-        log.error("configuration error: %s; using the default response store bounds", exc)
-        bounds = {"max_items": MAX_ITEMS, "max_bytes": MAX_BYTES, "ttl": TTL_SECONDS}
+    limits = {"max_items": bounds.max_items, "max_bytes": bounds.max_bytes, "ttl": bounds.ttl}
     if redis_url:
-        return RedisResponseStore(redis_url, redis_prefix, redis_timeout, **bounds)
+        return RedisResponseStore(redis_url, redis_prefix, redis_timeout, **limits)
     if shared_dir:
         try:
-            return FileResponseStore(shared_dir, **bounds)
+            return FileResponseStore(shared_dir, **limits)
         except sqlite3.Error as exc:
             log.warning("response store: cannot use %s (%s); keeping responses in this worker's memory",
                         shared_dir, exc)
-    return MemoryResponseStore(**bounds)
+    return MemoryResponseStore(**limits)

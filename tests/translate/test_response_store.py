@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from app.config import Config
+from app.envparse import ConfigError
+from app.translate.settings import StoreBounds
 from app.translate.store import FileResponseStore, MemoryResponseStore, RedisResponseStore, ResponseStore, make_store
 from tests.support import TEST_REDIS_URL, redis_or_skip
 
@@ -115,14 +118,14 @@ def test_redis_down_is_a_miss_not_an_error():
 
 
 def test_make_store_picks_the_form(tmp_path):
-    assert make_store({}, None, "p:", 0.2, None).kind == "memory"
-    assert make_store({}, None, "p:", 0.2, str(tmp_path)).kind == "file"
-    assert make_store({}, "redis://127.0.0.1:6379/15", "p:", 0.2, str(tmp_path)).kind == "redis"
-    bounded = make_store({"RESPONSES_STORE_MAX_ITEMS": "5", "RESPONSES_STORE_TTL_SECONDS": "30"}, None, "p:", 0.2,
-                         None)
+    assert make_store(StoreBounds(), None, "p:", 0.2, None).kind == "memory"
+    assert make_store(StoreBounds(), None, "p:", 0.2, str(tmp_path)).kind == "file"
+    assert make_store(StoreBounds(), "redis://127.0.0.1:6379/15", "p:", 0.2, str(tmp_path)).kind == "redis"
+    bounds = Config.from_env({"RESPONSES_STORE_MAX_ITEMS": "5", "RESPONSES_STORE_TTL_SECONDS": "30"}).responses_store
+    bounded = make_store(bounds, None, "p:", 0.2, None)
     assert (bounded.max_items, bounded.ttl) == (5, 30.0)
 
 
-def test_bad_bounds_fall_back_to_the_defaults():
-    store = make_store({"RESPONSES_STORE_MAX_ITEMS": "lots"}, None, "p:", 0.2, None)
-    assert store.max_items == 1000
+def test_bad_bounds_stop_start_up_with_the_variable_named():
+    with pytest.raises(ConfigError, match="RESPONSES_STORE_MAX_ITEMS"):
+        Config.from_env({"RESPONSES_STORE_MAX_ITEMS": "lots"})
