@@ -20,7 +20,7 @@ from .bounds import Bounds
 from .envparse import ConfigError, boolean, choice, number, text, url
 from .listen import ListenAddressError, join_address, listen_address
 from .livepeer.settings import LivepeerSettings
-from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, parse_llm_params
+from .model_params import THINK_MODES, ModelParams, ModelTable, ParamsError, PrefillHold, parse_llm_params
 from .observability.settings import ObservabilitySettings
 from .routing.settings import RoutingSettings, single_provider
 from .routing.settings import load as load_routing
@@ -113,8 +113,8 @@ class Config:
     """Logs, metrics, completion sinks and tracing (app/observability/settings.py)."""
     responses_store: StoreBounds = field(default_factory=StoreBounds)
     """RESPONSES_STORE_*: what the Responses store keeps (app/translate/store.py)."""
-    extra: dict[str, str] = field(default_factory=dict, repr=False)
-    """The raw environment, for subsystems that read their own variables once at init."""
+    prefill_hold: PrefillHold = field(default_factory=PrefillHold)
+    """THINK_PREFILL_HOLD_*: the think step's hold for models not yet known to pre-fill `<think>`."""
 
     @property
     def bind(self) -> str:
@@ -182,5 +182,5 @@ class Config:
             access=access,
             observability=observability,
             responses_store=StoreBounds.from_env(env),
-            extra=dict(env),
+            prefill_hold=PrefillHold.from_env(env),
         )

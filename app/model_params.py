@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import envparse
+from .envparse import ConfigError
 
 THINK_MODES = ("strip", "separate", "keep")
 FALLBACK_NAMES = ("default", "*")
@@ -262,3 +266,37 @@ def _json_end(text: str, i: int) -> int:
                 return i + 1
         i += 1
     return n
+
+
+HOLD_CHARS = 512
+"""Default THINK_PREFILL_HOLD_CHARS: what a fast model (~130 tokens/s, 4 characters each) streams in HOLD_MS;
+slower models reach HOLD_MS first. Also the most text released at once when the hold ends."""
+HOLD_MS = 1000.0
+"""Default THINK_PREFILL_HOLD_MS. Measured (bench/think_prefill_ttfc.py): the first visible token of an
+unknown model that answers without reasoning comes HOLD_MS (+ one upstream chunk interval) late, once;
+nothing once it is known. It catches reasoning whose end tag comes within it (about 200 characters at
+50 tokens/s). 1 s keeps a person's flow (vs 0.5 s: half the cost, half the reasoning caught)."""
+HOLD_MODELS = (r"r1|qwq|qwen-?3|think|reason|deepseek|glm|minimax|kimi|exaone|hunyuan|ernie|openthinker|sky-?t1"
+               r"|deepscaler")
+"""Default THINK_PREFILL_HOLD_MODELS: unknown models whose name (as the client sent it, or as sent upstream)
+matches are held back; the families known to reason in `<think>` text. `.*` holds every unknown model."""
+
+
+@dataclass(frozen=True)
+class PrefillHold:
+    """THINK_PREFILL_HOLD_*: how long and for which unknown models the think step holds a stream's start
+    back until it knows whether the template pre-fills `<think>` (app/transforms/think.py)."""
+
+    chars: int = HOLD_CHARS
+    seconds: float = HOLD_MS / 1000.0
+    models: re.Pattern[str] = field(default_factory=lambda: re.compile(HOLD_MODELS, re.IGNORECASE))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PrefillHold:
+        raw = (env.get("THINK_PREFILL_HOLD_MODELS") or "").strip() or HOLD_MODELS
+        try:
+            models = re.compile(".*" if raw == "*" else raw, re.IGNORECASE)
+        except re.error as exc:
+            raise ConfigError(f"THINK_PREFILL_HOLD_MODELS={raw!r}: not a regular expression ({exc})") from None
+        return cls(chars=envparse.integer(env, "THINK_PREFILL_HOLD_CHARS", HOLD_CHARS, low=0, high=1 << 20),
+                   seconds=envparse.number(env, "THINK_PREFILL_HOLD_MS", HOLD_MS) / 1000.0, models=models)

@@ -39,14 +39,12 @@ Where a block starts matters for models whose chat template pre-fills `<think>`
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import Config
-from ..envparse import ConfigError, integer, number
 from ..exchange import Exchange
 from ..model_params import ModelParams
 from ..observability.exposition import multiprocess_dir
@@ -59,18 +57,6 @@ log = logging.getLogger("cot_proxy.think")
 FAMILIES = frozenset({"chat", "completions"})
 UPSTREAM_FIELDS = ("reasoning_content", "reasoning")
 ENVELOPE = ("id", "object", "created", "model", "system_fingerprint")
-HOLD_CHARS = 512
-"""Default THINK_PREFILL_HOLD_CHARS: what a fast model (~130 tokens/s, 4 characters each) streams in HOLD_MS;
-slower models reach HOLD_MS first. Also the most text released at once when the hold ends."""
-HOLD_MS = 1000.0
-"""Default THINK_PREFILL_HOLD_MS. Measured (bench/think_prefill_ttfc.py): the first visible token of an
-unknown model that answers without reasoning comes HOLD_MS (+ one upstream chunk interval) late, once;
-nothing once it is known. It catches reasoning whose end tag comes within it (about 200 characters at
-50 tokens/s). 1 s keeps a person's flow (vs 0.5 s: half the cost, half the reasoning caught)."""
-HOLD_MODELS = (r"r1|qwq|qwen-?3|think|reason|deepseek|glm|minimax|kimi|exaone|hunyuan|ernie|openthinker|sky-?t1"
-               r"|deepscaler")
-"""Default THINK_PREFILL_HOLD_MODELS: unknown models whose name (as the client sent it, or as sent upstream)
-matches are held back; the families known to reason in `<think>` text. `.*` holds every unknown model."""
 LATE_CHARS = 16384
 """`strip`, learned pre-fill, no tag by the end: at most this much stripped text is kept to give back."""
 
@@ -373,12 +359,8 @@ class Think(Transform):
             name: resolve_settings(config, self.table.lookup(name), spec.think_prefilled)
             for name, spec in specs.items() if spec.think_prefilled is not None
         }
-        env = config.extra
-        self.hold_chars = _setting(lambda: integer(env, "THINK_PREFILL_HOLD_CHARS", HOLD_CHARS, low=0, high=1 << 20),
-                                   HOLD_CHARS)
-        self.hold_seconds = _setting(lambda: number(env, "THINK_PREFILL_HOLD_MS", HOLD_MS), HOLD_MS) / 1000.0
-        self.hold_models = _setting(lambda: _pattern(env, "THINK_PREFILL_HOLD_MODELS", HOLD_MODELS),
-                                    re.compile(HOLD_MODELS, re.IGNORECASE))
+        hold = config.prefill_hold
+        self.hold_chars, self.hold_seconds, self.hold_models = hold.chars, hold.seconds, hold.models
         self.clock = clock
         if store is None:
             from ..observability.labels import ModelLabels
@@ -576,26 +558,6 @@ class Think(Transform):
         """What GET /v1/metadata shows: the store, the hold, and the models learned."""
         return {"store": self.store.kind, "hold_chars": self.hold_chars, "hold_ms": round(self.hold_seconds * 1000),
                 "hold_models": self.hold_models.pattern, "models": self.store.known()}
-
-
-def _setting(read: Callable[[], Any], default: Any) -> Any:
-    """A THINK_PREFILL_* value; a malformed one is logged and the default used. (Config.from_env, which the
-    Gunicorn master checks, does not read these: raising here would only restart workers in a loop.)"""
-    try:
-        return read()
-    except ConfigError as exc:
-        log.error("configuration error: %s; using the default", exc)
-        return default
-
-
-def _pattern(env: Any, name: str, default: str) -> re.Pattern[str]:
-    raw = (env.get(name) or "").strip() or default
-    if raw == "*":
-        raw = ".*"
-    try:
-        return re.compile(raw, re.IGNORECASE)
-    except re.error as exc:
-        raise ConfigError(f"{name}={raw!r}: not a regular expression ({exc})") from None
 
 
 def _count_learned(model: str, prefilled: bool) -> None:

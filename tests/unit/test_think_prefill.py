@@ -15,18 +15,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.config import Config
+from app.envparse import ConfigError
 from app.exchange import Exchange
-from app.model_params import ParamsError, parse_llm_params
+from app.model_params import HOLD_CHARS, HOLD_MS, ParamsError, PrefillHold, parse_llm_params
 from app.sse import Event
 from app.transforms.prefill import PrefillStore
-from app.transforms.think import HOLD_CHARS, HOLD_MS, TagSplitter, Think, ThinkSettings, request_signal
+from app.transforms.think import TagSplitter, Think, ThinkSettings, request_signal
 from tests.fakes.openai_upstream import chat_chunk, chat_completion
 
 START, END = "<think>", "</think>"
 MODEL = "deepseek-r1"  # matches THINK_PREFILL_HOLD_MODELS
 HOLD = 64
-CONFIG = Config(extra={"THINK_PREFILL_HOLD_CHARS": str(HOLD)})
-SEPARATE = Config(think_mode="separate", extra={"THINK_PREFILL_HOLD_CHARS": str(HOLD)})
+CONFIG = Config(prefill_hold=PrefillHold(chars=HOLD))
+SEPARATE = Config(think_mode="separate", prefill_hold=PrefillHold(chars=HOLD))
 
 
 class Clock:
@@ -129,19 +130,21 @@ def test_config_file_think_prefilled(tmp_path):
              read_timeout=1)
 
 
-def test_hold_settings_from_the_environment(caplog):
+def test_hold_settings_from_the_environment():
     think = Think(Config(), store=PrefillStore())
     assert (think.hold_chars, think.hold_seconds) == (HOLD_CHARS, HOLD_MS / 1000)
-    think = Think(Config(extra={"THINK_PREFILL_HOLD_CHARS": "10", "THINK_PREFILL_HOLD_MS": "20",
-                                "THINK_PREFILL_HOLD_MODELS": "*"}), store=PrefillStore())
+    think = Think(Config.from_env({"THINK_PREFILL_HOLD_CHARS": "10", "THINK_PREFILL_HOLD_MS": "20",
+                                   "THINK_PREFILL_HOLD_MODELS": "*"}), store=PrefillStore())
     assert (think.hold_chars, think.hold_seconds, think.hold_models.pattern) == (10, 0.02, ".*")
-    for bad in ({"THINK_PREFILL_HOLD_CHARS": "x"}, {"THINK_PREFILL_HOLD_MS": "-1"},
-                {"THINK_PREFILL_HOLD_MODELS": "("}):
-        caplog.clear()
-        think = Think(Config(extra=bad), store=PrefillStore())
-        assert (think.hold_chars, think.hold_seconds) == (HOLD_CHARS, HOLD_MS / 1000)
-        assert think.hold_models.search("deepseek-r1")
-        assert [r.levelname for r in caplog.records] == ["ERROR"] and next(iter(bad)) in caplog.text
+    assert think.hold_models.search("any-model")
+
+
+@pytest.mark.parametrize("bad", [{"THINK_PREFILL_HOLD_CHARS": "x"}, {"THINK_PREFILL_HOLD_MS": "-1"},
+                                 {"THINK_PREFILL_HOLD_MODELS": "("}])
+def test_a_bad_hold_setting_stops_start_up_naming_it(bad):
+    """Read by Config.from_env, which the Gunicorn master runs: one line, before any worker starts."""
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        Config.from_env(bad)
 
 
 # -- request signals -------------------------------------------------------------------------------------
@@ -257,9 +260,9 @@ def test_known_not_prefilled_and_unmatched_names_are_not_held():
     assert run.send(chat_chunk("Hello"))[0]["choices"][0]["delta"]["content"] == "Hello", "name not matched"
     run.send(chat_chunk(finish="stop"))
     assert store.get("m") is False, "learned all the same"
-    think = think_for(Config(extra={"THINK_PREFILL_HOLD_MODELS": ".*"}))
+    think = think_for(Config.from_env({"THINK_PREFILL_HOLD_MODELS": ".*"}))
     assert Run(think, exchange("m")).send(chat_chunk("Hello")) == [], "THINK_PREFILL_HOLD_MODELS=.* holds all"
-    think = think_for(Config(extra={"THINK_PREFILL_HOLD_MS": "0"}))
+    think = think_for(Config.from_env({"THINK_PREFILL_HOLD_MS": "0"}))
     assert Run(think).send(chat_chunk("Hello")) != [], "THINK_PREFILL_HOLD_MS=0: no hold"
 
 

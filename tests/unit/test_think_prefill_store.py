@@ -194,7 +194,7 @@ def test_metadata_and_metric_show_what_was_learned(upstream):
     app = create_app(proxy_config(upstream))
     c = app.test_client()
     meta = c.get("/v1/metadata").get_json()
-    from app.transforms.think import HOLD_CHARS, HOLD_MS
+    from app.model_params import HOLD_CHARS, HOLD_MS
 
     assert meta["reasoning"]["think_prefill"] == {"store": "memory", "hold_chars": HOLD_CHARS, "hold_ms": HOLD_MS,
                                                   "hold_models": meta["reasoning"]["think_prefill"]["hold_models"],
