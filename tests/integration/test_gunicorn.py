@@ -30,11 +30,11 @@ def up(module_upstream: FakeUpstream) -> FakeUpstream:
 
 
 def test_sdk_streams_through_gunicorn(gunicorn, up):
-    sdk = openai.OpenAI(base_url=gunicorn.url + "/v1", api_key="k", max_retries=0)
-    chunks = list(sdk.chat.completions.create(model="m", messages=MSG, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello from upstream"
-    out = sdk.chat.completions.create(model="m", messages=MSG)
-    assert out.choices[0].message.content == "Hello from upstream"
+    with openai.OpenAI(base_url=gunicorn.url + "/v1", api_key="k", max_retries=0) as sdk:  # closed: see below
+        chunks = list(sdk.chat.completions.create(model="m", messages=MSG, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello from upstream"
+        out = sdk.chat.completions.create(model="m", messages=MSG)
+        assert out.choices[0].message.content == "Hello from upstream"
 
 
 def _open_stream(url: str) -> socket.socket:
@@ -72,8 +72,9 @@ def test_client_gone_before_first_byte_closes_upstream_within_1s(gunicorn, up):
 def test_echo_mode_under_gunicorn():
     g = Gunicorn({})
     try:
-        sdk = openai.OpenAI(base_url=g.url + "/v1", api_key="k", max_retries=0)
-        out = sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+        # closed before the stop: an idle kept-alive connection would hold a worker for the keepalive (5 s)
+        with openai.OpenAI(base_url=g.url + "/v1", api_key="k", max_retries=0) as sdk:
+            out = sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
         assert out.choices[0].message.content == "Echo: hello"
     finally:
         log = g.stop()
