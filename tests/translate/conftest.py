@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from app import create_app
+from app.access.store import KeyStore
 from app.config import Config
 from tests.fakes.chat_only_upstream import ChatOnlyUpstream
 
@@ -37,3 +38,23 @@ def make_client(chat_only: ChatOnlyUpstream) -> Callable[..., object]:
         return create_app(config_for(chat_only, **env)).test_client()
 
     return make
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[ChatOnlyUpstream]:
+    """A chat-only fake of the module's own, for a Gunicorn proxy that lives as long as the module."""
+    server = ChatOnlyUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeyStore, str, str]]:
+    """A virtual-key store (SQLite) holding one key named by the module's `KEY_NAME`: (store, key, url)."""
+    name = getattr(request.module, "KEY_NAME", "client")
+    url = f"sqlite:///{tmp_path_factory.mktemp(name) / 'keys.db'}"
+    store = KeyStore(url)
+    secret, _ = store.create(name)
+    yield store, secret, url
+    store.close()

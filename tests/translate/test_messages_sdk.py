@@ -21,26 +21,12 @@ from tests.fakes.chat_only_upstream import ChatAnswer, ChatOnlyUpstream, ToolCal
 from tests.support import Gunicorn
 
 WORKERS = 2
+KEY_NAME = "claude-code"
+"""The virtual key the `keys` fixture (conftest.py) creates."""
 TOKEN = "tok-anthropic-0123456789"
 WEATHER = {"name": "get_weather", "description": "Weather of a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[ChatOnlyUpstream]:
-    server = ChatOnlyUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> Iterator[tuple[KeyStore, str, str]]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('messages') / 'keys.db'}"
-    store = KeyStore(url)
-    secret, _ = store.create("claude-code")
-    yield store, secret, url
-    store.close()
 
 
 @pytest.fixture(scope="module")

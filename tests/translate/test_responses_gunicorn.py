@@ -28,24 +28,10 @@ from tests.fakes.chat_only_upstream import ChatAnswer, ChatOnlyUpstream, ToolCal
 from tests.support import Gunicorn
 
 WORKERS = 2
+KEY_NAME = "codex"
+"""The virtual key the `keys` fixture (conftest.py) creates."""
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city", "strict": False,
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[ChatOnlyUpstream]:
-    server = ChatOnlyUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> Iterator[tuple[KeyStore, str, str]]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('responses') / 'keys.db'}"
-    store = KeyStore(url)
-    secret, _ = store.create("codex")
-    yield store, secret, url
-    store.close()
 
 
 @pytest.fixture(scope="module")
