@@ -149,22 +149,44 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[Event]:
         if not chunk:
             return []
-        buf = self._buf
-        if (not buf and not self._skip_lf and type(chunk) is bytes and chunk[-2:] == b"\n\n"
+        if (not self._buf and not self._skip_lf and type(chunk) is bytes and chunk[-2:] == b"\n\n"
                 and chunk.find(b"\n\n") == len(chunk) - 2 and chunk[:1] != b"\n" and b"\r" not in chunk):
             # The usual chunk: exactly one whole event, nothing held before it (what the scan below finds).
             return [Event(chunk)]
+        return self._feed_scan(chunk)
+
+    def _feed_scan(self, chunk: bytes) -> list[Event]:
+        """Any other chunk: scanned line by line, out of `feed` so the usual chunk's path stays one test."""
         if self._skip_lf:
-            self._skip_lf = False
-            if chunk[:1] == b"\n":
-                if self._event_start == len(buf):
-                    # The \r closed an event; its \n is a stray byte of the terminator.
-                    chunk = chunk[1:]
-                else:
-                    buf += b"\n"
-                    chunk = chunk[1:]
-                    self._scan = self._line_start = len(buf)
+            chunk = self._after_cr(chunk)
+        buf = self._buf
         buf += chunk
+        events = self._scan_lines(buf)
+        if self._event_start:
+            del buf[: self._event_start]
+            self._scan -= self._event_start
+            self._line_start -= self._event_start
+            self._event_start = 0
+        if self.max_event_bytes is not None and len(buf) > self.max_event_bytes:
+            raise UpstreamBadResponse(f"The upstream sent an event longer than {self.max_event_bytes} bytes "
+                                      "(MAX_SSE_EVENT_BYTES).", code="upstream_event_too_large")
+        return events
+
+    def _after_cr(self, chunk: bytes) -> bytes:
+        """The last chunk ended in `\\r`: a leading `\\n` here is the rest of that line break, not a new line."""
+        self._skip_lf = False
+        if chunk[:1] != b"\n":
+            return chunk
+        buf = self._buf
+        if self._event_start != len(buf):
+            # Inside an event: the \r\n ends its line, kept whole in the event's bytes.
+            buf += b"\n"
+            self._scan = self._line_start = len(buf)
+        # Otherwise the \r closed an event; its \n is a stray byte of the terminator.
+        return chunk[1:]
+
+    def _scan_lines(self, buf: bytearray) -> list[Event]:
+        """Every event a blank line completes from `_scan` on; leaves the positions at the unfinished rest."""
         events: list[Event] = []
         n = len(buf)
         i = self._scan
@@ -172,7 +194,7 @@ class SSEDecoder:
             j = _find_eol(buf, i, n)
             if j < 0:
                 self._scan = n
-                break
+                return events
             end = j + 1
             if buf[j] == 13:  # \r
                 if end < n:
@@ -186,16 +208,6 @@ class SSEDecoder:
                 self._event_start = end
             self._line_start = end
             i = end
-        if self._event_start:
-            del buf[: self._event_start]
-            self._scan -= self._event_start
-            self._line_start -= self._event_start
-            self._event_start = 0
-        if self.max_event_bytes is not None and len(buf) > self.max_event_bytes:
-
-            raise UpstreamBadResponse(f"The upstream sent an event longer than {self.max_event_bytes} bytes "
-                                      "(MAX_SSE_EVENT_BYTES).", code="upstream_event_too_large")
-        return events
 
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (lost if the stream ends here)."""
