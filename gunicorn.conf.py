@@ -8,6 +8,7 @@ sockets or loads `ssl` is imported in the master before gevent patches each work
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -103,7 +104,26 @@ control_socket_disable = True
 # listener in the master, and Gunicorn's own lines in LOG_FORMAT.
 logger_class = _obs.logger_class()
 child_exit = _obs.child_exit
-post_fork = _obs.post_fork
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Until `Worker.init_signals` a new worker runs the master's signal handlers, which only queue a signal
+    in the worker's copy of the master: a SIGTERM (or INT, QUIT) sent then would be lost, and the master
+    would wait graceful_timeout for a worker that never heard it. A booting worker holds no requests, so
+    such a signal ends it at once; its own handlers replace these a moment later."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, _exit_while_booting)
+    try:
+        while True:  # one that arrived between fork and here is in the master's queue copy
+            if server.SIG_QUEUE.get_nowait() in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                _exit_while_booting()
+    except Exception:  # the queue is empty (queue.Empty), or not a queue in this Gunicorn
+        pass
+    _obs.post_fork(server, worker)
+
+
+def _exit_while_booting(*_: object) -> None:
+    os._exit(0)
 
 # Drain on SIGTERM: readiness fails first (/readyz answers 503 in every worker), then Gunicorn closes
 # its listeners and gives in-flight streams graceful_timeout to finish. Workers learn of it through a
