@@ -21,8 +21,6 @@ from app.access.store import KeyStore
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.support import TEST_PG_URL, TEST_REDIS_URL, RedisServer, pg_url, proxy_config, unavailable
 
-__all__ = ["TEST_PG_URL", "TEST_REDIS_URL", "pg_url"]  # tests/fleet/conftest.py still imports them from here
-
 
 @pytest.fixture(scope="session")
 def _redis_client():

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from app.access.store import KeyStore
-from tests.access.conftest import TEST_PG_URL, TEST_REDIS_URL, pg_url
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.fleet.fleet import GRACEFUL, Fleet
 from tests.fleet.streams import slow_streams
 from tests.seeds import tools
+from tests.support import TEST_PG_URL, TEST_REDIS_URL, pg_url
 
 FAILURE_THRESHOLD = 30
 """Failures in a row before a worker ejects a backend: high, so a worker that avoids a failing backend

@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.access.settings import AccessSettings
-from tests.conftest import proxy_config
 from tests.fakes.openai_upstream import FakeUpstream
+from tests.support import proxy_config
 
 ADMIN = "ui-admin-token-0123456789abcdef"
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')

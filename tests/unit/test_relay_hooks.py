@@ -15,8 +15,8 @@ import requests
 from app import create_app
 from app.exchange import Exchange
 from app.transforms import Pipeline, Transform
-from tests.conftest import LiveServer, proxy_config
 from tests.fakes.openai_upstream import chat_chunk, json_reply, sse_reply
+from tests.support import LiveServer, proxy_config
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

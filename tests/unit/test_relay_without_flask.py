@@ -15,8 +15,8 @@ from app.relay import Relay
 from app.routing.router import Router
 from app.transforms import build_pipeline
 from app.upstream import Upstream
-from tests.conftest import proxy_config
 from tests.fakes.openai_upstream import chat_chunk, sse_reply
+from tests.support import proxy_config
 
 
 class HandMadeClient:
