@@ -215,8 +215,13 @@ def blocks(body: Any) -> Prompt:
         return bisect.bisect_right(ends, pos) - 1
 
     first = last_block_before(msg_ends[0]) if msg_ends else -1
-    # The conversation: a CRC of the first two messages exactly (not cut at a block boundary).
-    conversation = zlib.crc32(view[:msg_ends[1]]) | 1 << 40 if len(msg_ends) >= 2 else 0
+    # The conversation: a CRC of the first two messages exactly (not cut at a block boundary),
+    # carried on from the last block inside them (CRCs chain: the same value, half the work).
+    conversation = 0
+    if len(msg_ends) >= 2:
+        k = last_block_before(msg_ends[1])
+        base, start = (ids[k] & 0xFFFFFFFF, ends[k]) if k >= 0 else (0, 0)
+        conversation = crc(view[start:msg_ends[1]], base) | 1 << 40
     history = last_block_before(msg_ends[-2]) if len(msg_ends) >= 3 else -1
     return Prompt(ids, ends, n, first, conversation, history)
 
