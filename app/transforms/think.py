@@ -196,12 +196,32 @@ class TagSplitter:
             if self.released and not self.skip_ws:
                 return text, ""
         buf = self.pending + text
-        start, end = self.s.start, self.s.end
         answer: list[str] = [self.held] if self.held else []
         self.held = ""
         reasoning: list[str] = []
+        at_start, at_end = buf.find(self.s.start), buf.find(self.s.end)
+        i = self._tags(buf, at_start, at_end, answer, reasoning) if at_start >= 0 or at_end >= 0 else 0
+        held = self._held(buf, i)
+        self._emit(buf[i:len(buf) - held], answer, reasoning)
+        self.pending = buf[len(buf) - held:]
+        if self.holding:
+            if not self.seen_tag and self._within_hold(answer):
+                self.held = "".join(answer)
+                return "", "".join(reasoning)
+            self.holding = False
+        out = "".join(answer)
+        if not self.released and out.strip():
+            self.released = True
+        if self.late is not None:
+            self._keep_late(reasoning)
+        return out, "".join(reasoning)
+
+    def _tags(self, buf: str, at_start: int, at_end: int, answer: list[str], reasoning: list[str]) -> int:
+        """Split `buf` at each whole tag (the first found at `at_start`/`at_end`), the text between to
+        `answer` or `reasoning`; returns where the text after the last tag begins. Apart from `feed`,
+        which calls it only when a tag is there, so a chunk without one costs no call."""
+        start, end = self.s.start, self.s.end
         i = 0
-        at_start, at_end = buf.find(start), buf.find(end)
         while at_start >= 0 or at_end >= 0:
             # The earlier tag wins; on a tie the longer one (one tag may begin with the other).
             if at_start < 0 or at_end < 0:
@@ -225,20 +245,7 @@ class TagSplitter:
                 at_start = buf.find(start, i) if at_start >= 0 else -1
             if at_end < i:
                 at_end = buf.find(end, i) if at_end >= 0 else -1
-        held = self._held(buf, i)
-        self._emit(buf[i:len(buf) - held], answer, reasoning)
-        self.pending = buf[len(buf) - held:]
-        if self.holding:
-            if not self.seen_tag and self._within_hold(answer):
-                self.held = "".join(answer)
-                return "", "".join(reasoning)
-            self.holding = False
-        out = "".join(answer)
-        if not self.released and out.strip():
-            self.released = True
-        if self.late is not None:
-            self._keep_late(reasoning)
-        return out, "".join(reasoning)
+        return i
 
     def finish(self, completed: bool = False) -> tuple[str, str]:
         """Flush what is held back: an unfinished tag prefix is plain text after all, and held
@@ -522,10 +529,8 @@ class Think(Transform):
             self._observe(ex, st, splitter)
         finish = choice.get("finish_reason")
         if finish is not None:
-            tail_answer, tail_reasoning = splitter.finish(completed=finish == "stop")
-            if tail_answer or tail_reasoning:
-                answer, reasoning, touched = answer + tail_answer, reasoning + tail_reasoning, True
-            self._observe(ex, st, splitter, finish)
+            answer, reasoning, flushed = self._flush_choice(ex, st, splitter, finish, answer, reasoning)
+            touched = touched or flushed
         if not touched:
             return None
         if st.text_key == "content" and choice.get("delta") is not holder:
@@ -534,6 +539,14 @@ class Think(Transform):
             holder[st.text_key] = answer
         _put_reasoning(st.settings, holder, reasoning)
         return not _is_empty(st, choice, holder)
+
+    def _flush_choice(self, ex: Exchange, st: StreamState, splitter: TagSplitter, finish: Any, answer: str,
+                      reasoning: str) -> tuple[str, str, bool]:
+        """A choice's last chunk carries what its splitter still holds: (answer, reasoning, whether any was
+        added). Once per choice, so out of `_stream_choice`'s per-chunk path."""
+        tail_answer, tail_reasoning = splitter.finish(completed=finish == "stop")
+        self._observe(ex, st, splitter, finish)
+        return answer + tail_answer, reasoning + tail_reasoning, bool(tail_answer or tail_reasoning)
 
     def stream_end(self, ex: Exchange) -> Iterable[Event]:
         """The stream ended without a finish_reason for some choices: flush what they hold."""
