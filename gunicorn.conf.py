@@ -47,9 +47,12 @@ def _config() -> Config:
 bind = _config().bind
 
 WORKER_CLASSES = {
-    "gevent": "gevent", "gunicorn.workers.ggevent.GeventWorker": "gevent",
-    "gthread": "gthread", "gunicorn.workers.gthread.ThreadWorker": "gthread",
-    "sync": "sync", "gunicorn.workers.sync.SyncWorker": "sync",
+    "gevent": "gevent",
+    "gunicorn.workers.ggevent.GeventWorker": "gevent",
+    "gthread": "gthread",
+    "gunicorn.workers.gthread.ThreadWorker": "gthread",
+    "sync": "sync",
+    "gunicorn.workers.sync.SyncWorker": "sync",
 }
 
 
@@ -58,8 +61,9 @@ def _worker_class() -> str:
     raw = _env("GUNICORN_WORKER_CLASS", "gevent")
     found = WORKER_CLASSES.get(raw) or WORKER_CLASSES.get(raw.lower())
     if found is None:
-        raise SystemExit(f"cot-proxy: configuration error: GUNICORN_WORKER_CLASS={raw!r}: "
-                         "use gevent (the default), gthread or sync")
+        raise SystemExit(
+            f"cot-proxy: configuration error: GUNICORN_WORKER_CLASS={raw!r}: use gevent (the default), gthread or sync"
+        )
     return found
 
 
@@ -125,6 +129,7 @@ def post_fork(server: Any, worker: Any) -> None:
 def _exit_while_booting(*_: object) -> None:
     os._exit(0)
 
+
 # Drain on SIGTERM: readiness fails first (/readyz answers 503 in every worker), then Gunicorn closes
 # its listeners and gives in-flight streams graceful_timeout to finish. Workers learn of it through a
 # marker file whose path the master puts in the environment before forking (app/probes.py reads it).
@@ -152,8 +157,9 @@ def when_ready(server: Any) -> None:
                     f.write(str(os.getpid()))
         except OSError as exc:  # never in the way of the stop itself
             server.log.warning("drain marker %s not written: %s", marker, exc)
-        server.log.info("draining: /readyz answers 503; listeners close; in-flight requests get %s s",
-                        server.cfg.graceful_timeout)
+        server.log.info(
+            "draining: /readyz answers 503; listeners close; in-flight requests get %s s", server.cfg.graceful_timeout
+        )
         stop()
 
     server.handle_term = handle_term  # the arbiter looks handlers up on the instance per signal

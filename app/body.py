@@ -64,8 +64,9 @@ class RequestBody:
             chunk = self._read(READ_SIZE if want is None else min(READ_SIZE, want - size))
             if not chunk:
                 if want is not None:
-                    raise InvalidRequest("The request body ended before its Content-Length.", code="invalid_body",
-                                         headers=dict(CLOSE))
+                    raise InvalidRequest(
+                        "The request body ended before its Content-Length.", code="invalid_body", headers=dict(CLOSE)
+                    )
                 break
             size += len(chunk)
             if size > self.limit:
@@ -113,12 +114,15 @@ class RequestBody:
             sock.settimeout(previous)
 
     def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"Request body is larger than MAX_REQUEST_BYTES ({self.limit} bytes).",
-                               headers=dict(CLOSE))
+        return PayloadTooLarge(
+            f"Request body is larger than MAX_REQUEST_BYTES ({self.limit} bytes).", headers=dict(CLOSE)
+        )
 
     def _timed_out(self) -> RequestTimeout:
-        return RequestTimeout(f"The request body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS "
-                              f"({self.timeout:g} s).", headers=dict(CLOSE))
+        return RequestTimeout(
+            f"The request body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS ({self.timeout:g} s).",
+            headers=dict(CLOSE),
+        )
 
 
 @contextmanager
@@ -132,8 +136,9 @@ def _mapped_read_errors() -> Iterator[None]:
         raise ClientDisconnected() from None
     except Exception as exc:
         if type(exc).__module__.startswith(("gunicorn.http", "werkzeug")) or isinstance(exc, (ValueError, OSError)):
-            raise InvalidRequest(f"The request body is malformed ({type(exc).__name__}).", code="invalid_body",
-                                 headers=dict(CLOSE)) from exc
+            raise InvalidRequest(
+                f"The request body is malformed ({type(exc).__name__}).", code="invalid_body", headers=dict(CLOSE)
+            ) from exc
         raise
 
 
@@ -173,8 +178,12 @@ def model_in(raw: bytes, content_type: str) -> str | None:
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         from werkzeug.formparser import parse_form_data
 
-        environ = {"wsgi.input": BytesIO(raw), "CONTENT_LENGTH": str(len(raw)), "CONTENT_TYPE": content_type,
-                   "REQUEST_METHOD": "POST"}
+        environ = {
+            "wsgi.input": BytesIO(raw),
+            "CONTENT_LENGTH": str(len(raw)),
+            "CONTENT_TYPE": content_type,
+            "REQUEST_METHOD": "POST",
+        }
         try:
             _, form, files = parse_form_data(environ, silent=False)
         except Exception:

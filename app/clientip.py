@@ -82,8 +82,9 @@ def parse_networks(raw: str, variable: str) -> Networks:
             if "host bits set" in str(exc):
                 fixed = ipaddress.ip_network(entry, strict=False)
                 raise AllowListConfigError(f"{where}: has host bits set (did you mean {fixed}?)") from None
-            raise AllowListConfigError(f"{where}: not an IP address or CIDR (e.g. 10.0.0.0/8, 192.168.1.7, "
-                                       "::1)") from None
+            raise AllowListConfigError(
+                f"{where}: not an IP address or CIDR (e.g. 10.0.0.0/8, 192.168.1.7, ::1)"
+            ) from None
     return Networks(variable, tuple(networks))
 
 
@@ -99,7 +100,7 @@ def address(value: str | None) -> Address | None:
         return None
     value = value.strip()
     if value.startswith("[") and "]" in value:  # "[::1]" or "[::1]:port" as some proxies write it
-        value = value[1:value.index("]")]
+        value = value[1 : value.index("]")]
     value = value.split("%", 1)[0]
     try:
         found = ipaddress.ip_address(value)
@@ -161,8 +162,9 @@ def check(getter: Getter) -> None:
     if client in allowed:
         return
     shown = str(client) if client is not None else "an unknown address"
-    raise PermissionDenied(f"{request.method} {request.path} is not served to {shown} "
-                           f"(only to {allowed.variable}).", code="ip_not_allowed")
+    raise PermissionDenied(
+        f"{request.method} {request.path} is not served to {shown} (only to {allowed.variable}).", code="ip_not_allowed"
+    )
 
 
 def allow_only(getter: Getter) -> Callable[[F], F]:

@@ -65,15 +65,25 @@ def with_model_specs(table: ModelTable, routing: RoutingSettings) -> ModelTable:
     for name, spec in routing.models.items():
         if not (spec.params or spec.think_mode or spec.think_tag_start or spec.think_tag_end):
             continue
-        base = ModelParams(name=name, overrides=dict(spec.params), think_mode=spec.think_mode,
-                           think_start=spec.think_tag_start, think_end=spec.think_tag_end)
+        base = ModelParams(
+            name=name,
+            overrides=dict(spec.params),
+            think_mode=spec.think_mode,
+            think_start=spec.think_tag_start,
+            think_end=spec.think_tag_end,
+        )
         top = by_name.get(name)
         if top is not None:
             base = ModelParams(
-                name=name, overrides={**base.overrides, **top.overrides}, defaults=top.defaults,
-                upstream_model=top.upstream_model, append_text=top.append_text,
-                think_mode=top.think_mode or base.think_mode, think_start=top.think_start or base.think_start,
-                think_end=top.think_end or base.think_end, think_prefilled=top.think_prefilled,
+                name=name,
+                overrides={**base.overrides, **top.overrides},
+                defaults=top.defaults,
+                upstream_model=top.upstream_model,
+                append_text=top.append_text,
+                think_mode=top.think_mode or base.think_mode,
+                think_start=top.think_start or base.think_start,
+                think_end=top.think_end or base.think_end,
+                think_prefilled=top.think_prefilled,
             )
         by_name[name] = base
     return ModelTable(by_name=by_name, fallback=table.fallback)
@@ -158,8 +168,13 @@ class Config:
         connect_timeout = number(env, "CONNECT_TIMEOUT_SECONDS", 10.0)
         read_timeout = number(env, "REQUEST_TIMEOUT_SECONDS", 600.0, aliases=("API_REQUEST_TIMEOUT",))
         api_key = text(env, "UPSTREAM_API_KEY")
-        routing = load_routing(env, target_base_url=base, upstream_api_key=api_key,
-                               connect_timeout=connect_timeout, read_timeout=read_timeout)
+        routing = load_routing(
+            env,
+            target_base_url=base,
+            upstream_api_key=api_key,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
         access = AccessSettings.from_env(env)
         observability = ObservabilitySettings.from_env(env)
         llm_params = with_model_specs(_llm_params(text(env, "LLM_PARAMS"), think_tag, think_end_tag), routing)

@@ -33,16 +33,23 @@ ENDPOINTS = [
 
 def metadata(router: Router, think: Any = None) -> dict[str, Any]:
     providers = [
-        {"name": name, "type": p.kind, "healthy": any(b.healthy() for b in p.backends),
-         "backends": [b.state() for b in p.backends]}
+        {
+            "name": name,
+            "type": p.kind,
+            "healthy": any(b.healthy() for b in p.backends),
+            "backends": [b.state() for b in p.backends],
+        }
         for name, p in router.providers.items()
     ]
     if router.gateway is not None:
         providers.append({"name": router.gateway.name, "type": "livepeer", "healthy": None, "backends": []})
     out: dict[str, Any] = {
         "schema_version": "v1",
-        "service": {"name": "cot-proxy", "version": VERSION,
-                    "description": "OpenAI-compatible reverse proxy with reasoning handling and routing"},
+        "service": {
+            "name": "cot-proxy",
+            "version": VERSION,
+            "description": "OpenAI-compatible reverse proxy with reasoning handling and routing",
+        },
         "endpoints": [{"path": p, "method": m, "operation_id": o} for p, m, o in ENDPOINTS],
         "providers": providers,
         "default_provider": router.default_provider,
@@ -50,7 +57,10 @@ def metadata(router: Router, think: Any = None) -> dict[str, Any]:
             "domains": ["chat", "embedding", "image", "audio", "video"],
             "modalities": ["text", "image", "audio", "video"],
             "streaming": True,
-            "embeddings": True, "images": True, "rerank": True, "video": True,
+            "embeddings": True,
+            "images": True,
+            "rerank": True,
+            "video": True,
         },
     }
     if think is not None:

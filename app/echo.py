@@ -30,8 +30,11 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p["text"] for p in content
-                        if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+        return " ".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
     return ""
 
 
@@ -69,11 +72,16 @@ def chat(ex: Exchange) -> Response:
     usage = ex.usage = _usage(sum(_words(_text(m.get("content"))) for m in messages), _words(answer))
     created = int(time.time())
     if not ex.streaming:
-        return json_response({
-            "id": ex.request_id, "object": "chat.completion", "created": created, "model": MODEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-            "usage": usage,
-        })
+        return json_response(
+            {
+                "id": ex.request_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": MODEL,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "usage": usage,
+            }
+        )
     include_usage = _include_usage(ex.body)
 
     def chunks() -> Iterator[dict[str, Any]]:

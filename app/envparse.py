@@ -34,8 +34,15 @@ def _first(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | 
     return None
 
 
-def integer(env: Mapping[str, str], name: str, default: int | None, *, low: int = 0,
-            high: int | None = None, aliases: tuple[str, ...] = ()) -> int | None:
+def integer(
+    env: Mapping[str, str],
+    name: str,
+    default: int | None,
+    *,
+    low: int = 0,
+    high: int | None = None,
+    aliases: tuple[str, ...] = (),
+) -> int | None:
     found = _first(env, (name, *aliases))
     if found is None:
         return default
@@ -50,8 +57,9 @@ def integer(env: Mapping[str, str], name: str, default: int | None, *, low: int 
     return value
 
 
-def number(env: Mapping[str, str], name: str, default: float, *, positive: bool = False,
-           aliases: tuple[str, ...] = ()) -> float:
+def number(
+    env: Mapping[str, str], name: str, default: float, *, positive: bool = False, aliases: tuple[str, ...] = ()
+) -> float:
     found = _first(env, (name, *aliases))
     if found is None:
         return default
@@ -85,8 +93,9 @@ def choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default:
     return raw.lower()
 
 
-def url(env: Mapping[str, str], name: str, *, schemes: tuple[str, ...] = ("http", "https"),
-        secret: bool = False) -> str | None:
+def url(
+    env: Mapping[str, str], name: str, *, schemes: tuple[str, ...] = ("http", "https"), secret: bool = False
+) -> str | None:
     """An absolute URL; `secret=True` keeps the value out of the message (it may hold a password)."""
     raw = text(env, name)
     if raw is None:

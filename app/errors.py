@@ -46,7 +46,11 @@ class ProxyError(Exception):
     code: str | None = None
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None,
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -172,8 +176,9 @@ OPENAI_ERRORS = ErrorShape()
 
 
 def error_response(error: ProxyError, shape: ErrorShape = OPENAI_ERRORS) -> Response:
-    return Response(json.dumps(shape.body(error)), status=error.status, mimetype="application/json",
-                    headers=error.headers)
+    return Response(
+        json.dumps(shape.body(error)), status=error.status, mimetype="application/json", headers=error.headers
+    )
 
 
 _HTTP_TYPES = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge}

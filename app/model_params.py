@@ -31,10 +31,20 @@ RAW_KEYS = frozenset({"upstream_model_name", "append_to_last_user_message", "thi
 CONTROL_KEYS = RAW_KEYS | {"think_mode", "enable_think_tag_filtering", "think_prefilled"}
 # cot_proxy's PARAM_TYPES (plus min_p, max_completion_tokens); `mirostat` is left out on
 # purpose: cot_proxy made it a bool, so `mirostat=1` became false, while servers want 0/1/2.
-FLOAT_KEYS = frozenset({"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
-                        "repetition_penalty"})
-INT_KEYS = frozenset({"top_k", "max_tokens", "max_completion_tokens", "n", "seed", "num_ctx", "num_predict",
-                      "repeat_last_n", "batch_size"})
+FLOAT_KEYS = frozenset({"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"})
+INT_KEYS = frozenset(
+    {
+        "top_k",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "seed",
+        "num_ctx",
+        "num_predict",
+        "repeat_last_n",
+        "batch_size",
+    }
+)
 BOOL_KEYS = frozenset({"echo", "stream"})
 
 _INT = re.compile(r"[-+]?\d+")
@@ -175,7 +185,7 @@ def typed_value(key: str, raw: str) -> Any:
             return int(raw)
         if _FLOAT.fullmatch(raw):
             return float(raw)
-        if raw[0] in "[{\"":
+        if raw[0] in '[{"':
             return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ParamsError(f"{key}={raw!r}: not valid JSON ({exc.msg})") from None
@@ -234,7 +244,7 @@ def _cut(text: str, sep: str) -> list[str]:
             j = i + 1
             while j < n and text[j] == " ":
                 j += 1
-            if j < n and text[j] in "[{\"" and text[part:i].strip() not in RAW_KEYS:
+            if j < n and text[j] in '[{"' and text[part:i].strip() not in RAW_KEYS:
                 i = _json_end(text, j)
                 continue
         i += 1
@@ -276,8 +286,10 @@ HOLD_MS = 1000.0
 unknown model that answers without reasoning comes HOLD_MS (+ one upstream chunk interval) late, once;
 nothing once it is known. It catches reasoning whose end tag comes within it (about 200 characters at
 50 tokens/s). 1 s keeps a person's flow (vs 0.5 s: half the cost, half the reasoning caught)."""
-HOLD_MODELS = (r"r1|qwq|qwen-?3|think|reason|deepseek|glm|minimax|kimi|exaone|hunyuan|ernie|openthinker|sky-?t1"
-               r"|deepscaler")
+HOLD_MODELS = (
+    r"r1|qwq|qwen-?3|think|reason|deepseek|glm|minimax|kimi|exaone|hunyuan|ernie|openthinker|sky-?t1"
+    r"|deepscaler"
+)
 """Default THINK_PREFILL_HOLD_MODELS: unknown models whose name (as the client sent it, or as sent upstream)
 matches are held back; the families known to reason in `<think>` text. `.*` holds every unknown model."""
 
@@ -298,5 +310,8 @@ class PrefillHold:
             models = re.compile(".*" if raw == "*" else raw, re.IGNORECASE)
         except re.error as exc:
             raise ConfigError(f"THINK_PREFILL_HOLD_MODELS={raw!r}: not a regular expression ({exc})") from None
-        return cls(chars=envparse.integer(env, "THINK_PREFILL_HOLD_CHARS", HOLD_CHARS, low=0, high=1 << 20),
-                   seconds=envparse.number(env, "THINK_PREFILL_HOLD_MS", HOLD_MS) / 1000.0, models=models)
+        return cls(
+            chars=envparse.integer(env, "THINK_PREFILL_HOLD_CHARS", HOLD_CHARS, low=0, high=1 << 20),
+            seconds=envparse.number(env, "THINK_PREFILL_HOLD_MS", HOLD_MS) / 1000.0,
+            models=models,
+        )

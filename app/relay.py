@@ -203,14 +203,24 @@ class Relay:
     # -- upstream -----------------------------------------------------------
 
     def _forward(
-        self, family: Family, ex: Exchange, plan: list[Attempt], client: Client, body: bytes | SizedStream | None,
+        self,
+        family: Family,
+        ex: Exchange,
+        plan: list[Attempt],
+        client: Client,
+        body: bytes | SizedStream | None,
     ) -> Reply:
         if isinstance(body, SizedStream):
             plan = plan[:1]  # a streamed upload cannot be replayed
         # Any answer may need reading (errors, streams): ask only for encodings this worker decodes.
         again = len(plan) > 1 or self.pipeline.may_resend
-        sent = _Sent(ex.family, ex.path, ex.query, dump_json(ex.body) if again and ex.body is not None else None,
-                     accept_decodable(ex.headers))
+        sent = _Sent(
+            ex.family,
+            ex.path,
+            ex.query,
+            dump_json(ex.body) if again and ex.body is not None else None,
+            accept_decodable(ex.headers),
+        )
         retry_after: str | None = None
         for n, attempt in enumerate(plan):
             last = n == len(plan) - 1
@@ -237,7 +247,12 @@ class Relay:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _attempt(
-        self, ex: Exchange, attempt: Attempt, sent: _Sent, client: Client, body: bytes | SizedStream | None,
+        self,
+        ex: Exchange,
+        attempt: Attempt,
+        sent: _Sent,
+        client: Client,
+        body: bytes | SizedStream | None,
     ) -> tuple[BoundPipeline, UpstreamReply]:
         """One attempt, sent again once if a step asks (`resend`, e.g. to translate after a 404)."""
         resent = False
@@ -276,8 +291,9 @@ class Relay:
         try:
             if ex.cancelled:
                 raise cancelled()
-            reply = self.upstream.send(target, ex.method, target.url(ex.path, ex.query), ex.headers, payload,
-                                       watch=watch, call=call)
+            reply = self.upstream.send(
+                target, ex.method, target.url(ex.path, ex.query), ex.headers, payload, watch=watch, call=call
+            )
         except UpstreamError as exc:
             self.router.finished(ex, target, ok=False, final=False)
             if ex.cancelled:
@@ -291,7 +307,12 @@ class Relay:
     # -- response side ------------------------------------------------------
 
     def _respond(
-        self, family: Family, ex: Exchange, bound: BoundPipeline, attempt: Attempt, reply: UpstreamReply,
+        self,
+        family: Family,
+        ex: Exchange,
+        bound: BoundPipeline,
+        attempt: Attempt,
+        reply: UpstreamReply,
     ) -> Reply:
         try:
             headers = dict(reply.headers)
@@ -317,8 +338,12 @@ class Relay:
                 if first.lstrip()[:1] in (b"{", b"[", b"<"):
                     raise not_streaming(reply)
                 events = EventStream(bound, self.bounds.max_event_bytes)
-                return Reply(reply.status, headers, self._stream(ex, reply, _chain(first, chunks), events,
-                                                                 family.errors), streamed=True)
+                return Reply(
+                    reply.status,
+                    headers,
+                    self._stream(ex, reply, _chain(first, chunks), events, family.errors),
+                    streamed=True,
+                )
             if reads_body:
                 return self._json(bound, reply, headers)
             return Reply(reply.status, headers, self._stream(ex, reply, reply.raw_chunks()), streamed=True)
@@ -357,7 +382,11 @@ class Relay:
         return Reply(reply.status, headers, raw)
 
     def _stream(
-        self, ex: Exchange, reply: UpstreamReply, chunks: Iterator[bytes], events: EventStream | None = None,
+        self,
+        ex: Exchange,
+        reply: UpstreamReply,
+        chunks: Iterator[bytes],
+        events: EventStream | None = None,
         errors: ErrorShape = OPENAI_ERRORS,
     ) -> Iterator[bytes]:
         """The one loop that sends a body: SSE through the stream steps (`events`) or raw bytes.
@@ -436,8 +465,10 @@ def _without_length(headers: dict[str, str]) -> dict[str, str]:
 
 
 def not_streaming(reply: UpstreamReply) -> UpstreamBadResponse:
-    return UpstreamBadResponse(f"Upstream {reply.target.origin} did not answer a stream request with "
-                               "an event stream.", code="upstream_not_streaming")
+    return UpstreamBadResponse(
+        f"Upstream {reply.target.origin} did not answer a stream request with an event stream.",
+        code="upstream_not_streaming",
+    )
 
 
 def cancelled() -> Cancelled:

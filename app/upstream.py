@@ -53,8 +53,9 @@ def accept_decodable(headers: dict[str, str]) -> dict[str, str]:
     given = headers.get("accept-encoding")
     if given is None:
         return headers
-    keep = [p for p in (part.strip() for part in given.split(","))
-            if p and p.split(";", 1)[0].strip().lower() in DECODABLE]
+    keep = [
+        p for p in (part.strip() for part in given.split(",")) if p and p.split(";", 1)[0].strip().lower() in DECODABLE
+    ]
     out = dict(headers)
     out["accept-encoding"] = ", ".join(keep) if keep else "identity"
     return out
@@ -136,8 +137,15 @@ def map_requests_error(exc: BaseException, target: Target) -> ProxyError:
         return UpstreamTimeout(f"Upstream {where} did not answer within the timeout.")
     if isinstance(exc, requests.exceptions.SSLError):
         return UpstreamUnavailable(f"TLS handshake with upstream {where} failed.")
-    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
-                        ProtocolError, DecodeError)) or _wraps(exc, ProtocolError):
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+            ProtocolError,
+            DecodeError,
+        ),
+    ) or _wraps(exc, ProtocolError):
         return UpstreamBadResponse(f"Upstream {where} broke off or sent a malformed response.")
     if isinstance(exc, (requests.exceptions.ConnectionError, OSError)):
         return UpstreamUnavailable(f"Cannot connect to upstream {where}.")
@@ -253,8 +261,9 @@ class UpstreamReply:
                     if truncate:
                         return b"".join(parts)[:limit]
                     raise UpstreamBadResponse(
-                        f"Upstream {self.target.origin} sent an answer larger than {limit} bytes "
-                        "(MAX_RESPONSE_BYTES).", code="upstream_response_too_large")
+                        f"Upstream {self.target.origin} sent an answer larger than {limit} bytes (MAX_RESPONSE_BYTES).",
+                        code="upstream_response_too_large",
+                    )
         finally:
             self.close()
         return b"".join(parts)
@@ -320,12 +329,13 @@ class _Adapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
         self._pools: dict[tuple[str, object, object], HTTPConnectionPool] = {}
 
-    def get_connection_with_tls_context(self, request: requests.PreparedRequest, verify: object,
-                                        proxies: object = None, cert: object = None) -> HTTPConnectionPool:
+    def get_connection_with_tls_context(
+        self, request: requests.PreparedRequest, verify: object, proxies: object = None, cert: object = None
+    ) -> HTTPConnectionPool:
         if proxies:
             return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
         url = request.url or ""
-        key = (url[:url.find("/", url.find("//") + 2)], verify, cert)
+        key = (url[: url.find("/", url.find("//") + 2)], verify, cert)
         pool = self._pools.get(key)
         if pool is None or pool.pool is None:  # new, or closed when the pool manager evicted it
             pool = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)

@@ -73,8 +73,7 @@ def _common(body: dict[str, Any]) -> None:
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
-            raise InvalidRequest(f"'stream_options' must be an object (got {_show(options)}).",
-                                 param="stream_options")
+            raise InvalidRequest(f"'stream_options' must be an object (got {_show(options)}).", param="stream_options")
         _optional_bool(options, "include_usage", "stream_options.include_usage")
 
 
@@ -192,8 +191,9 @@ def _sampling(body: dict[str, Any], max_tokens_cap: int, max_n: int) -> None:
     _positive_int(body, "max_completion_tokens", max_tokens_cap)
     temperature = body.get("temperature")
     if temperature is not None and (not _is_number(temperature) or not 0 <= temperature <= 2):
-        raise InvalidRequest(f"'temperature' must be a number from 0 to 2 (got {_show(temperature)}).",
-                             param="temperature")
+        raise InvalidRequest(
+            f"'temperature' must be a number from 0 to 2 (got {_show(temperature)}).", param="temperature"
+        )
     n = body.get("n")
     if n is not None and (not _is_int(n) or not 1 <= n <= max_n):
         raise InvalidRequest(f"'n' must be an integer from 1 to {max_n} (got {_show(n)}).", param="n")
@@ -244,14 +244,22 @@ def _tools(body: dict[str, Any]) -> None:
         name = function.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"{where}.function.name must be a non-empty string.", param=f"{where}.function.name")
-        if "parameters" in function and function["parameters"] is not None \
-                and not isinstance(function["parameters"], dict):
-            raise InvalidRequest(f"{where}.function.parameters must be a JSON Schema object.",
-                                 param=f"{where}.function.parameters")
-        if "description" in function and function["description"] is not None \
-                and not isinstance(function["description"], str):
-            raise InvalidRequest(f"{where}.function.description must be a string.",
-                                 param=f"{where}.function.description")
+        if (
+            "parameters" in function
+            and function["parameters"] is not None
+            and not isinstance(function["parameters"], dict)
+        ):
+            raise InvalidRequest(
+                f"{where}.function.parameters must be a JSON Schema object.", param=f"{where}.function.parameters"
+            )
+        if (
+            "description" in function
+            and function["description"] is not None
+            and not isinstance(function["description"], str)
+        ):
+            raise InvalidRequest(
+                f"{where}.function.description must be a string.", param=f"{where}.function.description"
+            )
 
 
 def strict(family: str, body: Any, *, max_tokens_cap: int, max_n: int) -> None:

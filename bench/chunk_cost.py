@@ -56,8 +56,9 @@ def pipeline(think_mode: str) -> Pipeline:
 
 def exchange(client_model: str) -> Exchange:
     body = {"model": UPSTREAM_MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    return Exchange(request_id="bench", family="chat", method="POST", path="chat/completions", body=body,
-                    client_model=client_model)
+    return Exchange(
+        request_id="bench", family="chat", method="POST", path="chat/completions", body=body, client_model=client_model
+    )
 
 
 def relay_stream(pipe: Pipeline | None, client_model: str, chunks: tuple[bytes, ...]) -> int:
@@ -92,7 +93,8 @@ def scenarios() -> dict[str, Callable[[tuple[bytes, ...]], int]]:
     """name -> a function relaying one recorded stream (given its chunks)."""
     pipes = {mode: pipeline(mode) for mode in ("keep", "strip")}
     out: dict[str, Callable[[tuple[bytes, ...]], int]] = {
-        "decoder-only": lambda chunks: relay_stream(None, UPSTREAM_MODEL, chunks)}
+        "decoder-only": lambda chunks: relay_stream(None, UPSTREAM_MODEL, chunks)
+    }
     for mode, pipe in pipes.items():
         out[f"plain-{mode}"] = lambda chunks, p=pipe: relay_stream(p, UPSTREAM_MODEL, chunks)
         out[f"think-{mode}"] = lambda chunks, p=pipe: relay_stream(p, UPSTREAM_MODEL, chunks)
@@ -104,8 +106,9 @@ def stream_of(name: str) -> tuple[bytes, ...]:
     return stream_events(CHUNKS, name.startswith("think"))
 
 
-def timings(runs: dict[str, Callable[[tuple[bytes, ...]], int]], streams: int, repeat: int
-            ) -> dict[str, tuple[float, float]]:
+def timings(
+    runs: dict[str, Callable[[tuple[bytes, ...]], int]], streams: int, repeat: int
+) -> dict[str, tuple[float, float]]:
     """name -> (CPU us per chunk, CPU us of set-up per stream), each from the best of `repeat` timings of
     `streams` streams. Set-up (binding the pipeline, the request and header hooks, `[DONE]`) is timed on a
     stream of only `[DONE]` and taken out of the per-chunk figure. Round-robin over the scenarios, so a
@@ -119,8 +122,13 @@ def timings(runs: dict[str, Callable[[tuple[bytes, ...]], int]], streams: int, r
                 for _ in range(streams):
                     run(chunks)
                 best[name, kind] = min(best[name, kind], time.process_time() - start)
-    return {name: ((best[name, "full"] - best[name, "setup"]) / (streams * CHUNKS) * 1e6,
-                   best[name, "setup"] / streams * 1e6) for name in runs}
+    return {
+        name: (
+            (best[name, "full"] - best[name, "setup"]) / (streams * CHUNKS) * 1e6,
+            best[name, "setup"] / streams * 1e6,
+        )
+        for name in runs
+    }
 
 
 def main() -> int:
@@ -150,8 +158,10 @@ def main() -> int:
     unknown = set(names) - set(runs)
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}; one of {', '.join(runs)}")
-    print(f"app from {ROOT}; load average {os.getloadavg()[0]:.2f}; {args.streams} streams of {CHUNKS} chunks, "
-          f"best of {args.repeat}")
+    print(
+        f"app from {ROOT}; load average {os.getloadavg()[0]:.2f}; {args.streams} streams of {CHUNKS} chunks, "
+        f"best of {args.repeat}"
+    )
     for name in names:
         runs[name](stream_of(name))  # warm-up
     figures = timings({name: runs[name] for name in names}, args.streams, args.repeat)

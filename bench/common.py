@@ -49,6 +49,7 @@ NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/bin/
 WORKERS = 2
 """Gunicorn workers of the proxy and of the naive relay (nginx gets as many worker processes)."""
 
+
 def chat_body(**extra: Any) -> bytes:
     """A ~1 KB chat request."""
     prompt = " ".join(f"word{i}" for i in range(130))
@@ -88,7 +89,6 @@ class Plan:
 # -- processes ----------------------------------------------------------------
 
 
-
 def raise_nofile() -> int:
     """Raise RLIMIT_NOFILE to the hard limit; children inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -108,8 +108,15 @@ class Proc:
         self.log_path = RESULTS / f"{name}.log"
         RESULTS.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -181,8 +188,22 @@ def start_upstream(name: str = "upstream") -> Proc:
 def start_naive(upstream: Proc, name: str = "naive", workers: int = WORKERS) -> Proc:
     """bench/naive_relay.py (a 30-line Flask + requests relay) under Gunicorn gevent, as the proxy runs."""
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "-b", f"{HOST}:{port}",
-            "--worker-connections", "10000", "--chdir", str(BENCH), "naive_relay:app"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gevent",
+        "-w",
+        str(workers),
+        "-b",
+        f"{HOST}:{port}",
+        "--worker-connections",
+        "10000",
+        "--chdir",
+        str(BENCH),
+        "naive_relay:app",
+    ]
     env = {**os.environ, "NAIVE_UPSTREAM": f"http://{HOST}:{upstream.port}/v1"}
     return started(Proc(name, argv, env, port), "/v1/models", 60, workers)
 
@@ -238,8 +259,15 @@ def gunicorn_settings(env: dict[str, str]) -> dict[str, Any]:
         "import json, runpy; c = runpy.run_path('gunicorn.conf.py'); "
         "print(json.dumps({k: c.get(k) for k in ('worker_class', 'workers', 'threads', 'worker_connections')}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env}, capture_output=True,
-                         text=True, timeout=30, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     if out.returncode != 0:
         raise BenchError(f"gunicorn.conf.py does not load:\n{(out.stderr or out.stdout).strip()}")
     return dict(json.loads(out.stdout))
@@ -378,7 +406,6 @@ def diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
-
 # -- requests from Python: c=1 and c=32 ----------------------------------------
 
 
@@ -423,8 +450,9 @@ class KeepAliveClient:
         self.conn.close()
 
 
-def measure_latency(ports: dict[str, int], n: int, block: int, budget_s: float = 180.0,
-                    bodies: dict[str, bytes] | None = None) -> dict[str, Any]:
+def measure_latency(
+    ports: dict[str, int], n: int, block: int, budget_s: float = 180.0, bodies: dict[str, bytes] | None = None
+) -> dict[str, Any]:
     """`n` sequential POSTs per target (`bodies[name]`, default CHAT_BODY), in blocks alternating
     ABBA (for more targets: in order, then reversed); p50/p99 per target and the p50 of each block.
     Stops after the first whole round of blocks past `budget_s`."""
@@ -446,9 +474,14 @@ def measure_latency(ports: dict[str, int], n: int, block: int, budget_s: float =
         for client in clients.values():
             client.close()
     return {
-        name: {"n": len(values), "p50_ms": ms(pct(values, 50)), "p99_ms": ms(pct(values, 99)),
-               "mean_ms": ms(sum(values) / len(values)), "reconnects": clients[name].reconnects,
-               "block_p50_ms": blocks[name]}
+        name: {
+            "n": len(values),
+            "p50_ms": ms(pct(values, 50)),
+            "p99_ms": ms(pct(values, 99)),
+            "mean_ms": ms(sum(values) / len(values)),
+            "reconnects": clients[name].reconnects,
+            "block_p50_ms": blocks[name],
+        }
         for name, values in samples.items()
     }
 
@@ -456,8 +489,9 @@ def measure_latency(ports: dict[str, int], n: int, block: int, budget_s: float =
 # -- b. req/s at c=32 ------------------------------------------------------------
 
 
-async def rps_round(port: int, concurrency: int, seconds: float, max_requests: int = 2_000_000,
-                    body: bytes = CHAT_BODY) -> Counter[str]:
+async def rps_round(
+    port: int, concurrency: int, seconds: float, max_requests: int = 2_000_000, body: bytes = CHAT_BODY
+) -> Counter[str]:
     """Closed-loop load for `seconds`: counts of ok and error answers, and the elapsed `us`."""
     counts = Counter[str]()
     url = f"http://{HOST}:{port}{CHAT_PATH}"
@@ -488,16 +522,21 @@ def measure_rps(ports: dict[str, int], plan: Plan, bodies: dict[str, bytes] | No
     names = list(ports)
     for r in range(plan.rps_rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            one = asyncio.run(rps_round(ports[name], plan.rps_concurrency, plan.rps_seconds,
-                                        body=bodies.get(name, CHAT_BODY)))
+            one = asyncio.run(
+                rps_round(ports[name], plan.rps_concurrency, plan.rps_seconds, body=bodies.get(name, CHAT_BODY))
+            )
             rounds[name].append(round(one["ok"] / (one["us"] / 1e6), 1) if one["us"] else 0.0)
             totals[name] += one
     return {
-        name: {"ok": t["ok"], "errors": t["error"], "seconds": round(t["us"] / 1e6, 2),
-               "rps": round(t["ok"] / (t["us"] / 1e6), 1) if t["us"] else 0.0, "round_rps": rounds[name]}
+        name: {
+            "ok": t["ok"],
+            "errors": t["error"],
+            "seconds": round(t["us"] / 1e6, 2),
+            "rps": round(t["ok"] / (t["us"] / 1e6), 1) if t["us"] else 0.0,
+            "round_rps": rounds[name],
+        }
         for name, t in totals.items()
     }
-
 
 
 # -- reporting ---------------------------------------------------------------------
@@ -525,8 +564,9 @@ def machine_info(settings: dict[str, Any], nofile: int) -> dict[str, Any]:
             return "?"
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
-                              check=False).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
 
     dirty = git("status", "--porcelain", "--", "app", "cot_proxy.py", "gunicorn.conf.py")
     return {
@@ -577,8 +617,6 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-
-
 def loadavg() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -594,4 +632,3 @@ def write_json(name: str, report: dict[str, Any]) -> Path:
 def on_sigterm_exit() -> None:
     """SIGTERM raises SystemExit, so the callers' `finally` blocks stop every child."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-

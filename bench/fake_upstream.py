@@ -34,8 +34,22 @@ MODEL = "bench-model"
 MAX_CHUNKS = 100_000
 MAX_INTERVAL_MS = 10_000.0
 CREATED = int(time.time())
-ANSWER_WORDS = ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "keeps", "running",
-                "far", "away"]
+ANSWER_WORDS = [
+    "The",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "and",
+    "keeps",
+    "running",
+    "far",
+    "away",
+]
 
 
 def _completion_bytes() -> bytes:
@@ -131,9 +145,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": {"message": "bad JSON", "type": "invalid_request_error"}}, status=400)
     if not isinstance(body, dict) or body.get("stream") is not True:
         return web.Response(body=COMPLETION, content_type="application/json")
-    events = stream_events(
-        _int_field(body, "bench_chunks", 20, MAX_CHUNKS), body.get("bench_think") is True
-    )
+    events = stream_events(_int_field(body, "bench_chunks", 20, MAX_CHUNKS), body.get("bench_think") is True)
     interval = _float_field(body, "bench_interval_ms", 0.0, MAX_INTERVAL_MS) / 1000.0
     resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
     resp.enable_chunked_encoding()

@@ -31,8 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 COMMAND = ["-m", "gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"]
 # Variables of the developer's shell that would change what a harnessed proxy does.
-ISOLATED = ("TARGET_BASE_URL", "BACKEND_URL", "PROMETHEUS_MULTIPROC_DIR", "COT_PROXY_CONFIG", "GATEWAY_URL",
-            "OLLAMA_BASE_URL", "REDIS_URL", "GATEWAY_BEARER_TOKEN", "LLM_PARAMS")
+ISOLATED = (
+    "TARGET_BASE_URL",
+    "BACKEND_URL",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "COT_PROXY_CONFIG",
+    "GATEWAY_URL",
+    "OLLAMA_BASE_URL",
+    "REDIS_URL",
+    "GATEWAY_BEARER_TOKEN",
+    "LLM_PARAMS",
+)
 _SIGHUP_BIT = 1 << (signal.SIGHUP - 1)
 
 
@@ -115,8 +124,15 @@ class Gunicorn:
     Waits until every worker answered (`wait=False`: call `wait_ready()` later, e.g. to start several at once).
     A context manager: `stop()` on exit."""
 
-    def __init__(self, env: dict[str, str], log_path: Path | None = None, workers: int = 2, *,
-                 wait: bool = True, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path | None = None,
+        workers: int = 2,
+        *,
+        wait: bool = True,
+        timeout: float = 60.0,
+    ) -> None:
         self.port = int(env.get("PORT") or free_port())
         if log_path is None:
             log_path = Path(tempfile.mkstemp(prefix="cot-proxy-gunicorn-", suffix=".log")[1])
@@ -126,8 +142,13 @@ class Gunicorn:
         self.workers = int(full_env["WEB_CONCURRENCY"])
         self._out = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, *COMMAND], cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,
-            stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,  # stop() ends the whole group
+            [sys.executable, *COMMAND],
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # stop() ends the whole group
         )
         if wait:
             self.wait_ready(timeout)
@@ -204,8 +225,9 @@ class Gunicorn:
                     return
             time.sleep(0.05)  # polling for start-up, not synchronising a test
         self.stop()
-        raise RuntimeError(f"gunicorn not ready ({self.workers} workers answering) within {timeout:.0f} s: "
-                           + self.output())
+        raise RuntimeError(
+            f"gunicorn not ready ({self.workers} workers answering) within {timeout:.0f} s: " + self.output()
+        )
 
     def output(self) -> str:
         """Everything it printed so far."""

@@ -29,10 +29,18 @@ def panels() -> list[tuple[str, list[tuple[str, float, str]]]]:
     if wrk_path.exists():
         wrk = json.loads(wrk_path.read_text())
         rows = {k: v for k, v in wrk["summary"].items() if k != "direct"}
-        out.append(("added p50 latency, c=1, 1 KB chat (ms; wrk)",
-                    [(k, v["added_p50_ms"], COLORS.get(k, "#888")) for k, v in rows.items()]))
-        out.append(("req/s at c=32 relative to direct (wrk)",
-                    [(k, v["rps_ratio_direct"], COLORS.get(k, "#888")) for k, v in rows.items()]))
+        out.append(
+            (
+                "added p50 latency, c=1, 1 KB chat (ms; wrk)",
+                [(k, v["added_p50_ms"], COLORS.get(k, "#888")) for k, v in rows.items()],
+            )
+        )
+        out.append(
+            (
+                "req/s at c=32 relative to direct (wrk)",
+                [(k, v["rps_ratio_direct"], COLORS.get(k, "#888")) for k, v in rows.items()],
+            )
+        )
     if streams_path.exists():
         streams = json.loads(streams_path.read_text())
         first = streams["rounds"][0]
@@ -40,10 +48,18 @@ def panels() -> list[tuple[str, list[tuple[str, float, str]]]]:
         rows2 = {k: v for k, v in first.items() if k != "direct"}
         n = streams["streams"]
         color = {k: COLORS.get(k.split("-")[0].rstrip("0123456789"), "#888") for k in rows2}
-        out.append((f"{n} streams: TTFC p50 added (s)",
-                    [(k, (v["ttfc_p50_ms"] - d["ttfc_p50_ms"]) / 1000, color[k]) for k, v in rows2.items()]))
-        out.append((f"{n} streams: extra inter-chunk gap p99 over direct (ms)",
-                    [(k, v["gap_p99_ms"] - d["gap_p99_ms"], color[k]) for k, v in rows2.items()]))
+        out.append(
+            (
+                f"{n} streams: TTFC p50 added (s)",
+                [(k, (v["ttfc_p50_ms"] - d["ttfc_p50_ms"]) / 1000, color[k]) for k, v in rows2.items()],
+            )
+        )
+        out.append(
+            (
+                f"{n} streams: extra inter-chunk gap p99 over direct (ms)",
+                [(k, v["gap_p99_ms"] - d["gap_p99_ms"], color[k]) for k, v in rows2.items()],
+            )
+        )
     return out
 
 
@@ -62,12 +78,15 @@ def svg(data: list[tuple[str, list[tuple[str, float, str]]]], note: str) -> str:
             parts.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="{BAR}" fill="{color}"/>')
             parts.append(f'<text x="{max(x1, zero) + 4:.1f}" y="{y + BAR - 5}">{value:+.3g}</text>')
             y += BAR + GAP
-        parts.append(f'<line x1="{zero:.1f}" y1="{y - len(bars) * (BAR + GAP)}" x2="{zero:.1f}" y2="{y}" '
-                     'stroke="#333"/>')
+        parts.append(
+            f'<line x1="{zero:.1f}" y1="{y - len(bars) * (BAR + GAP)}" x2="{zero:.1f}" y2="{y}" stroke="#333"/>'
+        )
         y += PANEL_GAP
     parts.append(f'<text x="8" y="{y - 10}" fill="#555">{escape(note)}</text>')
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{y}" font-family="sans-serif" '
-            f'font-size="12"><rect width="100%" height="100%" fill="white"/>{"".join(parts)}</svg>\n')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{y}" font-family="sans-serif" '
+        f'font-size="12"><rect width="100%" height="100%" fill="white"/>{"".join(parts)}</svg>\n'
+    )
 
 
 def main() -> int:

@@ -70,8 +70,15 @@ ROUTING_QUICK = Plan(300, 25, 0.75, 2, 32, 100, latency_budget_s=8.0)
 
 ALIAS = "fast"
 NAMESPACED = "b/some-model"
-ROUTING_VARS = ("TARGET_BASE_URL", "BACKEND_URL", "OLLAMA_BASE_URL", "COT_PROXY_CONFIG", "DEFAULT_PROVIDER",
-                "DEFAULT_BACKEND", "GATEWAY_URL")
+ROUTING_VARS = (
+    "TARGET_BASE_URL",
+    "BACKEND_URL",
+    "OLLAMA_BASE_URL",
+    "COT_PROXY_CONFIG",
+    "DEFAULT_PROVIDER",
+    "DEFAULT_BACKEND",
+    "GATEWAY_URL",
+)
 """Left out of the parent's environment, so each proxy routes exactly as set up here."""
 ROUTE_TARGETS = {  # name -> (column label, model in the body, proxy, expected X-Cot-Proxy-Provider)
     "direct": ("direct", "bench-model", None, None),
@@ -113,8 +120,7 @@ def routing_envs(up: Proc, config: Path, extra: dict[str, str]) -> tuple[dict[st
     leaking = [k for k in ROUTING_VARS if k not in ISOLATED and os.environ.get(k)]
     if leaking:
         raise BenchError(f"unset {', '.join(leaking)}: the proxies must route only as set up here")
-    return ({"TARGET_BASE_URL": f"http://{HOST}:{up.port}/v1/", **extra},
-            {"COT_PROXY_CONFIG": str(config), **extra})
+    return ({"TARGET_BASE_URL": f"http://{HOST}:{up.port}/v1/", **extra}, {"COT_PROXY_CONFIG": str(config), **extra})
 
 
 def get_json(port: int, path: str) -> Any:
@@ -142,8 +148,9 @@ def post_label(port: int, body: bytes) -> tuple[int, str | None]:
         conn.close()
 
 
-def check_routing(ports: dict[str, int], bodies: dict[str, bytes], upstreams: list[Proc], workers: int,
-                  tries: int = 5) -> dict[str, Any]:
+def check_routing(
+    ports: dict[str, int], bodies: dict[str, bytes], upstreams: list[Proc], workers: int, tries: int = 5
+) -> dict[str, Any]:
     """Before measuring: the routed proxy's background model-list fetches reached the fake
     upstreams (User-Agent cot-proxy-background), and each proxied target answers 200 from the
     expected provider; which fake upstream served it is read from the upstreams' counters."""
@@ -155,16 +162,22 @@ def check_routing(ports: dict[str, int], bodies: dict[str, bytes], upstreams: li
             break
         time.sleep(0.2)
     listed = [m["id"] for m in get_json(ports["routed_ns"], "/v1/models")["data"]]
-    out: dict[str, Any] = {"background_model_fetches": background, "background_model_fetches_expected": want,
-                           "routed_models_listed": listed, "targets": {}}
+    out: dict[str, Any] = {
+        "background_model_fetches": background,
+        "background_model_fetches_expected": want,
+        "routed_models_listed": listed,
+        "targets": {},
+    }
     for name in PROXIED:
         before = {u.port: get_json(u.port, "/bench/stats").get("chat", 0) for u in upstreams}
         answers = Counter(post_label(ports[name], bodies[name]) for _ in range(tries))
         after = {u.port: get_json(u.port, "/bench/stats").get("chat", 0) for u in upstreams}
         expected = ROUTE_TARGETS[name][3]
         if answers != Counter({(200, expected): tries}):
-            raise BenchError(f"{name}: expected {tries} x HTTP 200 from provider {expected!r}, got "
-                             f"{dict(answers)} (see the proxy logs in bench/results/)")
+            raise BenchError(
+                f"{name}: expected {tries} x HTTP 200 from provider {expected!r}, got "
+                f"{dict(answers)} (see the proxy logs in bench/results/)"
+            )
         served = {port: after[port] - before[port] for port in after if after[port] > before[port]}
         out["targets"][name] = {"provider": expected, "served_by_upstream_port": served}
     return out
@@ -188,6 +201,7 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float 
 def routing_summary(lat: dict[str, Any], rps: dict[str, Any]) -> dict[str, Any]:
     """Added latency over direct, routed minus single (pooled, and paired per block with a CI),
     and the c=32 ratios."""
+
     def ratio(a: str, b: str) -> float | None:
         return round(rps[a]["rps"] / rps[b]["rps"], 3) if rps[b]["rps"] else None
 
@@ -199,16 +213,23 @@ def routing_summary(lat: dict[str, Any], rps: dict[str, Any]) -> dict[str, Any]:
             "rps_ratio_to_direct": ratio(name, "direct"),
         }
     for name in ROUTED:
-        pairs = [a - b for a, b in zip(lat[name]["block_p50_ms"], lat["single"]["block_p50_ms"], strict=True)
-                 if a is not None and b is not None]
+        pairs = [
+            a - b
+            for a, b in zip(lat[name]["block_p50_ms"], lat["single"]["block_p50_ms"], strict=True)
+            if a is not None and b is not None
+        ]
         med, lo, hi = median_ci(pairs)
-        per_round = [round(a / b, 3) for a, b in zip(rps[name]["round_rps"], rps["single"]["round_rps"], strict=True)
-                     if b]
+        per_round = [
+            round(a / b, 3) for a, b in zip(rps[name]["round_rps"], rps["single"]["round_rps"], strict=True) if b
+        ]
         head[name].update(
             minus_single_p50_ms=diff(lat[name]["p50_ms"], lat["single"]["p50_ms"]),
             minus_single_p99_ms=diff(lat[name]["p99_ms"], lat["single"]["p99_ms"]),
-            minus_single_block_p50_median_ms=med, minus_single_block_p50_ci95_ms=[lo, hi], blocks=len(pairs),
-            rps_ratio_to_single=ratio(name, "single"), rps_ratio_to_single_per_round=per_round,
+            minus_single_block_p50_median_ms=med,
+            minus_single_block_p50_ci95_ms=[lo, hi],
+            blocks=len(pairs),
+            rps_ratio_to_single=ratio(name, "single"),
+            rps_ratio_to_single_per_round=per_round,
         )
     return head
 
@@ -240,15 +261,22 @@ def routing_rows(lat: dict[str, Any], rps: dict[str, Any], head: dict[str, Any])
         row("added p99 vs direct (ms)", h("added_p99_ms")),
         row("routed - single, p50 (ms)", h("minus_single_p50_ms", ROUTED)),
         row("routed - single, p99 (ms)", h("minus_single_p99_ms", ROUTED)),
-        row("routed - single, block p50s: median [95% CI]",
-            lambda n: ci_text(head[n]["minus_single_block_p50_median_ms"], *head[n]["minus_single_block_p50_ci95_ms"])
-            if n in ROUTED else "-"),
+        row(
+            "routed - single, block p50s: median [95% CI]",
+            lambda n: (
+                ci_text(head[n]["minus_single_block_p50_median_ms"], *head[n]["minus_single_block_p50_ci95_ms"])
+                if n in ROUTED
+                else "-"
+            ),
+        ),
         row("req/s c=32", lambda n: fmt(rps[n]["rps"])),
         row("req/s errors c=32", lambda n: fmt(rps[n]["errors"])),
         row("ratio to direct c=32", h("rps_ratio_to_direct")),
         row("ratio routed / single c=32", h("rps_ratio_to_single", ROUTED)),
-        row("  same, per round: min - max", lambda n: span(head[n]["rps_ratio_to_single_per_round"]) if n in ROUTED
-            else "-"),
+        row(
+            "  same, per round: min - max",
+            lambda n: span(head[n]["rps_ratio_to_single_per_round"]) if n in ROUTED else "-",
+        ),
     ]
 
 
@@ -266,8 +294,10 @@ def run_routing(plan: Plan, extra_env: dict[str, str], procs: list[Server], tmp:
     settings = gunicorn_settings(single_env)
     info = machine_info(settings, nofile)
     print(f"machine: nproc={info['nproc']} python={info['python']} load={info['loadavg_at_start']} git={info['git']}")
-    print(f"gunicorn (each proxy): worker_class={settings['worker_class']} workers={settings['workers']} "
-          f"worker_connections={settings['worker_connections']}" + (f"  env={extra_env}" if extra_env else ""))
+    print(
+        f"gunicorn (each proxy): worker_class={settings['worker_class']} workers={settings['workers']} "
+        f"worker_connections={settings['worker_connections']}" + (f"  env={extra_env}" if extra_env else "")
+    )
     workers = settings["workers"]
     proxies = {"single": start_proxy("proxy-single", single_env, workers, wait=False)}
     procs.append(proxies["single"])
@@ -286,8 +316,11 @@ def run_routing(plan: Plan, extra_env: dict[str, str], procs: list[Server], tmp:
     warm_up(ports, plan, bodies, rps_s=0.5)
     time.sleep(0.5)
     res: dict[str, Any] = {"idle_rss_mb": {n: round(tree_rss_mb(p.proc.pid), 1) for n, p in proxies.items()}}
-    print(f"a. latency c=1: up to {plan.latency_n} sequential POSTs per target (at most ~{plan.latency_budget_s:g} s), "
-          f"blocks of {plan.latency_block} interleaved over {', '.join(ports)} ...", flush=True)
+    print(
+        f"a. latency c=1: up to {plan.latency_n} sequential POSTs per target (at most ~{plan.latency_budget_s:g} s), "
+        f"blocks of {plan.latency_block} interleaved over {', '.join(ports)} ...",
+        flush=True,
+    )
     res["latency"] = measure_latency(ports, plan.latency_n, plan.latency_block, plan.latency_budget_s, bodies)
     print(f"b. req/s c={plan.rps_concurrency}: {plan.rps_rounds} x {plan.rps_seconds:g} s per target ...", flush=True)
     res["rps"] = measure_rps(ports, plan, bodies)
@@ -302,8 +335,10 @@ def run_routing(plan: Plan, extra_env: dict[str, str], procs: list[Server], tmp:
         "machine": info,
         "upstream_ports": [up.port, up2.port],
         "routing_config": config.read_text(),
-        "targets": {n: {"label": label, "model": model, "proxy": proxy, "provider": provider}
-                    for n, (label, model, proxy, provider) in ROUTE_TARGETS.items()},
+        "targets": {
+            n: {"label": label, "model": model, "proxy": proxy, "provider": provider}
+            for n, (label, model, proxy, provider) in ROUTE_TARGETS.items()
+        },
         "checks": checks,
         "headline": head,
         "rows": routing_rows(res["latency"], res["rps"], head),
@@ -337,11 +372,15 @@ def report_routing(rep: dict[str, Any], seconds: float) -> None:
         for n, t in checks["targets"].items()
     )
     print(f"\nchecks: {served}")
-    print(f"  background model-list fetches seen by the upstreams (User-Agent cot-proxy-background): "
-          f"{checks['background_model_fetches']} (>= {checks['background_model_fetches_expected']} expected); "
-          f"routed /v1/models lists {len(checks['routed_models_listed'])} ids")
-    print(f"  idle RSS, master+workers (MiB): single {res['idle_rss_mb']['single']}, "
-          f"routed {res['idle_rss_mb']['routed']}")
+    print(
+        f"  background model-list fetches seen by the upstreams (User-Agent cot-proxy-background): "
+        f"{checks['background_model_fetches']} (>= {checks['background_model_fetches_expected']} expected); "
+        f"routed /v1/models lists {len(checks['routed_models_listed'])} ids"
+    )
+    print(
+        f"  idle RSS, master+workers (MiB): single {res['idle_rss_mb']['single']}, "
+        f"routed {res['idle_rss_mb']['routed']}"
+    )
     for name, problems in res["log_problems"].items():
         print(f"proxy log ({name}): {problems['count']} error-looking lines ({problems['log']})")
         for line in problems["first"]:

@@ -85,7 +85,7 @@ class Text:
         while n > 0:
             start = self.rng.randrange(len(self.pool) - 1024)
             take = min(n, 1024)
-            out.append(self.pool[start:start + take])
+            out.append(self.pool[start : start + take])
             n -= take
         return "".join(out)
 
@@ -108,7 +108,7 @@ class Server:
         out, value = [], 0
         data = text.encode()
         for k in range(BLOCK_CHARS, len(data) + 1, BLOCK_CHARS):
-            value = zlib.crc32(data[k - BLOCK_CHARS:k], value)
+            value = zlib.crc32(data[k - BLOCK_CHARS : k], value)
             out.append(value | k << 32)
         return out
 
@@ -171,7 +171,7 @@ class SGLangReference:
         out, value = [], 0
         data = text.encode()
         for k in range(self.GRAIN, len(data) + 1, self.GRAIN):
-            value = zlib.crc32(data[k - self.GRAIN:k], value)
+            value = zlib.crc32(data[k - self.GRAIN : k], value)
             out.append(value | k << 32)
         return out
 
@@ -272,16 +272,23 @@ def docs(rng: random.Random, text: Text) -> Workload:
 def skew(rng: random.Random, text: Text) -> Workload:
     popular = text(2048)
     others = [text(2048) for _ in range(40)]
-    reqs = [single([("system", popular if rng.random() < 0.8 else rng.choice(others)), ("user", text(128))], 256)
-            for _ in range(1000)]
+    reqs = [
+        single([("system", popular if rng.random() < 0.8 else rng.choice(others)), ("user", text(128))], 256)
+        for _ in range(1000)
+    ]
     return Workload("skew", poisson(rng, reqs, 24.0))
 
 
 def chat(rng: random.Random, text: Text, name: str = "chat") -> Workload:
     users, rounds = 100, 6
-    return Workload(name, users=users, rounds=rounds, system=text(1000),
-                    questions=[[text(150) for _ in range(rounds)] for _ in range(users)],
-                    answers=[[text(200) for _ in range(rounds)] for _ in range(users)])
+    return Workload(
+        name,
+        users=users,
+        rounds=rounds,
+        system=text(1000),
+        questions=[[text(150) for _ in range(rounds)] for _ in range(users)],
+        answers=[[text(200) for _ in range(rounds)] for _ in range(users)],
+    )
 
 
 def failure(rng: random.Random, text: Text) -> Workload:
@@ -294,12 +301,15 @@ def gunicorn(rng: random.Random, text: Text) -> Workload:
     systems = [text(1000) for _ in range(12)]
     reqs = [single([("system", systems[g]), ("user", text(75))], 1) for g in range(12) for _ in range(6)]
     rng.shuffle(reqs)
-    return Workload("gunicorn", [(0.0, r) for r in reqs], backends=3, cache_blocks=400, clients=4,
-                    time_scale=0.01)
+    return Workload("gunicorn", [(0.0, r) for r in reqs], backends=3, cache_blocks=400, clients=4, time_scale=0.01)
 
 
 WORKLOADS: dict[str, Callable[[random.Random, Text], Workload]] = {
-    "groups": groups, "chat": chat, "docs": docs, "skew": skew, "failure": failure,
+    "groups": groups,
+    "chat": chat,
+    "docs": docs,
+    "skew": skew,
+    "failure": failure,
 }
 EXTRA: dict[str, Callable[[random.Random, Text], Workload]] = {"gunicorn": gunicorn}
 
@@ -327,8 +337,7 @@ def simulate(work: Workload, strategy: str, n_routers: int, seed: int) -> Result
     rng = random.Random(seed)
     servers = [Server(i, work.cache_blocks) for i in range(work.backends)]
     targets = [Target(base_url=f"http://backend-{i}.internal:8000/v1/") for i in range(work.backends)]
-    views = [[Backend(target=t, failure_threshold=3, cooldown_seconds=1e9) for t in targets]
-             for _ in range(n_routers)]
+    views = [[Backend(target=t, failure_threshold=3, cooldown_seconds=1e9) for t in targets] for _ in range(n_routers)]
     strategies = [make_strategy(strategy) for _ in range(n_routers)]
     counters = [itertools.count() for _ in range(n_routers)]
     events: list[tuple[float, int, str, Any]] = []
@@ -405,8 +414,9 @@ def simulate(work: Workload, strategy: str, n_routers: int, seed: int) -> Result
         strat = strategies[job.router]
         if isinstance(strat, CacheAware):
             if job.decision is not None:
-                strat.feedback(job.decision, backend, {"prompt_tokens": tokens,
-                                                   "prompt_tokens_details": {"cached_tokens": cached}})
+                strat.feedback(
+                    job.decision, backend, {"prompt_tokens": tokens, "prompt_tokens_details": {"cached_tokens": cached}}
+                )
         if server.queue and server.up:
             start(now, server, server.queue.pop(0))
         if req.user is not None and req.round + 1 < work.rounds:
@@ -452,14 +462,13 @@ def simulate(work: Workload, strategy: str, n_routers: int, seed: int) -> Result
     total = sum(t for _, t in hits) or 1
     served = [s.served for s in servers if s.up or work.fail_at is None]
     mean = sum(served) / len(served)
-    res = Result(total_cached / total, percentile(ttfts, 0.9) * 1000, max(served) / mean, len(hits),
-                 after_ejection)
+    res = Result(total_cached / total, percentile(ttfts, 0.9) * 1000, max(served) / mean, len(hits), after_ejection)
     if fail_index is not None:
-        pre = hits[max(0, fail_index - 200):fail_index]
+        pre = hits[max(0, fail_index - 200) : fail_index]
         res.pre_hit = sum(c for c, _ in pre) / max(1, sum(t for _, t in pre))
         window = 20
         for k in range(fail_index, len(hits) - window + 1):
-            seg = hits[k:k + window]
+            seg = hits[k : k + window]
             rate = sum(c for c, _ in seg) / max(1, sum(t for _, t in seg))
             if rate >= 0.9 * res.pre_hit:
                 res.recovery = k - fail_index + window
@@ -523,13 +532,15 @@ def main(argv: list[str] | None = None) -> int:
                 if work.fail_at is not None:
                     rec = "never" if r.recovery is None else f"{r.recovery} req"
                     notes = f"sent after ejection {r.after_ejection}; pre-failure {r.pre_hit:.1%}; back to 90% in {rec}"
-                print(f"{wname:<9} {sname:<16} {r.hit_rate * 100:6.1f} {r.ttft_p90_ms:12.0f} {r.max_mean:9.2f}"
-                      f"  {notes}")
+                print(
+                    f"{wname:<9} {sname:<16} {r.hit_rate * 100:6.1f} {r.ttft_p90_ms:12.0f} {r.max_mean:9.2f}  {notes}"
+                )
     if args.gunicorn_seeds:
         n = args.gunicorn_seeds
         print(f"\n## the real-Gunicorn test's shape (3 backends, 2 routers, 12 groups x 6, 4 clients; seeds 1-{n})")
-        print(f"{'strategy':<16} {'hit % median':>12} {'hit % worst':>12} {'max/mean median':>16}"
-              f" {'max/mean worst':>15}")
+        print(
+            f"{'strategy':<16} {'hit % median':>12} {'hit % worst':>12} {'max/mean median':>16} {'max/mean worst':>15}"
+        )
         for sname in names:
             rs = gunicorn_shape(sname, range(1, n + 1))
             hit = sorted(r.hit_rate * 100 for r in rs)

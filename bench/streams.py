@@ -76,8 +76,11 @@ SEQ_RE = re.compile(rb'"bench_seq":\s*(\d+)')
 SATURATED = 0.8  # share of one core above which the single-threaded client or upstream is the bottleneck
 REF_DIR = "/tmp/cot-streams-ref-{}"
 TARGETS = {  # issue 13's floors for this round, checked on the default cot-proxy row
-    "completed": "== N", "ttfc_p50_added_ms": "<= 500", "extra_gap_p99_ms": "<= 60",
-    "idle_rss_mb": "<= 120", "peak_rss_mb": "<= 180",
+    "completed": "== N",
+    "ttfc_p50_added_ms": "<= 500",
+    "extra_gap_p99_ms": "<= 60",
+    "idle_rss_mb": "<= 120",
+    "peak_rss_mb": "<= 180",
 }
 
 
@@ -112,8 +115,9 @@ class StreamRun:
         }
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes, interval: float,
-                     expect: int | None, run: StreamRun) -> None:
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, body: bytes, interval: float, expect: int | None, run: StreamRun
+) -> None:
     """One streamed chat request: time to first event, and the arrival time of each chunk."""
     start = time.perf_counter()
     first: float | None = None
@@ -158,8 +162,9 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes, inte
         run.completed += 1
 
 
-async def run_streams(port: int, n: int, chunks: int, interval_ms: float, think: bool = False,
-                      expect_all: bool = True) -> StreamRun:
+async def run_streams(
+    port: int, n: int, chunks: int, interval_ms: float, think: bool = False, expect_all: bool = True
+) -> StreamRun:
     """`n` streams started at once; bounded by a total timeout."""
     run = StreamRun(streams=n)
     extra: dict[str, Any] = {"stream": True, "bench_chunks": chunks, "bench_interval_ms": interval_ms}
@@ -179,8 +184,16 @@ async def run_streams(port: int, n: int, chunks: int, interval_ms: float, think:
     return run
 
 
-def measure(port: int, upstream: Proc, n: int, chunks: int, interval_ms: float, think: bool,
-            server: Server | None = None, gunicorn: bool = False) -> dict[str, Any]:
+def measure(
+    port: int,
+    upstream: Proc,
+    n: int,
+    chunks: int,
+    interval_ms: float,
+    think: bool,
+    server: Server | None = None,
+    gunicorn: bool = False,
+) -> dict[str, Any]:
     """N concurrent streams to `port`, with the CPU the client and the upstream used; for a relay `server`
     also its peak RSS and, for a Gunicorn one, its workers' CPU per relayed upstream chunk."""
     master = server.proc.pid if server is not None else None
@@ -199,8 +212,11 @@ def measure(port: int, upstream: Proc, n: int, chunks: int, interval_ms: float, 
     if gunicorn:
         user, system = wk[0] - wk0[0], wk[1] - wk0[1]
         relayed = run.completed * chunks
-        out.update(worker_cpu_user_s=round(user, 2), worker_cpu_sys_s=round(system, 2),
-                   cpu_us_per_chunk=round((user + system) / relayed * 1e6, 1) if relayed else None)
+        out.update(
+            worker_cpu_user_s=round(user, 2),
+            worker_cpu_sys_s=round(system, 2),
+            cpu_us_per_chunk=round((user + system) / relayed * 1e6, 1) if relayed else None,
+        )
     return out
 
 
@@ -217,8 +233,9 @@ class Target:
         return self.server.port
 
 
-def start_targets(args: argparse.Namespace, upstream: Proc, tmp: Path, extra: dict[str, str],
-                  targets: list[Target]) -> None:
+def start_targets(
+    args: argparse.Namespace, upstream: Proc, tmp: Path, extra: dict[str, str], targets: list[Target]
+) -> None:
     """Fills `targets` as it goes, so the caller's `finally` stops whatever started."""
     targets.append(Target("direct", "direct (fake upstream)", upstream))
     nginx = start_nginx(upstream, tmp, "streams-nginx")
@@ -229,25 +246,61 @@ def start_targets(args: argparse.Namespace, upstream: Proc, tmp: Path, extra: di
     for mode in args.modes or [None]:
         env = proxy_env(upstream, {**extra, **({"THINK_MODE": mode} if mode else {})})
         name = f"proxy-{mode}" if mode else "proxy"
-        targets.append(Target(name, f"cot-proxy {here}{f' THINK_MODE={mode}' if mode else ''}",
-                              start_proxy(f"streams-{name}", env), gunicorn=True))
+        targets.append(
+            Target(
+                name,
+                f"cot-proxy {here}{f' THINK_MODE={mode}' if mode else ''}",
+                start_proxy(f"streams-{name}", env),
+                gunicorn=True,
+            )
+        )
         for i, ref in enumerate(args.ref):
             server = start_proxy_at(Path(REF_DIR.format(i)), f"streams-ref{i}{f'-{mode}' if mode else ''}", env)
-            targets.append(Target(f"ref{i}-{mode}" if mode else f"ref{i}",
-                                  f"cot-proxy {ref}{f' THINK_MODE={mode}' if mode else ''}", server, gunicorn=True))
+            targets.append(
+                Target(
+                    f"ref{i}-{mode}" if mode else f"ref{i}",
+                    f"cot-proxy {ref}{f' THINK_MODE={mode}' if mode else ''}",
+                    server,
+                    gunicorn=True,
+                )
+            )
 
 
 def rows(res: dict[str, Any], labels: dict[str, str], n: int) -> list[tuple[str, ...]]:
     direct = res["direct"]
-    out: list[tuple[str, ...]] = [("target", "completed", "errors", "TTFC p50 (s)", "added", "gap p99 (ms)",
-                                   "extra", "gap-nominal p99", "idle RSS", "peak RSS", "CPU us/chunk")]
+    out: list[tuple[str, ...]] = [
+        (
+            "target",
+            "completed",
+            "errors",
+            "TTFC p50 (s)",
+            "added",
+            "gap p99 (ms)",
+            "extra",
+            "gap-nominal p99",
+            "idle RSS",
+            "peak RSS",
+            "CPU us/chunk",
+        )
+    ]
     for name, r in res.items():
         added = diff(r["ttfc_p50_ms"], direct["ttfc_p50_ms"]) if name != "direct" else None
         extra = diff(r["gap_p99_ms"], direct["gap_p99_ms"]) if name != "direct" else None
-        out.append((labels[name], f"{r['completed']}/{n}", fmt(r["errors"]), fmt(_s(r["ttfc_p50_ms"])),
-                    "-" if added is None else f"{added / 1000:+.2f}", fmt(r["gap_p99_ms"]),
-                    "-" if extra is None else f"{extra:+.0f}", fmt(r["gap_minus_nominal_p99_ms"]),
-                    fmt(r.get("idle_rss_mb")), fmt(r.get("peak_rss_mb")), fmt(r.get("cpu_us_per_chunk"))))
+        out.append(
+            (
+                labels[name],
+                f"{r['completed']}/{n}",
+                fmt(r["errors"]),
+                fmt(_s(r["ttfc_p50_ms"])),
+                "-" if added is None else f"{added / 1000:+.2f}",
+                fmt(r["gap_p99_ms"]),
+                "-" if extra is None else f"{extra:+.0f}",
+                fmt(r["gap_minus_nominal_p99_ms"]),
+                fmt(r.get("idle_rss_mb")),
+                fmt(r.get("peak_rss_mb")),
+                fmt(r.get("cpu_us_per_chunk")),
+            )
+        )
     return out
 
 
@@ -280,16 +333,26 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams (default 1000)")
     parser.add_argument("--chunks", type=int, default=20, help="chunks per stream (default 20)")
     parser.add_argument("--interval-ms", type=float, default=50.0, help="between chunks (default 50)")
-    parser.add_argument("--modes", nargs="+", choices=("keep", "strip", "separate"),
-                        help="one cot-proxy per THINK_MODE (default: one, default configuration)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("keep", "strip", "separate"),
+        help="one cot-proxy per THINK_MODE (default: one, default configuration)",
+    )
     parser.add_argument("--think-content", action="store_true", help="think-heavy chunks (bench_think)")
-    parser.add_argument("--ref", nargs="+", default=[], metavar="COMMIT",
-                        help="also cot-proxy at these commits (git worktrees)")
+    parser.add_argument(
+        "--ref", nargs="+", default=[], metavar="COMMIT", help="also cot-proxy at these commits (git worktrees)"
+    )
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VAL", help="cot-proxy environment")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all targets (default 1)")
     args = parser.parse_args()
-    if not (1 <= args.streams <= 10_000 and 1 <= args.chunks <= 1000 and 0 <= args.interval_ms <= 10_000
-            and 1 <= args.repeat <= 5 and len(args.ref) <= 3):
+    if not (
+        1 <= args.streams <= 10_000
+        and 1 <= args.chunks <= 1000
+        and 0 <= args.interval_ms <= 10_000
+        and 1 <= args.repeat <= 5
+        and len(args.ref) <= 3
+    ):
         parser.error("--streams 1..10000, --chunks 1..1000, --interval-ms 0..10000, --repeat 1..5, --ref: 3 at most")
     extra = parse_env(args.env)
     on_sigterm_exit()
@@ -304,8 +367,11 @@ def main() -> int:
             upstream = start_upstream("streams-upstream")
             start_targets(args, upstream, Path(tmp), extra, targets)
             info = machine_info(gunicorn_settings(proxy_env(upstream, extra)), nofile)
-            print(f"load {load0}; {args.streams} streams x {args.chunks} chunks, {args.interval_ms:g} ms apart; "
-                  f"targets: {', '.join(t.name for t in targets)}", flush=True)
+            print(
+                f"load {load0}; {args.streams} streams x {args.chunks} chunks, {args.interval_ms:g} ms apart; "
+                f"targets: {', '.join(t.name for t in targets)}",
+                flush=True,
+            )
             for t in targets:  # warm: connections, pools, code paths
                 asyncio.run(run_streams(t.port, 50, 5, 0.0, args.think_content, expect_all=False))
             time.sleep(1.0)  # let the warm-up's connections close before idle RSS is read
@@ -316,8 +382,16 @@ def main() -> int:
                 for t in targets if r % 2 == 0 else targets[::-1]:
                     print(f"  round {r + 1}: {t.name} ...", flush=True)
                     relay = None if t.name == "direct" else t.server
-                    one[t.name] = measure(t.port, upstream, args.streams, args.chunks, args.interval_ms,
-                                          args.think_content, relay, t.gunicorn)
+                    one[t.name] = measure(
+                        t.port,
+                        upstream,
+                        args.streams,
+                        args.chunks,
+                        args.interval_ms,
+                        args.think_content,
+                        relay,
+                        t.gunicorn,
+                    )
                     if t.name in idle:
                         one[t.name]["idle_rss_mb"] = idle[t.name]
                 rounds.append({t.name: one[t.name] for t in targets})
@@ -335,22 +409,42 @@ def main() -> int:
         print(f"\nround {i + 1} of {len(rounds)} (TTFC added, gap extra: vs direct in this run)")
         print_table(rows(one, labels, args.streams))
     v = verdicts(res, args.streams)
-    print("\ntargets (round 1, cot-proxy default row): " + "; ".join(
-        f"{k} {fmt(x['value'])} {x['target']}: {'met' if x['met'] else 'MISSED'}"
-        for k, x in v.items() if k != "below_naive"))
+    print(
+        "\ntargets (round 1, cot-proxy default row): "
+        + "; ".join(
+            f"{k} {fmt(x['value'])} {x['target']}: {'met' if x['met'] else 'MISSED'}"
+            for k, x in v.items()
+            if k != "below_naive"
+        )
+    )
     if "below_naive" in v:
         print(f"below the naive relay: {v['below_naive']}")
     d = res["direct"]
     if max(d["client_core_share"], d["upstream_core_share"]) >= SATURATED:
-        print(f"note: on the direct leg the client used {d['client_core_share']:.0%} and the upstream "
-              f"{d['upstream_core_share']:.0%} of a core: TTFC and gaps are bounded by them too.")
+        print(
+            f"note: on the direct leg the client used {d['client_core_share']:.0%} and the upstream "
+            f"{d['upstream_core_share']:.0%} of a core: TTFC and gaps are bounded by them too."
+        )
     print(f"log lines that look like problems: { {k: p['count'] for k, p in problems.items()} }")
     print(f"took {seconds:.0f} s; load {load0} at start, {loadavg()} at end")
-    out = write_json("streams_latest.json", {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:], "machine": info,
-        "load_start": load0, "load_end": loadavg(), "streams": args.streams, "chunks": args.chunks,
-        "interval_ms": args.interval_ms, "think_content": args.think_content, "labels": labels,
-        "rounds": rounds, "targets": v, "log_problems": problems})
+    out = write_json(
+        "streams_latest.json",
+        {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv[1:],
+            "machine": info,
+            "load_start": load0,
+            "load_end": loadavg(),
+            "streams": args.streams,
+            "chunks": args.chunks,
+            "interval_ms": args.interval_ms,
+            "think_content": args.think_content,
+            "labels": labels,
+            "rounds": rounds,
+            "targets": v,
+            "log_problems": problems,
+        },
+    )
     print(f"wrote {out.relative_to(REPO)}")
     return 0
 

@@ -46,10 +46,10 @@ ANSWER = "The answer is four, as anyone can check by counting on their fingers o
 def pieces(body: dict[str, Any]) -> list[str]:
     size = max(1, min(64, int(body.get("bench_chunk_chars", 4))))
     reasoning = int(body.get("bench_reasoning_chars", -1))
-    out = [ANSWER[i:i + size] for i in range(0, len(ANSWER), size)]
+    out = [ANSWER[i : i + size] for i in range(0, len(ANSWER), size)]
     if reasoning >= 0:
         text = ("thinking " * (reasoning // 9 + 1))[:reasoning] or "\n"
-        out = [text[i:i + size] for i in range(0, len(text), size)] + ["</think>", "\n\n"] + out
+        out = [text[i : i + size] for i in range(0, len(text), size)] + ["</think>", "\n\n"] + out
     return out[:MAX_CHUNKS]
 
 
@@ -59,8 +59,13 @@ def serve(port: int) -> None:
     from aiohttp import web
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        data = {"id": "chatcmpl-b", "object": "chat.completion.chunk", "created": 1, "model": "bench",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        data = {
+            "id": "chatcmpl-b",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "bench",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         return b"data: " + json.dumps(data).encode() + b"\n\n"
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -95,8 +100,9 @@ def first_visible(port: int, model: str, timeout: float = 30.0, **bench: Any) ->
     """(seconds to the first event with visible text, that text); reads no further, or the whole
     stream with `bench['whole']` (then the text is everything visible)."""
     whole = bench.pop("whole", False)
-    body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "2+2?"}],
-                       **bench}).encode()
+    body = json.dumps(
+        {"model": model, "stream": True, "messages": [{"role": "user", "content": "2+2?"}], **bench}
+    ).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     started = time.perf_counter()
     try:
@@ -129,8 +135,10 @@ def first_visible(port: int, model: str, timeout: float = 30.0, **bench: Any) ->
 
 def stats(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p90_ms": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1000, 1)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p90_ms": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1000, 1),
+    }
 
 
 def main() -> None:
@@ -154,8 +162,12 @@ def main() -> None:
     extra = dict(pair.split("=", 1) for pair in args.env)
     bench.RESULTS.mkdir(parents=True, exist_ok=True)
     up_port = bench.free_port()
-    upstream = bench.Proc("prefill-upstream", [sys.executable, str(Path(__file__).resolve()), "--serve",
-                                               str(up_port)], dict(bench.os.environ), up_port)
+    upstream = bench.Proc(
+        "prefill-upstream",
+        [sys.executable, str(Path(__file__).resolve()), "--serve", str(up_port)],
+        dict(bench.os.environ),
+        up_port,
+    )
     proxy = None
     try:
         upstream.wait_ready("/v1/models", 20)
@@ -171,9 +183,12 @@ def main() -> None:
             cases: dict[str, list[float]] = {"direct": [], "known": [], "unknown_held": [], "unknown_other": []}
             for _ in range(n):  # interleaved, so drift hits every case alike
                 tag = uuid.uuid4().hex[:8]
-                for case, port, model in (("direct", up_port, "x"), ("known", proxy.port, "bench-r1-known"),
-                                          ("unknown_held", proxy.port, f"bench-r1-{tag}"),
-                                          ("unknown_other", proxy.port, f"bench-{tag}")):
+                for case, port, model in (
+                    ("direct", up_port, "x"),
+                    ("known", proxy.port, "bench-r1-known"),
+                    ("unknown_held", proxy.port, f"bench-r1-{tag}"),
+                    ("unknown_other", proxy.port, f"bench-{tag}"),
+                ):
                     took, _ = first_visible(port, model, bench_interval_ms=interval, **common)
                     cases[case].append(took)
             ttfc[f"{interval:g}ms"] = {case: stats(v) for case, v in cases.items()}
@@ -181,8 +196,13 @@ def main() -> None:
         for interval in intervals:
             row = {}
             for length in lengths:
-                _, text = first_visible(proxy.port, f"bench-r1-pre-{uuid.uuid4().hex[:8]}", bench_interval_ms=interval,
-                                        bench_reasoning_chars=length, **common)
+                _, text = first_visible(
+                    proxy.port,
+                    f"bench-r1-pre-{uuid.uuid4().hex[:8]}",
+                    bench_interval_ms=interval,
+                    bench_reasoning_chars=length,
+                    **common,
+                )
                 row[str(length)] = "leaked" if "thinking" in text else "caught"
             leaks[f"{interval:g}ms"] = row
         meta = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
@@ -191,9 +211,14 @@ def main() -> None:
             think = json.loads(meta.getresponse().read()).get("reasoning", {}).get("think_prefill", {})
         finally:
             meta.close()
-        result = {"n": n, "chunk_chars": args.chunk_chars, "env": extra,
-                  "hold": {k: think.get(k) for k in ("hold_chars", "hold_ms", "hold_models")},
-                  "ttfc": ttfc, "first_stream_of_a_prefilling_model": leaks}
+        result = {
+            "n": n,
+            "chunk_chars": args.chunk_chars,
+            "env": extra,
+            "hold": {k: think.get(k) for k in ("hold_chars", "hold_ms", "hold_models")},
+            "ttfc": ttfc,
+            "first_stream_of_a_prefilling_model": leaks,
+        }
     finally:
         if proxy is not None:
             proxy.stop()

@@ -80,16 +80,29 @@ PY_N = 1000  # Python-client c=1 requests per target
 # A sampled frame is `function (path:line)`, path relative to sys.path -> the bucket its CPU is counted in
 # (first match wins; matched on the leaf frame, where the CPU was spent).
 BUCKETS = [
-    ("cot-proxy app/transforms", "(app/transforms/"), ("cot-proxy app/observability", "(app/observability/"),
-    ("cot-proxy app/access", "(app/access/"), ("cot-proxy app/routing", "(app/routing/"),
-    ("cot-proxy app/relay, upstream, exchange", "(app/relay.py"), ("cot-proxy app/relay, upstream, exchange",
-                                                                   "(app/upstream.py"),
-    ("cot-proxy app/relay, upstream, exchange", "(app/exchange.py"), ("cot-proxy app/sse", "(app/sse.py"),
-    ("cot-proxy app (other)", "(app/"), ("naive_relay.py", "(naive_relay.py"),
-    ("requests", "(requests/"), ("urllib3", "(urllib3/"), ("http.client", "(http/client.py"),
-    ("werkzeug", "(werkzeug/"), ("flask", "(flask/"), ("gunicorn", "(gunicorn/"), ("gevent", "(gevent/"),
-    ("prometheus_client", "(prometheus_client/"), ("logging", "(logging/"), ("json", "(json/"),
-    ("email (header parsing)", "(email/"), ("threading", "(threading.py"), ("socket", "(socket.py"),
+    ("cot-proxy app/transforms", "(app/transforms/"),
+    ("cot-proxy app/observability", "(app/observability/"),
+    ("cot-proxy app/access", "(app/access/"),
+    ("cot-proxy app/routing", "(app/routing/"),
+    ("cot-proxy app/relay, upstream, exchange", "(app/relay.py"),
+    ("cot-proxy app/relay, upstream, exchange", "(app/upstream.py"),
+    ("cot-proxy app/relay, upstream, exchange", "(app/exchange.py"),
+    ("cot-proxy app/sse", "(app/sse.py"),
+    ("cot-proxy app (other)", "(app/"),
+    ("naive_relay.py", "(naive_relay.py"),
+    ("requests", "(requests/"),
+    ("urllib3", "(urllib3/"),
+    ("http.client", "(http/client.py"),
+    ("werkzeug", "(werkzeug/"),
+    ("flask", "(flask/"),
+    ("gunicorn", "(gunicorn/"),
+    ("gevent", "(gevent/"),
+    ("prometheus_client", "(prometheus_client/"),
+    ("logging", "(logging/"),
+    ("json", "(json/"),
+    ("email (header parsing)", "(email/"),
+    ("threading", "(threading.py"),
+    ("socket", "(socket.py"),
 ]
 
 
@@ -144,8 +157,9 @@ def start_all(args: argparse.Namespace, extra: dict[str, str], tmp: Path, kids: 
         kids["ref"] = start_proxy_at(REF_DIR, "wrk-ref", env)
 
 
-def measure(kids: dict[str, Server], tests: dict[str, tuple[str, int, int, bool]], seconds: float
-            ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+def measure(
+    kids: dict[str, Server], tests: dict[str, tuple[str, int, int, bool]], seconds: float
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
     order = list(kids)
     for name in order:  # warm-up: 2 s at c=32 each
         wrk(kids[name].port, "chat.lua", 2, 32, 2)
@@ -154,8 +168,11 @@ def measure(kids: dict[str, Server], tests: dict[str, tuple[str, int, int, bool]
         for name in order + order[::-1]:
             runs[test][name].append(wrk(kids[name].port, script, threads, conns, seconds, lat))
             r = runs[test][name][-1]
-            print(f"  {test:<7} {name:<6} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:7.3f} ms  "
-                  f"p99 {r['p99_us'] / 1000:7.3f} ms  errors {r['errors']}", flush=True)
+            print(
+                f"  {test:<7} {name:<6} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:7.3f} ms  "
+                f"p99 {r['p99_us'] / 1000:7.3f} ms  errors {r['errors']}",
+                flush=True,
+            )
     return runs
 
 
@@ -165,43 +182,71 @@ def python_client(kids: dict[str, Server]) -> dict[str, Any]:
     for name, kid in kids.items():
         before = own_cpu_s()
         lat = measure_latency({name: kid.port}, PY_N, PY_N, budget_s=60)[name]
-        out[name] = {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
-                     "client_cpu_us": round((own_cpu_s() - before) / max(lat["n"], 1) * 1e6, 1)}
+        out[name] = {
+            "p50_ms": lat["p50_ms"],
+            "p99_ms": lat["p99_ms"],
+            "client_cpu_us": round((own_cpu_s() - before) / max(lat["n"], 1) * 1e6, 1),
+        }
     return out
 
 
 def summarize(runs: dict[str, Any], py: dict[str, Any]) -> dict[str, Any]:
-    med = {t: {n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_us", "p99_us")}
-               | {"errors": sum(r["errors"] for r in rs), "non2xx": sum(r["status"] for r in rs)}
-               for n, rs in per.items()} for t, per in runs.items()}
+    med = {
+        t: {
+            n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_us", "p99_us")}
+            | {"errors": sum(r["errors"] for r in rs), "non2xx": sum(r["status"] for r in rs)}
+            for n, rs in per.items()
+        }
+        for t, per in runs.items()
+    }
     out: dict[str, Any] = {}
     for name in med["c1"]:
         c1, c32, d1, d32 = med["c1"][name], med["c32"][name], med["c1"]["direct"], med["c32"]["direct"]
-        row = {"p50_ms": c1["p50_us"] / 1000, "p99_ms": c1["p99_us"] / 1000,
-               "added_p50_ms": (c1["p50_us"] - d1["p50_us"]) / 1000,
-               "added_p99_ms": (c1["p99_us"] - d1["p99_us"]) / 1000,
-               "rps_c32": c32["rps"], "rps_ratio_direct": c32["rps"] / d32["rps"],
-               "rps_ratio_naive": c32["rps"] / med["c32"]["naive"]["rps"]}
+        row = {
+            "p50_ms": c1["p50_us"] / 1000,
+            "p99_ms": c1["p99_us"] / 1000,
+            "added_p50_ms": (c1["p50_us"] - d1["p50_us"]) / 1000,
+            "added_p99_ms": (c1["p99_us"] - d1["p99_us"]) / 1000,
+            "rps_c32": c32["rps"],
+            "rps_ratio_direct": c32["rps"] / d32["rps"],
+            "rps_ratio_naive": c32["rps"] / med["c32"]["naive"]["rps"],
+        }
         if "stream" in med:
             s = med["stream"]
-            row |= {"stream_rps_c32": s[name]["rps"], "stream_ratio_direct": s[name]["rps"] / s["direct"]["rps"],
-                    "stream_ratio_naive": s[name]["rps"] / s["naive"]["rps"]}
+            row |= {
+                "stream_rps_c32": s[name]["rps"],
+                "stream_ratio_direct": s[name]["rps"] / s["direct"]["rps"],
+                "stream_ratio_naive": s[name]["rps"] / s["naive"]["rps"],
+            }
         if py:
-            row |= {"py_p50_ms": py[name]["p50_ms"], "py_added_p50_ms": py[name]["p50_ms"] - py["direct"]["p50_ms"],
-                    "py_client_cpu_us": py[name]["client_cpu_us"]}
+            row |= {
+                "py_p50_ms": py[name]["p50_ms"],
+                "py_added_p50_ms": py[name]["p50_ms"] - py["direct"]["p50_ms"],
+                "py_client_cpu_us": py[name]["client_cpu_us"],
+            }
         row["wrk_errors"] = sum(med[t][name]["errors"] for t in med)
         row["wrk_non2xx"] = sum(med[t][name]["non2xx"] for t in med)
         out[name] = row
     return out
 
 
-COLUMNS = [("p50 c=1", "p50_ms", ".3f"), ("p99 c=1", "p99_ms", ".3f"), ("+p50", "added_p50_ms", "+.3f"),
-           ("+p99", "added_p99_ms", "+.3f"), ("req/s c=32", "rps_c32", ".0f"), ("/direct", "rps_ratio_direct", ".3f"),
-           ("/naive", "rps_ratio_naive", ".3f"), ("stream req/s", "stream_rps_c32", ".0f"),
-           ("/direct", "stream_ratio_direct", ".3f"), ("/naive", "stream_ratio_naive", ".3f"),
-           ("py p50", "py_p50_ms", ".3f"), ("py +p50", "py_added_p50_ms", "+.3f"),
-           ("py client us/req", "py_client_cpu_us", ".0f"), ("wrk errors", "wrk_errors", "d"),
-           ("non-2xx", "wrk_non2xx", "d")]
+COLUMNS = [
+    ("p50 c=1", "p50_ms", ".3f"),
+    ("p99 c=1", "p99_ms", ".3f"),
+    ("+p50", "added_p50_ms", "+.3f"),
+    ("+p99", "added_p99_ms", "+.3f"),
+    ("req/s c=32", "rps_c32", ".0f"),
+    ("/direct", "rps_ratio_direct", ".3f"),
+    ("/naive", "rps_ratio_naive", ".3f"),
+    ("stream req/s", "stream_rps_c32", ".0f"),
+    ("/direct", "stream_ratio_direct", ".3f"),
+    ("/naive", "stream_ratio_naive", ".3f"),
+    ("py p50", "py_p50_ms", ".3f"),
+    ("py +p50", "py_added_p50_ms", "+.3f"),
+    ("py client us/req", "py_client_cpu_us", ".0f"),
+    ("wrk errors", "wrk_errors", "d"),
+    ("non-2xx", "wrk_non2xx", "d"),
+]
 
 
 def table(summary: dict[str, Any], labels: dict[str, str]) -> list[tuple[str, ...]]:
@@ -226,10 +271,24 @@ def spy(pids: list[int], seconds: int, out_dir: Path) -> list[Path]:
     procs, files = [], []
     for pid in pids:
         path = out_dir / f"spy-{pid}.txt"
-        argv = [PY_SPY, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "500",
-                "--format", "raw", "--nonblocking", "--output", str(path)]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))
+        argv = [
+            PY_SPY,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, int(seconds))),
+            "--rate",
+            "500",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(path),
+        ]
+        procs.append(
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        )
         files.append(path)
     for proc in procs:
         try:
@@ -274,8 +333,9 @@ def profile(kids: dict[str, Server], seconds: float, tmp: Path) -> dict[str, Any
             run_dir = tmp / f"{name}-{test}"
             run_dir.mkdir()
             result: dict[str, Any] = {}
-            loader = threading.Thread(target=lambda r=result, p=kids[name].port, s=script: r.update(
-                wrk(p, s, 2, 32, seconds)), daemon=True)
+            loader = threading.Thread(
+                target=lambda r=result, p=kids[name].port, s=script: r.update(wrk(p, s, 2, 32, seconds)), daemon=True
+            )
             cpu0 = sum(cpu_times(pids))
             loader.start()
             time.sleep(0.3)  # py-spy attaches once the load runs
@@ -287,13 +347,17 @@ def profile(kids: dict[str, Server], seconds: float, tmp: Path) -> dict[str, Any
             per = cpu / max(done, 1) * 1e6
             share = per / max(total, 1)
             out[f"{name}_{test}"] = {
-                "requests": done, "samples": total, "cpu_s": round(cpu, 2), "us_per_request": round(per, 1),
+                "requests": done,
+                "samples": total,
+                "cpu_s": round(cpu, 2),
+                "us_per_request": round(per, 1),
                 "buckets_us": {k: round(v * share, 1) for k, v in buckets.most_common()},
                 "top": [(k, round(v * share, 2)) for k, v in leaves.most_common(12)],
             }
         plain, stream = out[f"{name}_request"], out[f"{name}_stream"]
-        out[f"{name}_chunk"] = {"us_per_chunk": round((stream["us_per_request"] - plain["us_per_request"])
-                                                      / STREAM_CHUNKS, 1)}
+        out[f"{name}_chunk"] = {
+            "us_per_chunk": round((stream["us_per_request"] - plain["us_per_request"]) / STREAM_CHUNKS, 1)
+        }
     return out
 
 
@@ -301,12 +365,16 @@ def print_profile(prof: dict[str, Any]) -> None:
     for key, p in prof.items():
         name, test = key.split("_")
         if test == "chunk":
-            print(f"\n{name}: CPU per relayed chunk = (streamed request - plain request) / {STREAM_CHUNKS} = "
-                  f"{p['us_per_chunk']:.1f} us")
+            print(
+                f"\n{name}: CPU per relayed chunk = (streamed request - plain request) / {STREAM_CHUNKS} = "
+                f"{p['us_per_chunk']:.1f} us"
+            )
             continue
         what = "plain chat request" if test == "request" else f"streamed request ({STREAM_CHUNKS} chunks)"
-        print(f"\n{name}: worker CPU per {what}: {p['us_per_request']:.0f} us ({p['requests']} requests, "
-              f"{p['cpu_s']} s CPU, split by {p['samples']} py-spy samples)")
+        print(
+            f"\n{name}: worker CPU per {what}: {p['us_per_request']:.0f} us ({p['requests']} requests, "
+            f"{p['cpu_s']} s CPU, split by {p['samples']} py-spy samples)"
+        )
         for label, us in p["buckets_us"].items():
             print(f"  {us:8.1f} us  {label}")
         print("  top functions (own time):")
@@ -359,20 +427,44 @@ def main() -> int:
             for kid in reversed(list(kids.values())):
                 kid.stop()
     seconds = time.monotonic() - started
-    labels = {"direct": "direct (fake upstream)", "nginx": "nginx", "naive": "naive Flask relay",
-              "proxy": f"cot-proxy {here}", "ref": f"cot-proxy {ref} (ref)"}
+    labels = {
+        "direct": "direct (fake upstream)",
+        "nginx": "nginx",
+        "naive": "naive Flask relay",
+        "proxy": f"cot-proxy {here}",
+        "ref": f"cot-proxy {ref} (ref)",
+    }
     print()
     print_table(table(summary, {n: labels[n] for n in summary}))
-    print("+p50/+p99 = target - direct at c=1 (wrk, median of 2 runs); /direct, /naive = req/s ratios; "
-          "py = http.client c=1")
+    print(
+        "+p50/+p99 = target - direct at c=1 (wrk, median of 2 runs); /direct, /naive = req/s ratios; "
+        "py = http.client c=1"
+    )
     print_profile(prof)
-    print(f"log lines that look like problems: {problems}; run took {seconds:.0f} s; "
-          f"load {load} at start, {loadavg()} at end (other work on the box skews it)")
-    out = write_json("wrk_latest.json", {
-        "head": here, "ref": ref, "duration_s": args.duration, "proxy_env": extra, "workers": WORKERS,
-        "nproc": os.cpu_count(), "load_start": load, "load_end": loadavg(), "wall_s": round(seconds, 1),
-        "summary": summary, "runs": runs, "python_client": py, "profile": prof, "log_problems": problems,
-        "wrk": subprocess.run([WRK, "-v"], capture_output=True, text=True, timeout=10).stdout.splitlines()[:1]})
+    print(
+        f"log lines that look like problems: {problems}; run took {seconds:.0f} s; "
+        f"load {load} at start, {loadavg()} at end (other work on the box skews it)"
+    )
+    out = write_json(
+        "wrk_latest.json",
+        {
+            "head": here,
+            "ref": ref,
+            "duration_s": args.duration,
+            "proxy_env": extra,
+            "workers": WORKERS,
+            "nproc": os.cpu_count(),
+            "load_start": load,
+            "load_end": loadavg(),
+            "wall_s": round(seconds, 1),
+            "summary": summary,
+            "runs": runs,
+            "python_client": py,
+            "profile": prof,
+            "log_problems": problems,
+            "wrk": subprocess.run([WRK, "-v"], capture_output=True, text=True, timeout=10).stdout.splitlines()[:1],
+        },
+    )
     print(f"wrote {out.relative_to(REPO)}")
     return 0
 

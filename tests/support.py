@@ -58,8 +58,9 @@ def failed_start(env: dict[str, str]) -> tuple[int, str]:
     """Start Gunicorn with `env` added, expecting it to refuse; (exit code, everything it printed)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
     full_env.update({"HOST": "127.0.0.1", "PORT": str(free_port()), **env})
-    proc = subprocess.run([sys.executable, *COMMAND], cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, *COMMAND], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -69,8 +70,9 @@ def failed_start(env: dict[str, str]) -> tuple[int, str]:
 class RawResponse:
     """One HTTP/1.1 response read off a socket: status, lower-cased headers, body de-chunked but not decoded."""
 
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes,
-                 elapsed: float, interim: list[int]) -> None:
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, elapsed: float, interim: list[int]
+    ) -> None:
         self.status = status
         self.reason = reason
         self.header_list = headers
@@ -178,8 +180,9 @@ class RawConnection:
             return status, parts[2] if len(parts) > 2 else "", headers, interim
         raise ConnectionError("too many interim responses")
 
-    def iter_body(self, headers: list[tuple[str, str]], timeout: float | None = None,
-                  limit: int = 64 * 1024 * 1024) -> Iterator[bytes]:
+    def iter_body(
+        self, headers: list[tuple[str, str]], timeout: float | None = None, limit: int = 64 * 1024 * 1024
+    ) -> Iterator[bytes]:
         """The body's pieces as they arrive (de-chunked), until it ends, `limit` bytes, or the deadline."""
         deadline = time.monotonic() + (timeout or self.timeout)
         h = {k.lower(): v for k, v in headers}
@@ -222,8 +225,15 @@ class RawConnection:
         return RawResponse(status, reason, headers, body, time.monotonic() - started, interim)
 
 
-def request_bytes(method: str, target: str, headers: dict[str, str] | None = None, body: bytes | None = None,
-                  *, chunked: bool = False, port: int = 0) -> bytes:
+def request_bytes(
+    method: str,
+    target: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    *,
+    chunked: bool = False,
+    port: int = 0,
+) -> bytes:
     """A request exactly as given; `body` gets a Content-Length unless `chunked` (then one chunk) or a header says."""
     h = {"Host": f"127.0.0.1:{port}" if port else "127.0.0.1"}
     h.update(headers or {})
@@ -242,8 +252,16 @@ def request_bytes(method: str, target: str, headers: dict[str, str] | None = Non
     return out
 
 
-def raw_request(port: int, method: str, target: str, headers: dict[str, str] | None = None,
-                body: bytes | None = None, *, chunked: bool = False, timeout: float = 10.0) -> RawResponse:
+def raw_request(
+    port: int,
+    method: str,
+    target: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    *,
+    chunked: bool = False,
+    timeout: float = 10.0,
+) -> RawResponse:
     """One request on a fresh connection (`Connection: close`), the target byte for byte as given."""
     h = {"Connection": "close", **(headers or {})}
     with RawConnection(port, timeout) as conn:
@@ -332,7 +350,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -107,8 +107,9 @@ def test_a_stream_step_that_raises_ends_the_stream_with_one_internal_error(broke
     internal = metric(client, "cot_proxy_request_errors_total", kind="internal_error")
     in_flight = metric(client, "cot_proxy_requests_in_flight", route="chat")
     upstream.enqueue(sse_reply([chat_chunk("a"), chat_chunk("b", finish="stop")]))
-    resp = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers={"x-break": "stream_event"},
-                       buffered=True)
+    resp = client.post(
+        "/v1/chat/completions", json={**CHAT, "stream": True}, headers={"x-break": "stream_event"}, buffered=True
+    )
     body = resp.get_data(as_text=True)
     assert resp.status_code == 200
     errors = [line for line in body.splitlines() if '"error"' in line]

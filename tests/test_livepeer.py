@@ -52,14 +52,22 @@ def lp(gateway: FakeUpstream) -> Iterator[LiveServer]:
 def test_header_is_exact():
     settings = LivepeerSettings.from_env({"GATEWAY_URL": "http://gw:9935"})
     cap = settings.routes["chat/completions"]
-    expected = ('{"capability":"openai-chat-completions","parameters":"{\\"orchestrators\\":{\\"include\\":[],'
-                '\\"exclude\\":[]}}","request":"{\\"run\\":\\"openai-chat-completions\\"}","timeout_seconds":120}')
+    expected = (
+        '{"capability":"openai-chat-completions","parameters":"{\\"orchestrators\\":{\\"include\\":[],'
+        '\\"exclude\\":[]}}","request":"{\\"run\\":\\"openai-chat-completions\\"}","timeout_seconds":120}'
+    )
     assert base64.b64decode(settings.header(cap)).decode() == expected
 
 
 def test_settings_from_env():
-    s = LivepeerSettings.from_env({"GATEWAY_URL": "http://gw:9935/", "RERANK_CAPABILITY": "",
-                                   "RERANK_TIMEOUT_SECONDS": "", "VIDEO_GENERATION_TIMEOUT_SECONDS": "60"})
+    s = LivepeerSettings.from_env(
+        {
+            "GATEWAY_URL": "http://gw:9935/",
+            "RERANK_CAPABILITY": "",
+            "RERANK_TIMEOUT_SECONDS": "",
+            "VIDEO_GENERATION_TIMEOUT_SECONDS": "60",
+        }
+    )
     assert s.gateway_url == "http://gw:9935"
     assert s.routes["rerank"].name == "cohere-rerank" and s.routes["rerank"].timeout_seconds == 30
     assert s.routes["video/pipeline/generations"].timeout_seconds == 900
@@ -76,8 +84,11 @@ def test_chat_stream_is_clean(lp, gateway):
     sdk = lp.sdk()
     chunks = list(sdk.chat.completions.create(model="m", messages=MSG, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello Livepeer"
-    resp = requests.post(lp.url + "/v1/chat/completions", json={"model": "m", "messages": MSG, "stream": True},
-                         headers={"Authorization": "Bearer sk-client"})
+    resp = requests.post(
+        lp.url + "/v1/chat/completions",
+        json={"model": "m", "messages": MSG, "stream": True},
+        headers={"Authorization": "Bearer sk-client"},
+    )
     assert resp.headers["Content-Type"] == "text/event-stream"
     assert b"balance" not in resp.content and b"event:" not in resp.content
     assert b"\n\n\n" not in resp.content, "events are dropped whole, no stray blank lines"
@@ -101,9 +112,11 @@ def test_chat_non_stream(lp, gateway):
 
 
 def test_only_safe_headers_reach_gateway(lp, gateway):
-    requests.post(lp.url + "/v1/embeddings", json={"model": "e", "input": "x"},
-                  headers={"Authorization": "Bearer sk-secret", "X-Request-ID": "rid-1", "Cookie": "a=b",
-                           "X-Custom": "y"})
+    requests.post(
+        lp.url + "/v1/embeddings",
+        json={"model": "e", "input": "x"},
+        headers={"Authorization": "Bearer sk-secret", "X-Request-ID": "rid-1", "Cookie": "a=b", "X-Custom": "y"},
+    )
     sent = gateway.last.headers
     assert sent["x-request-id"] == "rid-1"
     for leaked in ("authorization", "cookie", "x-custom"):
@@ -119,13 +132,16 @@ def test_embeddings_and_images_with_sdk(lp, gateway):
     assert decode_header(gateway.last.headers["livepeer"])["capability"] == "openai-image-generation"
 
 
-@pytest.mark.parametrize("path, capability, timeout, body, expect", [
-    ("/v1/rerank", "cohere-rerank", 30, {"model": "r", "query": "q", "documents": ["a", "b"]}, "results"),
-    ("/v1/video/pipeline/generations", "video-pipeline-generation", 900, {"prompt": "p"}, "id"),
-    ("/v1/video/pipeline/generations/status", "video-pipeline-generation", 30, {"id": "job-123"}, "status"),
-    ("/v1/video/generations", "video-generation", 900, {"prompt": "p"}, "id"),
-    ("/v1/video/generations/status", "video-generation", 30, {"id": "job-123"}, "status"),
-])
+@pytest.mark.parametrize(
+    "path, capability, timeout, body, expect",
+    [
+        ("/v1/rerank", "cohere-rerank", 30, {"model": "r", "query": "q", "documents": ["a", "b"]}, "results"),
+        ("/v1/video/pipeline/generations", "video-pipeline-generation", 900, {"prompt": "p"}, "id"),
+        ("/v1/video/pipeline/generations/status", "video-pipeline-generation", 30, {"id": "job-123"}, "status"),
+        ("/v1/video/generations", "video-generation", 900, {"prompt": "p"}, "id"),
+        ("/v1/video/generations/status", "video-generation", 30, {"id": "job-123"}, "status"),
+    ],
+)
 def test_raw_routes(lp, gateway, path, capability, timeout, body, expect):
     resp = requests.post(lp.url + path, json=body)
     assert resp.status_code == 200, resp.text

@@ -14,11 +14,19 @@ from tests.fakes.openai_upstream import FakeUpstream, chat_chunk, chat_completio
 from tests.support import LiveServer, proxy_config
 
 MSG = [{"role": "user", "content": "hi"}]
-LLM_PARAMS = ("model=r1,upstream_model_name=deepseek-r1:14b,temperature=0.6,think_prefilled=true;"
-              "model=qwen,top_k=20,default.max_tokens=64,append_to_last_user_message=\\n/no_think")
-THINK_STREAM = [chat_chunk(role="assistant", content=""), chat_chunk("<th"), chat_chunk("ink>Let me"),
-                chat_chunk(" think.</th"), chat_chunk("ink>\n\nThe answer"), chat_chunk(" is 4."),
-                chat_chunk(finish="stop")]
+LLM_PARAMS = (
+    "model=r1,upstream_model_name=deepseek-r1:14b,temperature=0.6,think_prefilled=true;"
+    "model=qwen,top_k=20,default.max_tokens=64,append_to_last_user_message=\\n/no_think"
+)
+THINK_STREAM = [
+    chat_chunk(role="assistant", content=""),
+    chat_chunk("<th"),
+    chat_chunk("ink>Let me"),
+    chat_chunk(" think.</th"),
+    chat_chunk("ink>\n\nThe answer"),
+    chat_chunk(" is 4."),
+    chat_chunk(finish="stop"),
+]
 
 
 def _start(upstream: FakeUpstream, **changes: Any) -> LiveServer:
@@ -81,14 +89,20 @@ def test_streaming_separate_with_upstream_reasoning_field(separate, upstream):
 
 def test_alias_override_and_prefilled_reasoning(separate, upstream):
     """r1: sent upstream as deepseek-r1:14b with temperature 0.6; answers name r1; the stream opens inside."""
-    events = [chat_chunk("Hmm,", role="assistant"), chat_chunk(" easy."), chat_chunk("</think>"),
-              chat_chunk("\n4"), chat_chunk(finish="stop")]
+    events = [
+        chat_chunk("Hmm,", role="assistant"),
+        chat_chunk(" easy."),
+        chat_chunk("</think>"),
+        chat_chunk("\n4"),
+        chat_chunk(finish="stop"),
+    ]
     for e in events:
         e["model"] = "deepseek-r1:14b"
     upstream.enqueue(sse_reply(events))
     sdk = separate.sdk()
-    content, reasoning, chunks = _read(sdk.chat.completions.create(
-        model="r1", messages=MSG, temperature=1.0, stream=True))
+    content, reasoning, chunks = _read(
+        sdk.chat.completions.create(model="r1", messages=MSG, temperature=1.0, stream=True)
+    )
     sent = upstream.last.json()
     assert sent["model"] == "deepseek-r1:14b" and sent["temperature"] == 0.6
     assert (content, reasoning) == ("4", "Hmm, easy.")
@@ -109,24 +123,37 @@ def test_weak_default_and_appended_instruction(strip, upstream):
 
 
 def test_models_list_adds_configured_names(strip, upstream):
-    upstream.enqueue(json_reply({"object": "list", "data": [
-        {"id": "fake-model", "object": "model", "created": 1, "owned_by": "fake"},
-        {"id": "qwen", "object": "model", "created": 1, "owned_by": "fake"}]}))
+    upstream.enqueue(
+        json_reply(
+            {
+                "object": "list",
+                "data": [
+                    {"id": "fake-model", "object": "model", "created": 1, "owned_by": "fake"},
+                    {"id": "qwen", "object": "model", "created": 1, "owned_by": "fake"},
+                ],
+            }
+        )
+    )
     assert [m.id for m in strip.sdk().models.list()] == ["fake-model", "qwen", "r1"]
 
 
 def test_completions_stream_strip(strip, upstream):
     base = {"id": "cmpl", "object": "text_completion", "created": 1, "model": "m"}
     texts = [("<think>r", None), ("</think> ", None), ("Hi", None), ("", "stop")]
-    upstream.enqueue(sse_reply([{**base, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": f}]}
-                                for t, f in texts]))
+    upstream.enqueue(
+        sse_reply(
+            [{**base, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": f}]} for t, f in texts]
+        )
+    )
     stream = strip.sdk().completions.create(model="m", prompt="x", stream=True)
     assert "".join(c.choices[0].text for c in stream) == "Hi"
 
 
-COT_PROXY_QWEN3 = ("model=Qwen3-32B-Non-Thinking,upstream_model_name=Qwen3-32B,temperature=0.7,top_k=20,top_p=0.8,"
-                   "enable_think_tag_filtering=true,think_tag_start=<think>,think_tag_end=</think>,"
-                   "append_to_last_user_message=\\n\\n/no_think")
+COT_PROXY_QWEN3 = (
+    "model=Qwen3-32B-Non-Thinking,upstream_model_name=Qwen3-32B,temperature=0.7,top_k=20,top_p=0.8,"
+    "enable_think_tag_filtering=true,think_tag_start=<think>,think_tag_end=</think>,"
+    "append_to_last_user_message=\\n\\n/no_think"
+)
 
 
 def test_cot_proxy_readme_string_works_unchanged(upstream):
@@ -140,7 +167,11 @@ def test_cot_proxy_readme_string_works_unchanged(upstream):
         server.stop()
     sent = upstream.last.json()
     assert {k: sent[k] for k in ("model", "temperature", "top_k", "top_p")} == {
-        "model": "Qwen3-32B", "temperature": 0.7, "top_k": 20, "top_p": 0.8}
+        "model": "Qwen3-32B",
+        "temperature": 0.7,
+        "top_k": 20,
+        "top_p": 0.8,
+    }
     assert sent["messages"][-1]["content"] == "hi\n\n/no_think"
     assert (out.model, out.choices[0].message.content) == ("Qwen3-32B-Non-Thinking", "Hello!")
 

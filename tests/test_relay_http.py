@@ -68,8 +68,14 @@ def test_unknown_route_404(client):
 
 
 def test_upstream_non_json_error_is_wrapped(client, upstream):
-    upstream.enqueue(Reply(status=503, headers={"Content-Type": "text/plain", "Retry-After": "3"},
-                           parts=[b"overloaded, try later"], chunked=False))
+    upstream.enqueue(
+        Reply(
+            status=503,
+            headers={"Content-Type": "text/plain", "Retry-After": "3"},
+            parts=[b"overloaded, try later"],
+            chunked=False,
+        )
+    )
     resp = client.post("/v1/chat/completions", json=CHAT)
     err = assert_envelope(resp, 503)
     assert err["message"] == "overloaded, try later"
@@ -77,8 +83,10 @@ def test_upstream_non_json_error_is_wrapped(client, upstream):
 
 
 def test_upstream_json_error_passes_unchanged(client, upstream):
-    body = {"error": {"message": "bad key", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"},
-            "extra": 1}
+    body = {
+        "error": {"message": "bad key", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"},
+        "extra": 1,
+    }
     upstream.enqueue(json_reply(body, status=401, headers={"Content-Type": "application/vnd.api+json"}))
     resp = client.post("/v1/chat/completions", json=CHAT)
     assert resp.status_code == 401 and json.loads(resp.data) == body
@@ -86,12 +94,29 @@ def test_upstream_json_error_passes_unchanged(client, upstream):
 
 
 def test_headers_both_ways(client, upstream):
-    upstream.enqueue(json_reply({"object": "list", "data": []}, headers={
-        "X-Custom": "kept", "Livepeer-Balance": "123", "X-Orchestrator-Url": "http://orch", "X-Metadata": "m",
-        "Keep-Alive": "timeout=5"}))
-    resp = client.get("/v1/models?limit=2", headers={
-        "Authorization": "Bearer sk-client", "X-Request-ID": "trace-42", "X-Client-Thing": "yes",
-        "Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "drop-me", "Proxy-Authorization": "Basic x"})
+    upstream.enqueue(
+        json_reply(
+            {"object": "list", "data": []},
+            headers={
+                "X-Custom": "kept",
+                "Livepeer-Balance": "123",
+                "X-Orchestrator-Url": "http://orch",
+                "X-Metadata": "m",
+                "Keep-Alive": "timeout=5",
+            },
+        )
+    )
+    resp = client.get(
+        "/v1/models?limit=2",
+        headers={
+            "Authorization": "Bearer sk-client",
+            "X-Request-ID": "trace-42",
+            "X-Client-Thing": "yes",
+            "Connection": "keep-alive, X-Secret-Hop",
+            "X-Secret-Hop": "drop-me",
+            "Proxy-Authorization": "Basic x",
+        },
+    )
     sent = upstream.last
     assert sent.path == "/v1/models?limit=2"
     assert sent.headers["authorization"] == "Bearer sk-client"
@@ -125,8 +150,13 @@ def test_error_messages_never_contain_secrets(upstream):
     from app import create_app
     from app.config import Config
 
-    c = create_app(Config(target_base_url="http://user:pw@127.0.0.1:1/v1/?key=sk-secret", connect_timeout=1,
-                          upstream_api_key="sk-upstream")).test_client()
+    c = create_app(
+        Config(
+            target_base_url="http://user:pw@127.0.0.1:1/v1/?key=sk-secret",
+            connect_timeout=1,
+            upstream_api_key="sk-upstream",
+        )
+    ).test_client()
     resp = c.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-client"})
     assert resp.status_code == 502
     for secret in (b"sk-secret", b"sk-upstream", b"sk-client", b"pw"):
@@ -144,8 +174,11 @@ def test_multipart_upload_unchanged(client, upstream):
     import io
 
     payload = bytes(range(256)) * 2000
-    resp = client.post("/v1/audio/transcriptions", data={"model": "whisper", "file": (io.BytesIO(payload), "a.wav")},
-                       content_type="multipart/form-data")
+    resp = client.post(
+        "/v1/audio/transcriptions",
+        data={"model": "whisper", "file": (io.BytesIO(payload), "a.wav")},
+        content_type="multipart/form-data",
+    )
     assert resp.status_code == 200
     sent = upstream.last
     assert sent.headers["content-type"].startswith("multipart/form-data; boundary=")
@@ -155,7 +188,7 @@ def test_multipart_upload_unchanged(client, upstream):
 
 def test_binary_response_streams_through(client, upstream):
     blob = bytes(range(256)) * 4096  # 1 MiB
-    parts = [blob[i:i + 65536] for i in range(0, len(blob), 65536)]
+    parts = [blob[i : i + 65536] for i in range(0, len(blob), 65536)]
     upstream.enqueue(Reply(headers={"Content-Type": "audio/mpeg"}, parts=parts))
     resp = client.post("/v1/audio/speech", json={"model": "tts", "input": "hi"})
     assert resp.is_streamed
@@ -176,8 +209,12 @@ def test_each_event_sent_before_upstream_sends_the_next(live, upstream):
     gate = threading.Event()
     upstream.enqueue(sse_reply([chat_chunk("first"), chat_chunk("second")], gate=gate))
     conn = http.client.HTTPConnection("127.0.0.1", int(live.url.rsplit(":", 1)[1]), timeout=10)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps({**CHAT, "stream": True}),
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps({**CHAT, "stream": True}),
+        headers={"Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     first = b""
     while b"\n\n" not in first:
@@ -209,8 +246,11 @@ def test_health_unhealthy_when_unreachable():
 
 
 def test_echo_mode_errors_and_shapes(echo_client):
-    resp = echo_client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello"}]},
-                            headers={"X-Request-ID": "my-trace-id-42"})
+    resp = echo_client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hello"}]},
+        headers={"X-Request-ID": "my-trace-id-42"},
+    )
     body = resp.get_json()
     assert body["id"] == "my-trace-id-42" and body["model"] == "echo" and body["object"] == "chat.completion"
     assert isinstance(body["created"], int)

@@ -129,9 +129,14 @@ def test_echo_mode_with_sdk(live_echo):
     out = sdk.chat.completions.create(model="anything", messages=[{"role": "user", "content": "hello"}])
     assert out.choices[0].message.content == "Echo: hello"
     assert (out.usage.prompt_tokens, out.usage.completion_tokens, out.usage.total_tokens) == (1, 2, 3)
-    chunks = list(sdk.chat.completions.create(
-        model="x", messages=[{"role": "user", "content": "hello"}], stream=True, stream_options={"include_usage": True}
-    ))
+    chunks = list(
+        sdk.chat.completions.create(
+            model="x",
+            messages=[{"role": "user", "content": "hello"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: hello"
     assert chunks[-1].usage.total_tokens == 3
     emb = sdk.embeddings.create(model="echo", input="abc")

@@ -101,8 +101,9 @@ def usage() -> Response:
         raise NotFound("GET /v1/usage is off: set ADMIN_TOKEN to enable it.", code="usage_disabled")
     given = bearer({"authorization": request.headers.get("Authorization", "")}) or ""
     if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
-        raise AuthenticationError("GET /v1/usage needs 'Authorization: Bearer <ADMIN_TOKEN>'.",
-                                  headers={"WWW-Authenticate": "Bearer"})
+        raise AuthenticationError(
+            "GET /v1/usage needs 'Authorization: Bearer <ADMIN_TOKEN>'.", headers={"WWW-Authenticate": "Bearer"}
+        )
     since = parse_time(_once("since"), "since")
     until = parse_time(_once("until"), "until")
     if since is not None and until is not None and since > until:
@@ -114,8 +115,13 @@ def usage() -> Response:
     if guard is not None and guard.writer is not None:
         guard.writer.flush()
     data = store.usage(key=key, since=since, until=until)
-    return jsonify(object="list", data=data, key=key,
-                   since=since.isoformat() if since else None, until=until.isoformat() if until else None)
+    return jsonify(
+        object="list",
+        data=data,
+        key=key,
+        since=since.isoformat() if since else None,
+        until=until.isoformat() if until else None,
+    )
 
 
 def init_app(app: Flask) -> None:

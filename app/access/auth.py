@@ -175,18 +175,29 @@ class Authenticator:
                 record = self._store().lookup(credential)
             except SQLAlchemyError as exc:
                 log.error("key store unreachable: %s", type(exc).__name__)
-                raise Overloaded("The key store is unreachable; retry shortly.", code="key_store_unavailable",
-                                 headers={"Retry-After": "1"}) from None
+                raise Overloaded(
+                    "The key store is unreachable; retry shortly.",
+                    code="key_store_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from None
             self.cache.put(digest, record)
         if record is None:
             return None
         status = record.status(now_utc())
         if status != "active":
             log.info("refused %s key %s (%s)", status, hint(credential), record.name)
-            raise AuthenticationError(f"The API key {hint(credential)} is {status}.",
-                                      headers={"WWW-Authenticate": "Bearer"})
-        return Identity("key", record.name, f"key:{record.id}", key_id=record.id, models=record.models,
-                        limits=record.limits, spent_tokens=record.spent_tokens)
+            raise AuthenticationError(
+                f"The API key {hint(credential)} is {status}.", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return Identity(
+            "key",
+            record.name,
+            f"key:{record.id}",
+            key_id=record.id,
+            models=record.models,
+            limits=record.limits,
+            spent_tokens=record.spent_tokens,
+        )
 
     def _jwt_identity(self, credential: str) -> Identity:
         jwt = self._jwt
@@ -196,8 +207,12 @@ class Authenticator:
             if key is None:
                 raise AuthenticationError(f"The token's algorithm {alg!r} is not accepted.")
             claims = jwt.decode(
-                credential, key, algorithms=[alg], audience=self.settings.jwt_audience,
-                issuer=self.settings.jwt_issuer, options={"require": ["sub"]},
+                credential,
+                key,
+                algorithms=[alg],
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options={"require": ["sub"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthenticationError("The token has expired.", headers={"WWW-Authenticate": "Bearer"}) from None
@@ -207,7 +222,10 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise AuthenticationError("The token's 'sub' claim must name the caller.")
-        limits = Limits(rpm=_claim_int(claims, "rpm"), tpm=_claim_int(claims, "tpm"),
-                        concurrency=_claim_int(claims, "max_concurrent"))
+        limits = Limits(
+            rpm=_claim_int(claims, "rpm"),
+            tpm=_claim_int(claims, "tpm"),
+            concurrency=_claim_int(claims, "max_concurrent"),
+        )
         subject = "jwt:" + hashlib.sha256(sub.encode()).hexdigest()[:16]
         return Identity("jwt", sub, subject, models=_claim_models(claims), limits=limits)

@@ -64,18 +64,38 @@ def _limit(value: int | None) -> str:
 @click.option("--models", multiple=True, help="Allowed models, globs, comma-separated or repeated ('local/*').")
 @click.option("--rpm", type=click.IntRange(min=0), help="Requests per minute.")
 @click.option("--tpm", type=click.IntRange(min=0), help="Tokens per minute.")
-@click.option("--max-concurrent", "--concurrency", "max_concurrent", type=click.IntRange(min=0),
-              help="Requests in flight at once.")
+@click.option(
+    "--max-concurrent",
+    "--concurrency",
+    "max_concurrent",
+    type=click.IntRange(min=0),
+    help="Requests in flight at once.",
+)
 @click.option("--budget", type=click.IntRange(min=0), help="Total tokens over the key's life.")
 @click.option("--expires", help="Expiry: a duration (30d, 12h) or an ISO 8601 time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the key and its record as JSON.")
-def create(name: str, models: tuple[str, ...], rpm: int | None, tpm: int | None, max_concurrent: int | None,
-           budget: int | None, expires: str | None, as_json: bool) -> None:
+def create(
+    name: str,
+    models: tuple[str, ...],
+    rpm: int | None,
+    tpm: int | None,
+    max_concurrent: int | None,
+    budget: int | None,
+    expires: str | None,
+    as_json: bool,
+) -> None:
     """Create a key; it is shown once."""
     store = _store()
     try:
-        secret, record = store.create(name, models=_models(models), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
-                                      budget=budget, expires_at=_expiry(expires))
+        secret, record = store.create(
+            name,
+            models=_models(models),
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrent=max_concurrent,
+            budget=budget,
+            expires_at=_expiry(expires),
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     finally:
@@ -84,10 +104,13 @@ def create(name: str, models: tuple[str, ...], rpm: int | None, tpm: int | None,
         click.echo(json.dumps({"key": secret, **record.as_dict()}))
         return
     click.echo(secret)
-    click.echo(f"created key {record.id} for {name!r}: models={','.join(record.models or ()) or 'any'} "
-               f"rpm={_limit(rpm)} tpm={_limit(tpm)} concurrent={_limit(max_concurrent)} budget={_limit(budget)} "
-               f"expires={record.expires_at.isoformat() if record.expires_at else 'never'}. "
-               "Store it now: it is not shown again.", err=True)
+    click.echo(
+        f"created key {record.id} for {name!r}: models={','.join(record.models or ()) or 'any'} "
+        f"rpm={_limit(rpm)} tpm={_limit(tpm)} concurrent={_limit(max_concurrent)} budget={_limit(budget)} "
+        f"expires={record.expires_at.isoformat() if record.expires_at else 'never'}. "
+        "Store it now: it is not shown again.",
+        err=True,
+    )
 
 
 @keys.command("list")
@@ -103,15 +126,19 @@ def list_keys(show_all: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in records]))
         return
-    header = f"{'ID':>4}  {'NAME':<20} {'KEY':<12} {'STATUS':<8} {'MODELS':<20} {'RPM':>6} {'TPM':>8} " \
-             f"{'CONC':>5} {'BUDGET':>10} {'SPENT':>10}  EXPIRES"
+    header = (
+        f"{'ID':>4}  {'NAME':<20} {'KEY':<12} {'STATUS':<8} {'MODELS':<20} {'RPM':>6} {'TPM':>8} "
+        f"{'CONC':>5} {'BUDGET':>10} {'SPENT':>10}  EXPIRES"
+    )
     click.echo(header)
     for r in records:
         d = r.as_dict()
-        click.echo(f"{r.id:>4}  {r.name[:20]:<20} {d['key']:<12} {d['status']:<8} "
-                   f"{','.join(r.models or ('*',))[:20]:<20} {_limit(r.limits.rpm):>6} {_limit(r.limits.tpm):>8} "
-                   f"{_limit(r.limits.concurrency):>5} {_limit(r.limits.budget):>10} {r.spent_tokens:>10}  "
-                   f"{r.expires_at.isoformat() if r.expires_at else '-'}")
+        click.echo(
+            f"{r.id:>4}  {r.name[:20]:<20} {d['key']:<12} {d['status']:<8} "
+            f"{','.join(r.models or ('*',))[:20]:<20} {_limit(r.limits.rpm):>6} {_limit(r.limits.tpm):>8} "
+            f"{_limit(r.limits.concurrency):>5} {_limit(r.limits.budget):>10} {r.spent_tokens:>10}  "
+            f"{r.expires_at.isoformat() if r.expires_at else '-'}"
+        )
 
 
 @keys.command("revoke")
@@ -145,10 +172,13 @@ def usage(key: str | None, since: str | None, until: str | None, as_json: bool) 
     if as_json:
         click.echo(json.dumps(rows))
         return
-    click.echo(f"{'KEY':<20} {'MODEL':<28} {'REQUESTS':>8} {'PROMPT':>10} {'COMPLETION':>10} {'TOTAL':>10} "
-               f"{'ESTIMATED':>9} {'ERRORS':>6}")
+    click.echo(
+        f"{'KEY':<20} {'MODEL':<28} {'REQUESTS':>8} {'PROMPT':>10} {'COMPLETION':>10} {'TOTAL':>10} "
+        f"{'ESTIMATED':>9} {'ERRORS':>6}"
+    )
     for r in rows:
-        click.echo(f"{(r['key'] or '-')[:20]:<20} {(r['model'] or '-')[:28]:<28} {r['requests']:>8} "
-                   f"{r['prompt_tokens']:>10} {r['completion_tokens']:>10} {r['total_tokens']:>10} "
-                   f"{r['estimated_requests']:>9} {r['errors']:>6}")
-
+        click.echo(
+            f"{(r['key'] or '-')[:20]:<20} {(r['model'] or '-')[:28]:<28} {r['requests']:>8} "
+            f"{r['prompt_tokens']:>10} {r['completion_tokens']:>10} {r['total_tokens']:>10} "
+            f"{r['estimated_requests']:>9} {r['errors']:>6}"
+        )

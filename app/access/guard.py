@@ -100,16 +100,19 @@ class AccessGuard(Transform):
         self.auth = Authenticator(s, self.store)
         lease_seconds = max(config.read_timeout + 60.0, 300.0)
         self.limiter: Limiter = (
-            RedisLimiter(s.redis_url, s.redis_prefix, lease_seconds, timeout=s.redis_timeout) if s.redis_url
+            RedisLimiter(s.redis_url, s.redis_prefix, lease_seconds, timeout=s.redis_timeout)
+            if s.redis_url
             else MemoryLimiter(lease_seconds=lease_seconds)
         )
         self.queue = (
             SlotQueue(s.max_concurrent_requests, s.max_queued_requests, s.queue_timeout)
-            if s.max_concurrent_requests else None
+            if s.max_concurrent_requests
+            else None
         )
         self.writer = (
             UsageWriter(lambda records: self.store().add_usage(records), s.usage_flush_seconds)
-            if s.usage_accounting else None
+            if s.usage_accounting
+            else None
         )
         self.fail_open_total = 0
         self._fail_open_logged = -1e9
@@ -140,16 +143,27 @@ class AccessGuard(Transform):
         identity = state.identity
         self._check_model(identity, ex.client_model, ex.family)
         if self.settings.strict_validation:
-            validation.strict(ex.family, ex.body, max_tokens_cap=self.settings.max_tokens_cap,
-                              max_n=self.settings.max_n)
+            validation.strict(
+                ex.family, ex.body, max_tokens_cap=self.settings.max_tokens_cap, max_n=self.settings.max_n
+            )
         if ex.family in TOKEN_FAMILIES:
             state.estimate = estimate_prompt_tokens(ex.family, ex.body)
         if identity.limits.any:
             # Against a budget, hold what the request may spend (prompt + max_tokens x n), settled in `done`.
-            reserve = (estimate_reserve(ex.family, ex.body, state.estimate, cap=self.settings.max_tokens_cap,
-                                        max_n=self.settings.max_n) if identity.limits.budget else 0)
-            ticket = Ticket(identity.subject, identity.limits, state.estimate,
-                            spent_at_lookup=identity.spent_tokens, reserve=reserve)
+            reserve = (
+                estimate_reserve(
+                    ex.family, ex.body, state.estimate, cap=self.settings.max_tokens_cap, max_n=self.settings.max_n
+                )
+                if identity.limits.budget
+                else 0
+            )
+            ticket = Ticket(
+                identity.subject,
+                identity.limits,
+                state.estimate,
+                spent_at_lookup=identity.spent_tokens,
+                reserve=reserve,
+            )
             decision = self._limit(ticket)
             if decision is not None:
                 if not decision.allowed:
@@ -176,8 +190,9 @@ class AccessGuard(Transform):
         allowed = ", ".join(identity.models) or "none"
         if model is None:
             if family in TOKEN_FAMILIES:
-                raise PermissionDenied(f"This key may use only these models: {allowed}; name one in 'model'.",
-                                       param="model")
+                raise PermissionDenied(
+                    f"This key may use only these models: {allowed}; name one in 'model'.", param="model"
+                )
             return
         if not any(fnmatch.fnmatchcase(model, pattern) for pattern in identity.models):
             _count_refusal("model")
@@ -194,15 +209,21 @@ class AccessGuard(Transform):
                 if now - self._fail_open_logged >= FAIL_OPEN_LOG_EVERY:  # at most every 10 s, like fail-open
                     self._fail_open_logged = now
                     log.error("rate limiter unreachable, refusing (RATE_LIMIT_FAIL_CLOSED): %s", exc)
-                raise Overloaded("The rate limiter is unavailable; retry shortly.", code="rate_limiter_unavailable",
-                                 headers={"Retry-After": "1"}) from None
+                raise Overloaded(
+                    "The rate limiter is unavailable; retry shortly.",
+                    code="rate_limiter_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from None
             self.fail_open_total += 1
             if FAIL_OPEN is not None:
                 FAIL_OPEN.inc()
             if now - self._fail_open_logged >= FAIL_OPEN_LOG_EVERY:
                 self._fail_open_logged = now
-                log.warning("rate limiter unreachable, serving without limits (fail-open; %d so far): %s",
-                            self.fail_open_total, exc)
+                log.warning(
+                    "rate limiter unreachable, serving without limits (fail-open; %d so far): %s",
+                    self.fail_open_total,
+                    exc,
+                )
             return None
 
     def _refusal(self, d: Decision, identity: Identity, ticket: Ticket) -> ProxyError:
@@ -210,34 +231,47 @@ class AccessGuard(Transform):
         if d.reason == "budget":
             left = d.remaining_budget or 0
             if left <= 0:
-                message = (f"The token budget of {lim.budget} for key {identity.name!r} is spent "
-                           "(counting what requests in flight may still use).")
+                message = (
+                    f"The token budget of {lim.budget} for key {identity.name!r} is spent "
+                    "(counting what requests in flight may still use)."
+                )
             else:
-                asked = (f"this request may use up to {ticket.hold} tokens (about {ticket.estimate} of prompt"
-                         + (" plus max_tokens); lower max_tokens" if ticket.hold > ticket.estimate else ")")
-                         + " or raise the budget")
-                message = (f"Only {left} tokens of the {lim.budget}-token budget for key {identity.name!r} remain "
-                           f"(counting what requests in flight may still use), but {asked}.")
+                asked = (
+                    f"this request may use up to {ticket.hold} tokens (about {ticket.estimate} of prompt"
+                    + (" plus max_tokens); lower max_tokens" if ticket.hold > ticket.estimate else ")")
+                    + " or raise the budget"
+                )
+                message = (
+                    f"Only {left} tokens of the {lim.budget}-token budget for key {identity.name!r} remain "
+                    f"(counting what requests in flight may still use), but {asked}."
+                )
             return QuotaExceeded(message, headers={"x-should-retry": "false"})
         if d.reason == "too_large":
-            err = RateLimited(f"Request too large: about {ticket.estimate} prompt tokens, but key "
-                              f"{identity.name!r} allows {lim.tpm} tokens per minute.",
-                              headers={"x-should-retry": "false"})
+            err = RateLimited(
+                f"Request too large: about {ticket.estimate} prompt tokens, but key "
+                f"{identity.name!r} allows {lim.tpm} tokens per minute.",
+                headers={"x-should-retry": "false"},
+            )
             err.type = "tokens"
             return err
         headers = {"Retry-After": retry_after_seconds(d.retry_after_ms), "retry-after-ms": str(d.retry_after_ms)}
         headers.update(self._limit_headers(lim, d))
         if d.reason == "concurrency":
-            return RateLimited(f"Too many concurrent requests for key {identity.name!r} (limit {lim.concurrency}).",
-                               headers=headers)
+            return RateLimited(
+                f"Too many concurrent requests for key {identity.name!r} (limit {lim.concurrency}).", headers=headers
+            )
         wait = f"{d.retry_after_ms / 1000:.1f}"
         if d.reason == "tokens":
-            err = RateLimited(f"Rate limit reached for key {identity.name!r}: {lim.tpm} tokens per minute. "
-                              f"Try again in {wait}s.", headers=headers)
+            err = RateLimited(
+                f"Rate limit reached for key {identity.name!r}: {lim.tpm} tokens per minute. Try again in {wait}s.",
+                headers=headers,
+            )
             err.type = "tokens"
             return err
-        return RateLimited(f"Rate limit reached for key {identity.name!r}: {lim.rpm} requests per minute. "
-                           f"Try again in {wait}s.", headers=headers)
+        return RateLimited(
+            f"Rate limit reached for key {identity.name!r}: {lim.rpm} requests per minute. Try again in {wait}s.",
+            headers=headers,
+        )
 
     @staticmethod
     def _limit_headers(lim: Any, d: Decision) -> dict[str, str]:
@@ -278,8 +312,10 @@ class AccessGuard(Transform):
             return data
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data["data"] = [
-                m for m in data["data"]
-                if not isinstance(m, dict) or not isinstance(m.get("id"), str)
+                m
+                for m in data["data"]
+                if not isinstance(m, dict)
+                or not isinstance(m.get("id"), str)
                 or any(fnmatch.fnmatchcase(m["id"], p) for p in models)
             ]
         return data
@@ -320,22 +356,33 @@ class AccessGuard(Transform):
             now = time.monotonic()
             if now - self._release_failed_logged >= FAIL_OPEN_LOG_EVERY:
                 self._release_failed_logged = now
-                log.warning("rate limiter unreachable at release (applied when it answers again, else its "
-                            "lease expires): %s", exc)
+                log.warning(
+                    "rate limiter unreachable at release (applied when it answers again, else its lease expires): %s",
+                    exc,
+                )
 
     @staticmethod
-    def _usage_record(ex: Exchange, identity: Identity, prompt: int, completion: int, total: int,
-                      estimated: bool) -> dict[str, Any]:
+    def _usage_record(
+        ex: Exchange, identity: Identity, prompt: int, completion: int, total: int, estimated: bool
+    ) -> dict[str, Any]:
         model = ex.client_model
         if model is None and isinstance(ex.body, dict) and isinstance(ex.body.get("model"), str):
             model = ex.body["model"]
         attempts = ex.outcome.attempts
         provider = attempts[-1] if attempts else ("echo" if ex.outcome.status < 400 else None)
         return {
-            "created_at": now_utc(), "request_id": ex.request_id[:128], "key_id": identity.key_id,
-            "key_name": identity.name[:200], "model": (model or "")[:200] or None, "provider": provider,
-            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total,
-            "estimated": estimated, "streamed": ex.outcome.streamed, "status": ex.outcome.status,
+            "created_at": now_utc(),
+            "request_id": ex.request_id[:128],
+            "key_id": identity.key_id,
+            "key_name": identity.name[:200],
+            "model": (model or "")[:200] or None,
+            "provider": provider,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": total,
+            "estimated": estimated,
+            "streamed": ex.outcome.streamed,
+            "status": ex.outcome.status,
             "latency_ms": int(round(ex.outcome.duration * 1000)),
         }
 

@@ -48,10 +48,16 @@ class KeyRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "key": KEY_PREFIX + "…" + self.hint, "status": self.status(),
+            "id": self.id,
+            "name": self.name,
+            "key": KEY_PREFIX + "…" + self.hint,
+            "status": self.status(),
             "models": list(self.models) if self.models is not None else None,
-            "rpm": self.limits.rpm, "tpm": self.limits.tpm, "max_concurrent": self.limits.concurrency,
-            "budget": self.limits.budget, "spent_tokens": self.spent_tokens,
+            "rpm": self.limits.rpm,
+            "tpm": self.limits.tpm,
+            "max_concurrent": self.limits.concurrency,
+            "budget": self.limits.budget,
+            "spent_tokens": self.spent_tokens,
             "created_at": self.created_at.isoformat(),
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,

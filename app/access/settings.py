@@ -18,10 +18,23 @@ from ..clientip import Networks, networks_from_env
 from ..envparse import ConfigError, boolean, integer, number, text
 
 DEFAULT_DATABASE_URL = "sqlite:///data/cot-proxy.db"
-JWT_ALGORITHMS = frozenset({
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
-    "EdDSA",
-})
+JWT_ALGORITHMS = frozenset(
+    {
+        "HS256",
+        "HS384",
+        "HS512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "EdDSA",
+    }
+)
 KEY_CACHE_SECONDS = 0.5
 """How long a worker trusts a key it looked up: revocation and expiry show within this (well under 1 s)."""
 WEAK_TOKEN_CHARS = 16
@@ -39,12 +52,16 @@ def _check_token(name: str, token: str, where: str, warnings: list[str], *, list
     if not token:
         raise AccessConfigError(f"{name}: {where} is empty (a stray comma?)")
     if any(c.isspace() for c in token):
-        raise AccessConfigError(f"{name}: {where} has whitespace inside; "
-                                + ("separate several tokens with commas, and " if listed else "")
-                                + "leave out any 'Bearer ' prefix")
+        raise AccessConfigError(
+            f"{name}: {where} has whitespace inside; "
+            + ("separate several tokens with commas, and " if listed else "")
+            + "leave out any 'Bearer ' prefix"
+        )
     if len(token) < WEAK_TOKEN_CHARS:
-        warnings.append(f"WEAK CREDENTIAL: {name} ({where}) has only {len(token)} characters: anyone who guesses "
-                        f"it gets in. Use at least {WEAK_TOKEN_CHARS} random characters, e.g. `openssl rand -hex 32`.")
+        warnings.append(
+            f"WEAK CREDENTIAL: {name} ({where}) has only {len(token)} characters: anyone who guesses "
+            f"it gets in. Use at least {WEAK_TOKEN_CHARS} random characters, e.g. `openssl rand -hex 32`."
+        )
 
 
 def _tokens(env: Mapping[str, str], name: str, warnings: list[str]) -> tuple[str, ...]:
@@ -70,8 +87,10 @@ def _user_db_path(env: Mapping[str, str]) -> str | None:
     if raw is None:
         return None
     if any(c in raw for c in "?#") or any(unicodedata.category(c) == "Cc" for c in raw):
-        raise AccessConfigError(f"USER_DB_PATH={raw!r}: a file path without '?', '#' or control characters "
-                                "(or give DATABASE_URL=sqlite:///...)")
+        raise AccessConfigError(
+            f"USER_DB_PATH={raw!r}: a file path without '?', '#' or control characters "
+            "(or give DATABASE_URL=sqlite:///...)"
+        )
     path = os.path.expanduser(raw)
     if path == ":memory:":
         return "sqlite://"
@@ -101,8 +120,9 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
 def _redis_timeout(env: Mapping[str, str]) -> float:
     value = number(env, "REDIS_TIMEOUT_SECONDS", 0.25, positive=True)
     if value > 10:
-        raise AccessConfigError(f"REDIS_TIMEOUT_SECONDS={value:g}: at most 10 (every request may wait this long "
-                                "once when Redis hangs)")
+        raise AccessConfigError(
+            f"REDIS_TIMEOUT_SECONDS={value:g}: at most 10 (every request may wait this long once when Redis hangs)"
+        )
     return value
 
 

@@ -55,7 +55,8 @@ log = logging.getLogger("cot_proxy.guard")
 metadata = MetaData()
 
 api_keys = Table(
-    "cot_api_keys", metadata,
+    "cot_api_keys",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(200), nullable=False, index=True),
     Column("key_hash", String(64), nullable=False, unique=True),
@@ -72,7 +73,8 @@ api_keys = Table(
 )
 
 usage_records = Table(
-    "cot_usage", metadata,
+    "cot_usage",
+    metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     Column("request_id", String(128)),
@@ -153,8 +155,13 @@ def _record(row: Any) -> KeyRecord:
     m = row._mapping
     models = tuple(json.loads(m["models"])) if m["models"] else None
     return KeyRecord(
-        id=m["id"], name=m["name"], hint=m["key_hint"], created_at=utc(m["created_at"]),
-        expires_at=utc(m["expires_at"]), revoked_at=utc(m["revoked_at"]), models=models,
+        id=m["id"],
+        name=m["name"],
+        hint=m["key_hint"],
+        created_at=utc(m["created_at"]),
+        expires_at=utc(m["expires_at"]),
+        revoked_at=utc(m["revoked_at"]),
+        models=models,
         limits=Limits(rpm=m["rpm"], tpm=m["tpm"], concurrency=m["max_concurrent"], budget=m["budget"]),
         spent_tokens=int(m["spent_tokens"] or 0),
     )
@@ -211,8 +218,15 @@ class KeyStore:
     # -- keys -------------------------------------------------------------
 
     def create(
-        self, name: str, *, models: Sequence[str] | None = None, rpm: int | None = None, tpm: int | None = None,
-        max_concurrent: int | None = None, budget: int | None = None, expires_at: datetime | None = None,
+        self,
+        name: str,
+        *,
+        models: Sequence[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_concurrent: int | None = None,
+        budget: int | None = None,
+        expires_at: datetime | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key: returns the secret (shown once) and its record. ValueError for an unusable name."""
         check_name(name)
@@ -221,10 +235,17 @@ class KeyStore:
         self.ensure_schema()
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         values = {
-            "name": name, "key_hash": hash_key(secret), "key_hint": secret[-4:], "created_at": now_utc(),
-            "expires_at": expires_at, "models": json.dumps(list(models)) if models else None,
-            "rpm": rpm or None, "tpm": tpm or None, "max_concurrent": max_concurrent or None,
-            "budget": budget or None, "spent_tokens": 0,
+            "name": name,
+            "key_hash": hash_key(secret),
+            "key_hint": secret[-4:],
+            "created_at": now_utc(),
+            "expires_at": expires_at,
+            "models": json.dumps(list(models)) if models else None,
+            "rpm": rpm or None,
+            "tpm": tpm or None,
+            "max_concurrent": max_concurrent or None,
+            "budget": budget or None,
+            "spent_tokens": 0,
         }
         with self.engine.begin() as conn:
             key_id = conn.execute(api_keys.insert().values(**values)).inserted_primary_key[0]
@@ -297,8 +318,11 @@ class KeyStore:
                 self._insert_usage([row])
                 written += 1
             except REFUSED_DATA as exc:
-                log.error("usage record %s dropped, the database refuses it: %s", row.get("request_id"),
-                          type(getattr(exc, "orig", None) or exc).__name__)
+                log.error(
+                    "usage record %s dropped, the database refuses it: %s",
+                    row.get("request_id"),
+                    type(getattr(exc, "orig", None) or exc).__name__,
+                )
         return written
 
     def _not_yet_stored(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -310,10 +334,15 @@ class KeyStore:
         ids = {storable_text(r.get("request_id"), 128) for r in replayed}
         u = usage_records.c
         with self.engine.connect() as conn:
-            stored = {(rid, utc(at)) for rid, at in conn.execute(
-                select(u.request_id, u.created_at).where(u.request_id.in_(ids))).all()}
-        return [r for r in records if not r.get(REPLAYED)
-                or (storable_text(r.get("request_id"), 128), utc(r.get("created_at"))) not in stored]
+            stored = {
+                (rid, utc(at))
+                for rid, at in conn.execute(select(u.request_id, u.created_at).where(u.request_id.in_(ids))).all()
+            }
+        return [
+            r
+            for r in records
+            if not r.get(REPLAYED) or (storable_text(r.get("request_id"), 128), utc(r.get("created_at"))) not in stored
+        ]
 
     def _insert_usage(self, rows: list[dict[str, Any]]) -> None:
         spent: dict[int, int] = {}
@@ -324,11 +353,18 @@ class KeyStore:
             conn.execute(usage_records.insert(), rows)
             for key_id, tokens in spent.items():
                 if tokens:
-                    conn.execute(update(api_keys).where(api_keys.c.id == key_id)
-                                 .values(spent_tokens=api_keys.c.spent_tokens + tokens))
+                    conn.execute(
+                        update(api_keys)
+                        .where(api_keys.c.id == key_id)
+                        .values(spent_tokens=api_keys.c.spent_tokens + tokens)
+                    )
 
     def usage(
-        self, *, key: str | None = None, since: datetime | None = None, until: datetime | None = None,
+        self,
+        *,
+        key: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Totals per key and model, most tokens first."""
         self.ensure_schema()
@@ -336,7 +372,8 @@ class KeyStore:
             return []  # stored names never hold such characters (and PostgreSQL cannot compare a NUL)
         u = usage_records.c
         query = select(
-            u.key_name, u.model,
+            u.key_name,
+            u.model,
             func.count().label("requests"),
             func.coalesce(func.sum(u.prompt_tokens), 0).label("prompt_tokens"),
             func.coalesce(func.sum(u.completion_tokens), 0).label("completion_tokens"),
@@ -354,10 +391,17 @@ class KeyStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         out = [
-            {"key": r.key_name, "model": r.model, "requests": int(r.requests),
-             "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
-             "total_tokens": int(r.total_tokens), "estimated_requests": int(r.estimated_requests),
-             "errors": int(r.errors), "avg_latency_ms": round(float(r.avg_latency_ms), 1)}
+            {
+                "key": r.key_name,
+                "model": r.model,
+                "requests": int(r.requests),
+                "prompt_tokens": int(r.prompt_tokens),
+                "completion_tokens": int(r.completion_tokens),
+                "total_tokens": int(r.total_tokens),
+                "estimated_requests": int(r.estimated_requests),
+                "errors": int(r.errors),
+                "avg_latency_ms": round(float(r.avg_latency_ms), 1),
+            }
             for r in rows
         ]
         out.sort(key=lambda d: (-d["total_tokens"], d["key"] or "", d["model"] or ""))

@@ -29,10 +29,12 @@ def count_tokens(ex: Exchange) -> Response:
     return echo.json_response({"input_tokens": messages.count_tokens(ex.body)})
 
 
-MESSAGES = Family("messages", json_body=True, parse_response=True, validate=messages.validate,
-                  errors=messages.ANTHROPIC_ERRORS)
-COUNT_TOKENS = Family("count_tokens", json_body=True, validate=validate_count, local=count_tokens,
-                      errors=messages.ANTHROPIC_ERRORS)
+MESSAGES = Family(
+    "messages", json_body=True, parse_response=True, validate=messages.validate, errors=messages.ANTHROPIC_ERRORS
+)
+COUNT_TOKENS = Family(
+    "count_tokens", json_body=True, validate=validate_count, local=count_tokens, errors=messages.ANTHROPIC_ERRORS
+)
 
 
 @bp.post("/v1/messages")

@@ -33,16 +33,32 @@ class Capability:
 
 # path under /v1/ -> (capability variable, default, timeout variable, default timeout)
 ROUTES: dict[str, tuple[str, str, str | None, int]] = {
-    "chat/completions": ("CHAT_COMPLETIONS_CAPABILITY", "openai-chat-completions",
-                         "CHAT_COMPLETIONS_TIMEOUT_SECONDS", 120),
-    "images/generations": ("IMAGE_GENERATION_CAPABILITY", "openai-image-generation",
-                           "IMAGE_GENERATION_TIMEOUT_SECONDS", 120),
+    "chat/completions": (
+        "CHAT_COMPLETIONS_CAPABILITY",
+        "openai-chat-completions",
+        "CHAT_COMPLETIONS_TIMEOUT_SECONDS",
+        120,
+    ),
+    "images/generations": (
+        "IMAGE_GENERATION_CAPABILITY",
+        "openai-image-generation",
+        "IMAGE_GENERATION_TIMEOUT_SECONDS",
+        120,
+    ),
     "embeddings": ("TEXT_EMBEDDINGS_CAPABILITY", "openai-text-embeddings", "TEXT_EMBEDDINGS_TIMEOUT_SECONDS", 30),
     "rerank": ("RERANK_CAPABILITY", "cohere-rerank", "RERANK_TIMEOUT_SECONDS", 30),
-    "video/pipeline/generations": ("VIDEO_PIPELINE_GENERATION_CAPABILITY", "video-pipeline-generation",
-                                   "VIDEO_PIPELINE_GENERATION_TIMEOUT_SECONDS", 900),
-    "video/pipeline/generations/status": ("VIDEO_PIPELINE_GENERATION_CAPABILITY", "video-pipeline-generation",
-                                          None, STATUS_TIMEOUT_SECONDS),
+    "video/pipeline/generations": (
+        "VIDEO_PIPELINE_GENERATION_CAPABILITY",
+        "video-pipeline-generation",
+        "VIDEO_PIPELINE_GENERATION_TIMEOUT_SECONDS",
+        900,
+    ),
+    "video/pipeline/generations/status": (
+        "VIDEO_PIPELINE_GENERATION_CAPABILITY",
+        "video-pipeline-generation",
+        None,
+        STATUS_TIMEOUT_SECONDS,
+    ),
     # The reference gateway proxy's code registers these names; accepted as aliases.
     "video/generations": ("VIDEO_GENERATION_CAPABILITY", "video-generation", "VIDEO_GENERATION_TIMEOUT_SECONDS", 900),
     "video/generations/status": ("VIDEO_GENERATION_CAPABILITY", "video-generation", None, STATUS_TIMEOUT_SECONDS),

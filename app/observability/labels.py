@@ -84,8 +84,11 @@ class ModelLabels:
 
     def learn(self, models: Iterable[Any]) -> None:
         """Add model ids (from an upstream's /v1/models answer); over the cap, the rest are ignored."""
-        fresh = [m for m in models if isinstance(m, str) and 0 < len(m) <= MAX_LENGTH
-                 and m not in self.configured and m not in self._learned]
+        fresh = [
+            m
+            for m in models
+            if isinstance(m, str) and 0 < len(m) <= MAX_LENGTH and m not in self.configured and m not in self._learned
+        ]
         if not fresh:
             return
         with self._lock:
@@ -135,5 +138,5 @@ class ModelLabels:
         names = self._read()
         with self._lock:
             room = MAX_LEARNED - len(self._learned)
-            self._learned.update([n for n in names if n not in self._learned][:max(room, 0)])
+            self._learned.update([n for n in names if n not in self._learned][: max(room, 0)])
         return True

@@ -72,8 +72,11 @@ class TextFormatter(logging.Formatter):
 
 def _text_value(value: Any) -> str:
     if isinstance(value, str):
-        return value if value and not any(c.isspace() or c in "\"=" for c in value) \
+        return (
+            value
+            if value and not any(c.isspace() or c in '"=' for c in value)
             else json.dumps(value, ensure_ascii=False)
+        )
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (dict, list)):
@@ -90,8 +93,14 @@ def mask_secrets(obj: Any, depth: int = 0) -> Any:
     if depth > 20:
         return "…"
     if isinstance(obj, dict):
-        return {k: (hint(v) if isinstance(v, str) and isinstance(k, str) and _SECRET_KEY.search(k)
-                    else mask_secrets(v, depth + 1)) for k, v in obj.items()}
+        return {
+            k: (
+                hint(v)
+                if isinstance(v, str) and isinstance(k, str) and _SECRET_KEY.search(k)
+                else mask_secrets(v, depth + 1)
+            )
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [mask_secrets(v, depth + 1) for v in obj]
     if isinstance(obj, str) and obj[:7].lower() == "bearer ":

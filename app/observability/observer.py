@@ -113,8 +113,13 @@ class Recorder(Transform):
 class Observer(Transform):
     name = "observability"
 
-    def __init__(self, config: Any, recorder: Recorder | None = None,
-                 sinks: list[AsyncSink] | None = None, labels: ModelLabels | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        recorder: Recorder | None = None,
+        sinks: list[AsyncSink] | None = None,
+        labels: ModelLabels | None = None,
+    ) -> None:
         settings = config.observability
         self.settings = settings
         self.debug_bodies = bool(getattr(config, "debug", False))
@@ -273,8 +278,11 @@ class Observer(Transform):
             "status": o.status,
             "error": o.error,
             "stream": o.streamed,
-            "timings": {"started_at": iso_time(started), "duration_ms": fields["latency_ms"],
-                        "ttfb_ms": fields["ttfb_ms"]},
+            "timings": {
+                "started_at": iso_time(started),
+                "duration_ms": fields["latency_ms"],
+                "ttfb_ms": fields["ttfb_ms"],
+            },
             "usage": ex.usage,
             "request": st.request_body if st.request_body is not None else ex.body,
             "response": self.recorder.answer(ex) if self.recorder is not None else None,

@@ -39,13 +39,43 @@ log = logging.getLogger("cot_proxy.observability")
 
 REDACTED = "[redacted]"
 # Names compared lower-cased with `-`, `_`, `.` and spaces removed: `X-Api-Key`, `api_key`, `apiKey` alike.
-_SECRET_NAMES = frozenset({
-    "key", "token", "secret", "password", "passwd", "pwd", "auth", "bearer", "authorization",
-    "cookie", "setcookie", "credential", "credentials", "sessionid", "jwt",
-})
+_SECRET_NAMES = frozenset(
+    {
+        "key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "auth",
+        "bearer",
+        "authorization",
+        "cookie",
+        "setcookie",
+        "credential",
+        "credentials",
+        "sessionid",
+        "jwt",
+    }
+)
 _SECRET_SUFFIXES = (
-    "apikey", "apikeys", "secretkey", "privatekey", "accesskey", "authkey", "token", "secret", "secrets",
-    "password", "passwords", "passwd", "auth", "authorization", "credential", "credentials", "cookie",
+    "apikey",
+    "apikeys",
+    "secretkey",
+    "privatekey",
+    "accesskey",
+    "authkey",
+    "token",
+    "secret",
+    "secrets",
+    "password",
+    "passwords",
+    "passwd",
+    "auth",
+    "authorization",
+    "credential",
+    "credentials",
+    "cookie",
 )
 _NAME_NOISE = re.compile(r"[-_.\s]")
 # A whole value `Bearer <token>`, and one inside text when it looks like a token (a digit and
@@ -76,9 +106,14 @@ def redact(obj: Any, depth: int = 0) -> Any:
         logprob = "logprob" in obj
         out = {}
         for k, v in obj.items():
-            if (isinstance(k, str) and secret_name(k) and not (logprob and k == "token")
-                    and v is not None and not isinstance(v, (bool, dict))
-                    and not (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v))):
+            if (
+                isinstance(k, str)
+                and secret_name(k)
+                and not (logprob and k == "token")
+                and v is not None
+                and not isinstance(v, (bool, dict))
+                and not (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v))
+            ):
                 out[k] = REDACTED
             else:
                 out[k] = redact(v, depth + 1)
@@ -196,8 +231,12 @@ class WebhookSink(CompletionSink):
         self.session.trust_env = False
 
     def handle(self, record: dict[str, Any]) -> None:
-        resp = self.session.post(self.url, data=orjson.dumps(record, default=str), timeout=self.timeout,
-                                 headers={"Content-Type": "application/json", "User-Agent": "cot-proxy"})
+        resp = self.session.post(
+            self.url,
+            data=orjson.dumps(record, default=str),
+            timeout=self.timeout,
+            headers={"Content-Type": "application/json", "User-Agent": "cot-proxy"},
+        )
         resp.close()
         if resp.status_code >= 400:
             raise RuntimeError(f"webhook answered {resp.status_code}")
@@ -254,8 +293,7 @@ class AsyncSink:
                 self.failed += 1
                 metrics.sink_errors.labels(self.name).inc()
                 if _worth_logging(self.failed):
-                    log.warning("completion sink %s failed (%d so far): %s", self.name, self.failed,
-                                _describe(exc))
+                    log.warning("completion sink %s failed (%d so far): %s", self.name, self.failed, _describe(exc))
             finally:
                 self.queue.task_done()
 
@@ -308,12 +346,14 @@ def build_sinks(settings: Any) -> list[AsyncSink]:
     """The configured sinks, each behind its own queue; closed (drained briefly) at exit."""
     sinks: list[AsyncSink] = []
     if settings.completion_log_file:
-        sink = JsonlFileSink(settings.completion_log_file, settings.completion_log_max_bytes,
-                             settings.completion_log_backups)
+        sink = JsonlFileSink(
+            settings.completion_log_file, settings.completion_log_max_bytes, settings.completion_log_backups
+        )
         sinks.append(AsyncSink(sink, "file", settings.queue_size))
     if settings.webhook_url:
-        sinks.append(AsyncSink(WebhookSink(settings.webhook_url, settings.webhook_timeout), "webhook",
-                               settings.queue_size))
+        sinks.append(
+            AsyncSink(WebhookSink(settings.webhook_url, settings.webhook_timeout), "webhook", settings.queue_size)
+        )
     for path in settings.sinks:
         try:
             cls = load_sink_class(path)

@@ -79,20 +79,29 @@ def init_app(app: Flask, config: Any) -> None:
             if info.fields is not None:  # relayed: the observer's fields, complete after the last byte
                 write_access_line({**info.fields, "path": path})  # the client's path, if a step translated it
                 return
-            fields = {"request_id": rid, "method": method, "path": path, "route": None, "status": status,
-                      "latency_ms": round((time.monotonic() - info.started) * 1000, 1), "client": info.address,
-                      "key": info.key_hint}
+            fields = {
+                "request_id": rid,
+                "method": method,
+                "path": path,
+                "route": None,
+                "status": status,
+                "latency_ms": round((time.monotonic() - info.started) * 1000, 1),
+                "client": info.address,
+                "key": info.key_hint,
+            }
             write_access_line(fields, logging.DEBUG if quiet else logging.INFO)
 
         response.call_on_close(line)
         return response
 
     if settings.metrics_on_main_port:  # off with METRICS_ENABLED=false or METRICS_ON_MAIN_PORT=false: a 404
+
         @app.get("/metrics", endpoint=METRICS_ENDPOINT)
         @allow_only(_metrics_allowlist)  # METRICS_ALLOWED_IPS: others get 403 ip_not_allowed
         def _metrics() -> Response:
-            body, content_type = render(metrics.scrape_registry(), request.headers.get("Accept", ""),
-                                        request.query_string.decode("latin-1"))
+            body, content_type = render(
+                metrics.scrape_registry(), request.headers.get("Accept", ""), request.query_string.decode("latin-1")
+            )
             return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
 
     if settings.otel_endpoint:
@@ -100,18 +109,27 @@ def init_app(app: Flask, config: Any) -> None:
 
         init_tracing(app, settings)
 
-    sinks = [name for name, on in (("file", settings.completion_log_file), ("webhook", settings.webhook_url))
-             if on] + list(settings.sinks)
-    shown = "off" if not settings.metrics_on_main_port else (
-        f"on for {settings.metrics_allowed_ips}" if settings.metrics_allowed_ips else "on")
-    log.info("observability: LOG_FORMAT=%s, /metrics %s, completion sinks: %s, tracing %s", settings.log_format,
-             shown, ", ".join(sinks) or "none",
-             "on" if settings.otel_endpoint else "off")
+    sinks = [
+        name for name, on in (("file", settings.completion_log_file), ("webhook", settings.webhook_url)) if on
+    ] + list(settings.sinks)
+    shown = (
+        "off"
+        if not settings.metrics_on_main_port
+        else (f"on for {settings.metrics_allowed_ips}" if settings.metrics_allowed_ips else "on")
+    )
+    log.info(
+        "observability: LOG_FORMAT=%s, /metrics %s, completion sinks: %s, tracing %s",
+        settings.log_format,
+        shown,
+        ", ".join(sinks) or "none",
+        "on" if settings.otel_endpoint else "off",
+    )
 
     if settings.port and not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
         # Under Gunicorn the master serves it (when_ready).
-        start_listener(settings.host, settings.port, settings.metrics_allowed_ips,
-                       getattr(config.access, "trusted_proxies", None))
+        start_listener(
+            settings.host, settings.port, settings.metrics_allowed_ips, getattr(config.access, "trusted_proxies", None)
+        )
 
 
 def start_listener(host: str, port: int, allowed: Any = None, trusted: Any = None) -> None:

@@ -136,8 +136,9 @@ def _bounds() -> tuple[int, ...]:
 
 
 BOUNDS = _bounds()
-_SPANS = tuple(((k + 1) << 32, start, end)
-               for k, (start, end) in enumerate(zip((0, *BOUNDS[:-1]), BOUNDS, strict=True)))
+_SPANS = tuple(
+    ((k + 1) << 32, start, end) for k, (start, end) in enumerate(zip((0, *BOUNDS[:-1]), BOUNDS, strict=True))
+)
 """Per block: the depth tag of its id (collisions only at one depth), where it starts and ends."""
 
 
@@ -221,7 +222,7 @@ def blocks(body: Any) -> Prompt:
     if len(msg_ends) >= 2:
         k = last_block_before(msg_ends[1])
         base, start = (ids[k] & 0xFFFFFFFF, ends[k]) if k >= 0 else (0, 0)
-        conversation = crc(view[start:msg_ends[1]], base) | 1 << 40
+        conversation = crc(view[start : msg_ends[1]], base) | 1 << 40
     history = last_block_before(msg_ends[-2]) if len(msg_ends) >= 3 else -1
     return Prompt(ids, ends, n, first, conversation, history)
 
@@ -308,10 +309,17 @@ class CacheAware:
 
     name = "cache_aware"
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, load_factor: float = LOAD_FACTOR,
-                 confidence: float = 0.5, slack: int = SLACK, load_weight: float = LOAD_WEIGHT,
-                 share_factor: float = SHARE_FACTOR, share_slack: float = SHARE_SLACK,
-                 peers: float = PEERS_START) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        load_factor: float = LOAD_FACTOR,
+        confidence: float = 0.5,
+        slack: int = SLACK,
+        load_weight: float = LOAD_WEIGHT,
+        share_factor: float = SHARE_FACTOR,
+        share_slack: float = SHARE_SLACK,
+        peers: float = PEERS_START,
+    ) -> None:
         self.index = PrefixIndex(max_entries)
         self.load_weight = load_weight
         self.home_bonus = HOME_BONUS
@@ -420,8 +428,9 @@ class CacheAware:
         ends = prompt.ends
         matched = self.index.match(prompt.ids, candidates)
         trust = self._trust
-        expected = [int(ends[matched[p] - 1] // CHARS_PER_TOKEN * trust.get(p, 1.0)) if p in matched else 0
-                    for p in pos]
+        expected = [
+            int(ends[matched[p] - 1] // CHARS_PER_TOKEN * trust.get(p, 1.0)) if p in matched else 0 for p in pos
+        ]
         # The share cap (see SHARE_FACTOR): backends this router has not sent too much to lately.
         sent = self._sent
         # After: with this request, within the cap (so no router's count ever exceeds it).
@@ -456,8 +465,10 @@ class CacheAware:
                     first_home = open_homes[0]
                     if len(open_homes) > 1:
                         runner = open_homes[1]
-                        if (homed[pos[first_home]] / weights[first_home] - homed[pos[runner]] / weights[runner]
-                                >= 1 + self.spill_margin * self.peers ** SPILL_POWER):
+                        if (
+                            homed[pos[first_home]] / weights[first_home] - homed[pos[runner]] / weights[runner]
+                            >= 1 + self.spill_margin * self.peers**SPILL_POWER
+                        ):
                             first_home = runner
             winner = homes[0]
             if matched.get(pos[first_home], 0) <= prompt.first_message:
@@ -478,8 +489,11 @@ class CacheAware:
         tokens = prompt.tokens
         conf, conf_history = self.confidence, self.history_confidence
         # Each prediction weighed by how often predictions of its kind came true.
-        value = ([max(conf * f, conf_history * h) for f, h in zip(predicted, history, strict=True)]
-                 if prompt.history >= 0 else [conf * f for f in predicted])
+        value = (
+            [max(conf * f, conf_history * h) for f, h in zip(predicted, history, strict=True)]
+            if prompt.history >= 0
+            else [conf * f for f in predicted]
+        )
         weight = self.work * self.load_weight
         bonus = self.home_bonus if prompt.conversation else 0.0
 
@@ -507,9 +521,16 @@ class CacheAware:
         hit_est = max(float(expected[chosen]), value[chosen])
         self.work += (max(0.0, tokens - hit_est) - self.work) / 64
         by_history = conf_history * history[chosen] > conf * predicted[chosen]
-        decision = Decision(self, prompt, pos[chosen], expected[chosen],
-                            int(history[chosen] if by_history else predicted[chosen]),
-                            fresh, fresh and chosen == winner, by_history)
+        decision = Decision(
+            self,
+            prompt,
+            pos[chosen],
+            expected[chosen],
+            int(history[chosen] if by_history else predicted[chosen]),
+            fresh,
+            fresh and chosen == winner,
+            by_history,
+        )
         out = [healthy[chosen], *(healthy[i] for i in rest)]
         return out + down, decision
 

@@ -23,8 +23,13 @@ USER_AGENT = "cot-proxy-background"
 
 
 class Catalog:
-    def __init__(self, providers: dict[str, Provider], aliases: list[str], refresh_seconds: float,
-                 shared: SharedEjections | None = None) -> None:
+    def __init__(
+        self,
+        providers: dict[str, Provider],
+        aliases: list[str],
+        refresh_seconds: float,
+        shared: SharedEjections | None = None,
+    ) -> None:
         self.providers = providers
         self.shared = shared
         self.aliases = aliases

@@ -28,8 +28,14 @@ PENDING_MAX = 4096
 class Provider:
     kind = "openai"
 
-    def __init__(self, spec: ProviderSpec, *, connect_timeout: float, read_timeout: float,
-                 livepeer: LivepeerSettings | None = None) -> None:
+    def __init__(
+        self,
+        spec: ProviderSpec,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        livepeer: LivepeerSettings | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.retries = spec.retries
@@ -40,12 +46,17 @@ class Provider:
         self.backends = [
             Backend(
                 target=Target(
-                    base_url=b.base_url, api_key=b.api_key or spec.api_key,
+                    base_url=b.base_url,
+                    api_key=b.api_key or spec.api_key,
                     connect_timeout=spec.connect_timeout_seconds or connect_timeout,
                     read_timeout=spec.timeout_seconds or read_timeout,
-                    name=spec.name, kind=self.kind, apis=spec.apis,
+                    name=spec.name,
+                    kind=self.kind,
+                    apis=spec.apis,
                 ),
-                weight=b.weight, failure_threshold=spec.failure_threshold, cooldown_seconds=spec.cooldown_seconds,
+                weight=b.weight,
+                failure_threshold=spec.failure_threshold,
+                cooldown_seconds=spec.cooldown_seconds,
             )
             for b in spec.backends
         ]
@@ -132,24 +143,40 @@ class LivepeerProvider(Provider):
 
     kind = "livepeer"
 
-    def __init__(self, spec: ProviderSpec, *, connect_timeout: float, read_timeout: float,
-                 livepeer: LivepeerSettings | None = None) -> None:
+    def __init__(
+        self,
+        spec: ProviderSpec,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        livepeer: LivepeerSettings | None = None,
+    ) -> None:
         super().__init__(spec, connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._routes: dict[int, dict[str, Target]] = {}
         for i, backend in enumerate(self.backends):
             gateway = backend.target.base_url.rstrip("/").removesuffix("/v1")
             # Capabilities and timeouts from the environment's Livepeer settings, if any.
-            settings = (replace(livepeer, gateway_url=gateway) if livepeer is not None
-                        else LivepeerSettings.from_env({"GATEWAY_URL": gateway}))
+            settings = (
+                replace(livepeer, gateway_url=gateway)
+                if livepeer is not None
+                else LivepeerSettings.from_env({"GATEWAY_URL": gateway})
+            )
             assert settings is not None
-            self._routes[i] = {path: self._route_target(backend.target, settings, gateway, cap)
-                               for path, cap in settings.routes.items()}
+            self._routes[i] = {
+                path: self._route_target(backend.target, settings, gateway, cap)
+                for path, cap in settings.routes.items()
+            }
 
     @staticmethod
     def _route_target(base: Target, settings: LivepeerSettings, gateway: str, cap: Capability) -> Target:
-        return Target(base_url=gateway + "/process/request/v1/", connect_timeout=base.connect_timeout,
-                      read_timeout=float(cap.timeout_seconds), name=base.name, kind="livepeer",
-                      headers={"livepeer": settings.header(cap)})
+        return Target(
+            base_url=gateway + "/process/request/v1/",
+            connect_timeout=base.connect_timeout,
+            read_timeout=float(cap.timeout_seconds),
+            name=base.name,
+            kind="livepeer",
+            headers={"livepeer": settings.header(cap)},
+        )
 
     def target_for(self, backend: Backend, ex: Exchange) -> Target | None:
         return self._routes[self.backends.index(backend)].get(ex.path.rstrip("/"))
@@ -164,6 +191,7 @@ class LivepeerProvider(Provider):
 TYPES: dict[str, type[Provider]] = {"openai": Provider, "ollama": OllamaProvider, "livepeer": LivepeerProvider}
 
 
-def build(spec: ProviderSpec, *, connect_timeout: float, read_timeout: float,
-          livepeer: LivepeerSettings | None = None) -> Provider:
+def build(
+    spec: ProviderSpec, *, connect_timeout: float, read_timeout: float, livepeer: LivepeerSettings | None = None
+) -> Provider:
     return TYPES[spec.type](spec, connect_timeout=connect_timeout, read_timeout=read_timeout, livepeer=livepeer)

@@ -46,10 +46,12 @@ def gateway_provider(config: Config) -> Provider | None:
     on another path goes to the other providers, or echo mode)."""
     if config.livepeer is None:
         return None
-    spec = ProviderSpec(name=GATEWAY, type="livepeer", backends=(BackendSpec(config.livepeer.gateway_url + "/"),),
-                        retries=0)
-    return build(spec, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
-                 livepeer=config.livepeer)
+    spec = ProviderSpec(
+        name=GATEWAY, type="livepeer", backends=(BackendSpec(config.livepeer.gateway_url + "/"),), retries=0
+    )
+    return build(
+        spec, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout, livepeer=config.livepeer
+    )
 
 
 class Router:
@@ -58,21 +60,21 @@ class Router:
         self.settings = settings
         self.transparent = settings.transparent
         self.providers: dict[str, Provider] = {
-            name: build(spec, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
-                        livepeer=config.livepeer)
+            name: build(
+                spec, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout, livepeer=config.livepeer
+            )
             for name, spec in settings.providers.items()
         }
         self.default_provider = settings.default_provider
         self.gateway = gateway_provider(config)
         every = [*self.providers.values(), *([self.gateway] if self.gateway is not None else [])]
-        self._backends: dict[int, Backend] = {
-            id(target): backend for p in every for target, backend in p.targets()
-        }
+        self._backends: dict[int, Backend] = {id(target): backend for p in every for target, backend in p.targets()}
         extra = [name for name in config.llm_params.names if name not in ("default", "*")]
         shared = None
         if config.access.redis_url and not self.transparent:
-            shared = SharedEjections(config.access.redis_url, timeout=config.access.redis_timeout,
-                                     prefix=config.access.redis_prefix)
+            shared = SharedEjections(
+                config.access.redis_url, timeout=config.access.redis_timeout, prefix=config.access.redis_prefix
+            )
             for backend in self._backends.values():
                 backend.on_eject = shared.publish
         self.catalog = Catalog(self.providers, [*settings.models, *extra], settings.models_refresh_seconds, shared)
@@ -101,8 +103,7 @@ class Router:
                 backend, target = order[i % len(order)]
                 attempts.append(Attempt(target, None if self.transparent else model, label))
         if not attempts:
-            raise NotFound(f"No provider serves /v1/{ex.path} for model {ex.client_model!r}.",
-                           code="model_not_found")
+            raise NotFound(f"No provider serves /v1/{ex.path} for model {ex.client_model!r}.", code="model_not_found")
         return attempts
 
     def _resolve(self, model: str | None) -> list[tuple[Provider, str | None]]:
@@ -123,8 +124,9 @@ class Router:
             return [(self.providers[prefix], rest)]
         if not sep and default is not None:
             return [(default, model)]
-        raise NotFound(f"The model '{model}' does not exist or no provider serves it.", param="model",
-                       code="model_not_found")
+        raise NotFound(
+            f"The model '{model}' does not exist or no provider serves it.", param="model", code="model_not_found"
+        )
 
     # -- feedback -----------------------------------------------------------
 

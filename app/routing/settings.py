@@ -102,8 +102,14 @@ class RoutingSettings:
 # -- reading -------------------------------------------------------------------
 
 
-def load(env: Mapping[str, str], *, target_base_url: str | None, upstream_api_key: str | None,
-         connect_timeout: float, read_timeout: float) -> RoutingSettings:
+def load(
+    env: Mapping[str, str],
+    *,
+    target_base_url: str | None,
+    upstream_api_key: str | None,
+    connect_timeout: float,
+    read_timeout: float,
+) -> RoutingSettings:
     """Everything routing needs: the YAML file (if any) plus environment shorthands."""
     path = text(env, "COT_PROXY_CONFIG")
     if path is None and os.path.exists("config.yaml"):
@@ -119,14 +125,18 @@ def load(env: Mapping[str, str], *, target_base_url: str | None, upstream_api_ke
     env_apis = _api_modes({key: text(env, var) for key, var in API_SWITCHES.items()}, "", env_names=True)
     if target_base_url and "default" not in providers:
         providers["default"] = replace(
-            _default_provider(target_base_url, upstream_api_key, connect_timeout, read_timeout, retries),
-            apis=env_apis)
+            _default_provider(target_base_url, upstream_api_key, connect_timeout, read_timeout, retries), apis=env_apis
+        )
     ollama = text(env, "OLLAMA_BASE_URL")
     if ollama and "ollama" not in providers:
         _check_url(ollama, "OLLAMA_BASE_URL")
         providers["ollama"] = ProviderSpec(
-            "ollama", type="ollama", backends=(BackendSpec(ollama.rstrip("/") + "/v1/"),),
-            timeout_seconds=read_timeout, connect_timeout_seconds=connect_timeout, retries=retries,
+            "ollama",
+            type="ollama",
+            backends=(BackendSpec(ollama.rstrip("/") + "/v1/"),),
+            timeout_seconds=read_timeout,
+            connect_timeout_seconds=connect_timeout,
+            retries=retries,
         )
     models = {name: _model(name, spec, providers) for name, spec in _mapping(raw.get("models") or {}, "models")}
     default = raw.get("default_provider") or text(env, "DEFAULT_PROVIDER") or text(env, "DEFAULT_BACKEND")
@@ -138,19 +148,28 @@ def load(env: Mapping[str, str], *, target_base_url: str | None, upstream_api_ke
     return RoutingSettings(providers, models, default, refresh, path)
 
 
-def _default_provider(url: str, api_key: str | None, connect_timeout: float, read_timeout: float,
-                      retries: int = 0) -> ProviderSpec:
-    return ProviderSpec("default", backends=(BackendSpec(url),), api_key=api_key, timeout_seconds=read_timeout,
-                        connect_timeout_seconds=connect_timeout, retries=retries)
+def _default_provider(
+    url: str, api_key: str | None, connect_timeout: float, read_timeout: float, retries: int = 0
+) -> ProviderSpec:
+    return ProviderSpec(
+        "default",
+        backends=(BackendSpec(url),),
+        api_key=api_key,
+        timeout_seconds=read_timeout,
+        connect_timeout_seconds=connect_timeout,
+        retries=retries,
+    )
 
 
-def single_provider(url: str | None, api_key: str | None, connect_timeout: float,
-                    read_timeout: float) -> RoutingSettings:
+def single_provider(
+    url: str | None, api_key: str | None, connect_timeout: float, read_timeout: float
+) -> RoutingSettings:
     """The routing of a plain `TARGET_BASE_URL` setup: one transparent provider (or none)."""
     if url is None:
         return RoutingSettings()
-    return RoutingSettings({"default": _default_provider(url, api_key, connect_timeout, read_timeout)},
-                           default_provider="default")
+    return RoutingSettings(
+        {"default": _default_provider(url, api_key, connect_timeout, read_timeout)}, default_provider="default"
+    )
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -171,6 +190,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def _substitute(value: Any, env: Mapping[str, str], where: str) -> Any:
     """Replace `${VAR}` / `${VAR:-default}` in every string."""
     if isinstance(value, str):
+
         def one(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in env and env[name] != "":
@@ -178,6 +198,7 @@ def _substitute(value: Any, env: Mapping[str, str], where: str) -> Any:
             if default is not None:
                 return default
             raise RoutingConfigError(f"{where or '(top level)'}: ${{{name}}} is not set and has no default")
+
         return _VAR.sub(one, value)
     if isinstance(value, dict):
         return {k: _substitute(v, env, _join(where, str(k))) for k, v in value.items()}
@@ -190,9 +211,27 @@ def _provider(name: str, spec: Any) -> ProviderSpec:
     where = f"providers.{name}"
     if not isinstance(spec, dict):
         raise RoutingConfigError(f"{where}: must be a mapping")
-    _only(spec, where, {"type", "base_url", "backends", "balance", "api_key", "timeout_seconds",
-                        "connect_timeout_seconds", "retries", "health_check", "failure_threshold",
-                        "cooldown_seconds", "affinity_prefix_chars", "models", "weight", *API_SWITCHES})
+    _only(
+        spec,
+        where,
+        {
+            "type",
+            "base_url",
+            "backends",
+            "balance",
+            "api_key",
+            "timeout_seconds",
+            "connect_timeout_seconds",
+            "retries",
+            "health_check",
+            "failure_threshold",
+            "cooldown_seconds",
+            "affinity_prefix_chars",
+            "models",
+            "weight",
+            *API_SWITCHES,
+        },
+    )
     kind = spec.get("type", "openai")
     if kind not in PROVIDER_TYPES:
         raise RoutingConfigError(f"{where}.type: must be one of {', '.join(PROVIDER_TYPES)} (got {kind!r})")
@@ -201,8 +240,9 @@ def _provider(name: str, spec: Any) -> ProviderSpec:
     items = spec.get("backends") if "backends" in spec else [{"base_url": spec.get("base_url")}]
     if not isinstance(items, list) or not items:
         raise RoutingConfigError(f"{where}.backends: must be a non-empty list")
-    backends = tuple(_backend(kind, b, f"{where}.backends[{i}]" if "backends" in spec else where)
-                     for i, b in enumerate(items))
+    backends = tuple(
+        _backend(kind, b, f"{where}.backends[{i}]" if "backends" in spec else where) for i, b in enumerate(items)
+    )
     balance = spec.get("balance", "cache_aware" if len(backends) > 1 else "round_robin")
     if balance not in BALANCES:
         raise RoutingConfigError(f"{where}.balance: must be one of {', '.join(BALANCES)} (got {balance!r})")
@@ -214,23 +254,30 @@ def _provider(name: str, spec: Any) -> ProviderSpec:
         _only(health, f"{where}.health_check", {"path", "interval_seconds"})
         health_spec = HealthCheckSpec(
             path=str(health.get("path", "/models")),
-            interval_seconds=_number(health.get("interval_seconds", 15), f"{where}.health_check.interval_seconds",
-                                     minimum=0.1),
+            interval_seconds=_number(
+                health.get("interval_seconds", 15), f"{where}.health_check.interval_seconds", minimum=0.1
+            ),
         )
     models = spec.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise RoutingConfigError(f"{where}.models: must be a list of model names")
     return ProviderSpec(
-        name=name, type=kind, backends=backends, balance=balance, api_key=_opt_str(spec, "api_key", where),
+        name=name,
+        type=kind,
+        backends=backends,
+        balance=balance,
+        api_key=_opt_str(spec, "api_key", where),
         timeout_seconds=_opt_number(spec, "timeout_seconds", where),
         connect_timeout_seconds=_opt_number(spec, "connect_timeout_seconds", where),
         retries=int(_number(spec.get("retries", 1), f"{where}.retries", minimum=0, integer=True)),
         health_check=health_spec,
-        failure_threshold=int(_number(spec.get("failure_threshold", 3), f"{where}.failure_threshold", minimum=1,
-                                      integer=True)),
+        failure_threshold=int(
+            _number(spec.get("failure_threshold", 3), f"{where}.failure_threshold", minimum=1, integer=True)
+        ),
         cooldown_seconds=_number(spec.get("cooldown_seconds", 30), f"{where}.cooldown_seconds", minimum=0),
-        affinity_prefix_chars=int(_number(spec.get("affinity_prefix_chars", 1024), f"{where}.affinity_prefix_chars",
-                                          minimum=1, integer=True)),
+        affinity_prefix_chars=int(
+            _number(spec.get("affinity_prefix_chars", 1024), f"{where}.affinity_prefix_chars", minimum=1, integer=True)
+        ),
         models=tuple(models),
         apis=_api_modes(spec, where),
     )
@@ -269,8 +316,20 @@ def _model(name: str, spec: Any, providers: dict[str, ProviderSpec]) -> ModelSpe
     where = f"models.{name}"
     if not isinstance(spec, dict):
         raise RoutingConfigError(f"{where}: must be a mapping")
-    _only(spec, where, {"route", "provider", "upstream_model", "params", "think_mode", "think_tag_start",
-                        "think_tag_end", "think_prefilled"})
+    _only(
+        spec,
+        where,
+        {
+            "route",
+            "provider",
+            "upstream_model",
+            "params",
+            "think_mode",
+            "think_tag_start",
+            "think_tag_end",
+            "think_prefilled",
+        },
+    )
     route = spec.get("route", [])
     if not isinstance(route, list) or not all(isinstance(r, str) and "/" in r for r in route):
         raise RoutingConfigError(f"{where}.route: must be a list of 'provider/model' entries")
@@ -289,8 +348,13 @@ def _model(name: str, spec: Any, providers: dict[str, ProviderSpec]) -> ModelSpe
     if think_mode is not None and think_mode not in THINK_MODES:
         raise RoutingConfigError(f"{where}.think_mode: must be {', '.join(THINK_MODES)}")
     return ModelSpec(
-        name=name, route=tuple(route), provider=provider, upstream_model=_opt_str(spec, "upstream_model", where),
-        params=dict(params), think_mode=think_mode, think_tag_start=_opt_str(spec, "think_tag_start", where),
+        name=name,
+        route=tuple(route),
+        provider=provider,
+        upstream_model=_opt_str(spec, "upstream_model", where),
+        params=dict(params),
+        think_mode=think_mode,
+        think_tag_start=_opt_str(spec, "think_tag_start", where),
         think_tag_end=_opt_str(spec, "think_tag_end", where),
         think_prefilled=_prefilled(spec.get("think_prefilled"), f"{where}.think_prefilled"),
     )

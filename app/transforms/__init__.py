@@ -33,22 +33,24 @@ def build_pipeline(config: Config) -> Pipeline:
     from .usage import UsageCapture
 
     responses_request, responses_answer = responses_steps(config)
-    return Pipeline([
-        # Access first: authenticate, check and limit before anything else runs (app/access/guard.py).
-        *access_transforms(config),
-        HeaderScrub(),
-        MessagesRequest(),  # per attempt: /v1/messages passed through or spoken as chat completions
-        responses_request,  # per attempt: /v1/responses passed through or spoken as chat completions
-        LivepeerGateway(),
-        SSEFilter(),
-        UsageCapture(),
-        # Think before ModelName: the text it flushes at the end still gets the client's model name.
-        Think(config),
-        Overrides(config.llm_params),
-        ModelName(),  # after every step that may rename the request
-        MessagesResponse(),  # chat answers back into Anthropic's shape, once every chat step is done
-        responses_answer,  # chat answers back into Responses objects and events (reasoning already split)
-        # Observability last: it only reads, and must see answers as the client gets them.
-        *observability.pipeline_steps(config),
-        *ui.pipeline_steps(config),  # the console's live-request registry (reads only; off without ADMIN_TOKEN)
-    ])
+    return Pipeline(
+        [
+            # Access first: authenticate, check and limit before anything else runs (app/access/guard.py).
+            *access_transforms(config),
+            HeaderScrub(),
+            MessagesRequest(),  # per attempt: /v1/messages passed through or spoken as chat completions
+            responses_request,  # per attempt: /v1/responses passed through or spoken as chat completions
+            LivepeerGateway(),
+            SSEFilter(),
+            UsageCapture(),
+            # Think before ModelName: the text it flushes at the end still gets the client's model name.
+            Think(config),
+            Overrides(config.llm_params),
+            ModelName(),  # after every step that may rename the request
+            MessagesResponse(),  # chat answers back into Anthropic's shape, once every chat step is done
+            responses_answer,  # chat answers back into Responses objects and events (reasoning already split)
+            # Observability last: it only reads, and must see answers as the client gets them.
+            *observability.pipeline_steps(config),
+            *ui.pipeline_steps(config),  # the console's live-request registry (reads only; off without ADMIN_TOKEN)
+        ]
+    )

@@ -78,8 +78,19 @@ class Transform:
         `ex.outcome` says how it ended. Must not raise."""
 
 
-HOOKS = ("authenticate", "admit", "attempt", "request", "resend", "response_headers", "response_json",
-         "error_json", "stream_event", "stream_end", "done")
+HOOKS = (
+    "authenticate",
+    "admit",
+    "attempt",
+    "request",
+    "resend",
+    "response_headers",
+    "response_json",
+    "error_json",
+    "stream_event",
+    "stream_end",
+    "done",
+)
 
 
 def overrides(transform: Transform, hook: str) -> bool:

@@ -6,8 +6,18 @@ from ..exchange import Exchange
 from .base import Transform
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-     "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 # Set by the proxy or by the HTTP client library for the upstream connection.
 REQUEST_ONLY = frozenset({"host", "content-length"})

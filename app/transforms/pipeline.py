@@ -101,11 +101,10 @@ class BoundPipeline:
         events: list[Event] = []
         for i, t in enumerate(self._stream):
             flushed = list(t.stream_end(self.ex))
-            for later in self._stream[i + 1:]:
+            for later in self._stream[i + 1 :]:
                 flushed = [o for e in flushed for o in later.stream_event(self.ex, e)]
             events.extend(flushed)
         return events
-
 
 
 def _hooks(transform: Transform) -> frozenset[str]:

@@ -70,9 +70,14 @@ class PrefillStore:
 
     kind = "memory"
 
-    def __init__(self, max_models: int = MAX_MODELS, ttl: float = TTL_SECONDS,
-                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic,
-                 on_learned: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        max_models: int = MAX_MODELS,
+        ttl: float = TTL_SECONDS,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        on_learned: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self.max_models = max_models
         self.ttl = ttl
         self.wall = wall
@@ -140,9 +145,13 @@ class PrefillStore:
             self._misses.pop(model, None)
         self._mark(model, self._publish(model, prefilled, wall))
         if news:
-            log.info("think: model %r %s (learned from an answer; think_prefilled=auto)", model,
-                     "pre-fills the start tag: its answers start inside the reasoning" if prefilled
-                     else "does not pre-fill the start tag: its streams are not held back")
+            log.info(
+                "think: model %r %s (learned from an answer; think_prefilled=auto)",
+                model,
+                "pre-fills the start tag: its answers start inside the reasoning"
+                if prefilled
+                else "does not pre-fill the start tag: its streams are not held back",
+            )
             if self.on_learned is not None:
                 self.on_learned(model, prefilled)
         return news
@@ -288,8 +297,9 @@ class FilePrefillStore(PrefillStore):
             with self._locked():
                 data = self._read()
                 data[model] = (prefilled, learned_at)
-                keep = sorted(((at, m, p) for m, (p, at) in data.items() if learned_at - at <= self.ttl),
-                              reverse=True)[: self.max_models]
+                keep = sorted(((at, m, p) for m, (p, at) in data.items() if learned_at - at <= self.ttl), reverse=True)[
+                    : self.max_models
+                ]
                 data = {m: (p, at) for at, m, p in keep}
                 tmp = f"{self.path}.{os.getpid()}.tmp"
                 with open(tmp, "w", encoding="utf-8") as fh:
@@ -333,14 +343,20 @@ class FilePrefillStore(PrefillStore):
         out: dict[str, tuple[bool, float]] = {}
         if isinstance(raw, dict):
             for model, value in list(raw.items())[: self.max_models * 2]:
-                if (_learnable(model) and isinstance(value, list) and len(value) == 2
-                        and isinstance(value[0], bool) and isinstance(value[1], (int, float))):
+                if (
+                    _learnable(model)
+                    and isinstance(value, list)
+                    and len(value) == 2
+                    and isinstance(value[0], bool)
+                    and isinstance(value[1], (int, float))
+                ):
                     out[model] = (value[0], float(value[1]))
         return out
 
 
-def make_store(redis_url: str | None, redis_prefix: str, redis_timeout: float, shared_dir: str | None,
-               **kw: Any) -> PrefillStore:
+def make_store(
+    redis_url: str | None, redis_prefix: str, redis_timeout: float, shared_dir: str | None, **kw: Any
+) -> PrefillStore:
     """Redis if configured, else the shared directory if there is one, else memory."""
     if redis_url:
         return RedisPrefillStore(redis_url, redis_prefix, redis_timeout, **kw)

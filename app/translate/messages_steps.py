@@ -34,8 +34,7 @@ DEFAULT_MODE = "auto"
 MISSING = (404, 405)
 """What an upstream that does not serve `/v1/messages` answers."""
 MAX_LEARNED = 4096
-CLIENT_ONLY_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta",
-                       "anthropic-dangerous-direct-browser-access")
+CLIENT_ONLY_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access")
 """Anthropic's headers: meaningless to a chat server, and `x-api-key` is a credential."""
 QUERY = "messages_request.query"
 """`ex.state` key of the client's query string, kept across attempts."""
@@ -79,8 +78,11 @@ class MessagesRequest(Transform):
             if len(self._learned) >= MAX_LEARNED:
                 self._learned.clear()  # a bound, not a cache policy: backends are few
             if self._learned.get(target.base_url) != mode:
-                log.info("%s: /v1/messages %s", target.origin,
-                         "is translated to chat completions" if mode == "translate" else "passes through")
+                log.info(
+                    "%s: /v1/messages %s",
+                    target.origin,
+                    "is translated to chat completions" if mode == "translate" else "passes through",
+                )
             self._learned[target.base_url] = mode
 
     def applies(self, ex: Exchange) -> bool:
@@ -101,7 +103,9 @@ class MessagesRequest(Transform):
             ex.query = ""
         body = ex.body
         ex.state[self.name] = MessagesState(
-            translate=True, thinking=m.thinking_enabled(body), stops=tuple(body.get("stop_sequences") or ()),
+            translate=True,
+            thinking=m.thinking_enabled(body),
+            stops=tuple(body.get("stop_sequences") or ()),
             estimate=m.count_tokens(body),
         )
         ex.body = m.to_chat(body)

@@ -97,13 +97,17 @@ class ResponsesRequest(Transform):
         if isinstance(previous, str) and mode != "passthrough":
             record = self.store.get(previous, owner_of(ex))
         translate = mode == "translate" or (
-            mode == "auto" and (record is not None or ex.target.base_url in self.chat_only))
+            mode == "auto" and (record is not None or ex.target.base_url in self.chat_only)
+        )
         if not translate:
             ex.state[self.name] = Passthrough(auto=mode == "auto")
             return
         if isinstance(previous, str) and record is None:
-            raise InvalidRequest(f"Previous response with id '{previous}' not found.", param="previous_response_id",
-                                 code="previous_response_not_found")
+            raise InvalidRequest(
+                f"Previous response with id '{previous}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         chat, conversation = rs.to_chat(body, record["messages"] if record else None)
         sk = rs.Skeleton.of(body, ex.client_model or chat.get("model"))
         tr = Translation(sk, conversation, owner_of(ex), auto=mode == "auto")
@@ -145,8 +149,9 @@ class ResponsesAnswer(Transform):
         if not tr.sk.store or tr.stored:
             return
         tr.stored = True
-        self.store.put(response["id"], tr.owner,
-                       {"response": response, "messages": rs.history_of(tr.conversation, response)})
+        self.store.put(
+            response["id"], tr.owner, {"response": response, "messages": rs.history_of(tr.conversation, response)}
+        )
 
     def response_json(self, ex: Exchange, data: Any) -> Any:
         tr: Translation = ex.state[ResponsesRequest.name]
@@ -187,6 +192,7 @@ def responses_steps(config: Config) -> tuple[ResponsesRequest, ResponsesAnswer]:
     from .store import make_store
 
     access = config.access
-    store = make_store(config.responses_store, access.redis_url, access.redis_prefix, access.redis_timeout,
-                       multiprocess_dir())
+    store = make_store(
+        config.responses_store, access.redis_url, access.redis_prefix, access.redis_timeout, multiprocess_dir()
+    )
     return ResponsesRequest(config, store), ResponsesAnswer(store)

@@ -39,8 +39,13 @@ class ResponseStore:
 
     kind = "none"
 
-    def __init__(self, max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES, ttl: float = TTL_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_items: int = MAX_ITEMS,
+        max_bytes: int = MAX_BYTES,
+        ttl: float = TTL_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.ttl = ttl
@@ -126,8 +131,10 @@ class FileResponseStore(ResponseStore):
         self.path = os.path.join(directory, SHARED_FILE)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, expires REAL, used REAL, "
-                       "size INTEGER, data BLOB)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, expires REAL, used REAL, "
+                "size INTEGER, data BLOB)"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
@@ -137,14 +144,18 @@ class FileResponseStore(ResponseStore):
         try:
             with self._connect() as db:
                 db.execute("BEGIN IMMEDIATE")
-                db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                           (response_id, now + self.ttl, now, len(raw), raw))
+                db.execute(
+                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+                    (response_id, now + self.ttl, now, len(raw), raw),
+                )
                 db.execute("DELETE FROM responses WHERE expires <= ?", (now,))
                 # Least recently used first, until within both bounds (one statement: bounded work).
                 db.execute(
                     "DELETE FROM responses WHERE id IN (SELECT id FROM (SELECT id, "
                     "ROW_NUMBER() OVER (ORDER BY used DESC) AS n, SUM(size) OVER (ORDER BY used DESC) AS total "
-                    "FROM responses) WHERE n > ? OR total > ?)", (self.max_items, self.max_bytes))
+                    "FROM responses) WHERE n > ? OR total > ?)",
+                    (self.max_items, self.max_bytes),
+                )
                 db.execute("COMMIT")
             return True
         except sqlite3.Error as exc:
@@ -154,8 +165,9 @@ class FileResponseStore(ResponseStore):
     def _get(self, response_id: str) -> bytes | None:
         try:
             with self._connect() as db:
-                row = db.execute("SELECT data FROM responses WHERE id = ? AND expires > ?",
-                                 (response_id, self.clock())).fetchone()
+                row = db.execute(
+                    "SELECT data FROM responses WHERE id = ? AND expires > ?", (response_id, self.clock())
+                ).fetchone()
                 if row is not None:
                     db.execute("UPDATE responses SET used = ? WHERE id = ?", (self.clock(), response_id))
         except sqlite3.Error as exc:
@@ -217,8 +229,9 @@ class RedisResponseStore(ResponseStore):
             pass
 
 
-def make_store(bounds: StoreBounds, redis_url: str | None, redis_prefix: str, redis_timeout: float,
-               shared_dir: str | None) -> ResponseStore:
+def make_store(
+    bounds: StoreBounds, redis_url: str | None, redis_prefix: str, redis_timeout: float, shared_dir: str | None
+) -> ResponseStore:
     """The store this process uses (Redis, a file shared by this host's workers, or memory)."""
     limits = {"max_items": bounds.max_items, "max_bytes": bounds.max_bytes, "ttl": bounds.ttl}
     if redis_url:
@@ -227,6 +240,7 @@ def make_store(bounds: StoreBounds, redis_url: str | None, redis_prefix: str, re
         try:
             return FileResponseStore(shared_dir, **limits)
         except sqlite3.Error as exc:
-            log.warning("response store: cannot use %s (%s); keeping responses in this worker's memory",
-                        shared_dir, exc)
+            log.warning(
+                "response store: cannot use %s (%s); keeping responses in this worker's memory", shared_dir, exc
+            )
     return MemoryResponseStore(**limits)

@@ -136,8 +136,9 @@ def over_https() -> bool:
 
 
 def set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/ui/", httponly=True, samesite="Strict",
-                        secure=over_https())
+    response.set_cookie(
+        name, value, max_age=max_age, path="/ui/", httponly=True, samesite="Strict", secure=over_https()
+    )
 
 
 def clear_cookie(response: Response, name: str) -> None:

@@ -27,8 +27,9 @@ def _limit(raw: Any, name: str) -> int | None:
     except ValueError:
         value = None
     if value is None or value < 0 or value > MAX_LIMIT:
-        raise InvalidRequest(f"'{name}' must be a whole number from 0 to {MAX_LIMIT} (0 or empty: no limit).",
-                             param=name)
+        raise InvalidRequest(
+            f"'{name}' must be a whole number from 0 to {MAX_LIMIT} (0 or empty: no limit).", param=name
+        )
     return value or None
 
 
@@ -42,8 +43,9 @@ def parse_models(raw: Any) -> list[str] | None:
         return None
     items = raw.split(",") if isinstance(raw, str) else raw
     if not isinstance(items, list) or not all(isinstance(m, str) for m in items):
-        raise InvalidRequest("'models' must be a list of model names or globs, or a comma-separated string.",
-                             param="models")
+        raise InvalidRequest(
+            "'models' must be a list of model names or globs, or a comma-separated string.", param="models"
+        )
     models = [m.strip() for m in items if m.strip()]
     if len(models) > MAX_MODELS or any(len(m) > 200 for m in models):
         raise InvalidRequest(f"'models': at most {MAX_MODELS} names of at most 200 characters.", param="models")

@@ -186,8 +186,12 @@ class BackendStats:
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "failed": self.failed, "latencies_ms": list(self.latencies_ms),
-                "recent_failures": list(self.recent_failures)}
+        return {
+            "requests": self.requests,
+            "failed": self.failed,
+            "latencies_ms": list(self.latencies_ms),
+            "recent_failures": list(self.recent_failures),
+        }
 
 
 class LiveRequests(Transform):
@@ -195,8 +199,9 @@ class LiveRequests(Transform):
 
     name = "ui_live"
 
-    def __init__(self, redis_url: str | None = None, redis_prefix: str = "cot-proxy:",
-                 redis_timeout: float = 0.25) -> None:
+    def __init__(
+        self, redis_url: str | None = None, redis_prefix: str = "cot-proxy:", redis_timeout: float = 0.25
+    ) -> None:
         self.pid = os.getpid()
         self.worker = secrets.token_hex(4)
         """This worker's tag in live ids and channel keys (pids repeat across replicas)."""
@@ -222,10 +227,20 @@ class LiveRequests(Transform):
         identity = ex.identity
         credential = ex.headers.get("authorization") or ex.headers.get("x-api-key") or ex.headers.get("api-key")
         live_id = f"{self.worker}-{next(self._ids)}"
-        info = {"id": live_id, "request_id": ex.request_id, "api": ex.api or ex.family, "method": ex.method,
-                "path": "/v1/" + ex.path, "model": ex.client_model, "key": hint(credential),
-                "key_name": getattr(identity, "name", None) if getattr(identity, "kind", "") == "key" else None,
-                "started_at": time.time(), "streaming": ex.streaming, "pid": self.pid, "worker": self.worker}
+        info = {
+            "id": live_id,
+            "request_id": ex.request_id,
+            "api": ex.api or ex.family,
+            "method": ex.method,
+            "path": "/v1/" + ex.path,
+            "model": ex.client_model,
+            "key": hint(credential),
+            "key_name": getattr(identity, "name", None) if getattr(identity, "kind", "") == "key" else None,
+            "started_at": time.time(),
+            "streaming": ex.streaming,
+            "pid": self.pid,
+            "worker": self.worker,
+        }
         ex.state[self.name] = live_id
         with self._lock:
             self._open[live_id] = (ex, info)
@@ -255,8 +270,9 @@ class LiveRequests(Transform):
         o = ex.outcome
         if o.error and o.error not in ("client_disconnected", "cancelled") or o.status >= 500:
             stats.failed += 1
-            stats.recent_failures.append({"at": now, "reason": o.error or f"http_{o.status}",
-                                          "request_id": ex.request_id})
+            stats.recent_failures.append(
+                {"at": now, "reason": o.error or f"http_{o.status}", "request_id": ex.request_id}
+            )
         else:
             stats.latencies_ms.append(round(o.duration * 1000, 1))
 
@@ -275,11 +291,17 @@ class LiveRequests(Transform):
             items = list(self._open.values())
         for ex, info in items:
             target = ex.target
-            out.append({**info, "age_s": round(now - info["started_at"], 1),
-                        "bytes_out": getattr(ex.outcome, "bytes_out", None),
-                        "provider": ex.outcome.attempts[-1] if ex.outcome.attempts else None,
-                        "backend": getattr(target, "origin", None) if target is not None else None,
-                        "streamed": ex.outcome.streamed, "cancelled": bool(getattr(ex, "cancelled", False))})
+            out.append(
+                {
+                    **info,
+                    "age_s": round(now - info["started_at"], 1),
+                    "bytes_out": getattr(ex.outcome, "bytes_out", None),
+                    "provider": ex.outcome.attempts[-1] if ex.outcome.attempts else None,
+                    "backend": getattr(target, "origin", None) if target is not None else None,
+                    "streamed": ex.outcome.streamed,
+                    "cancelled": bool(getattr(ex, "cancelled", False)),
+                }
+            )
         return out
 
     def snapshot(self) -> dict[str, Any]:
@@ -291,8 +313,14 @@ class LiveRequests(Transform):
                 state = self.backend_state()
             except Exception:
                 log.exception("console: reading the router's backend state failed")
-        return {"pid": self.pid, "worker": self.worker, "written_at": time.time(), "live": self.entries(),
-                "backends": backends, "router": state}
+        return {
+            "pid": self.pid,
+            "worker": self.worker,
+            "written_at": time.time(),
+            "live": self.entries(),
+            "backends": backends,
+            "router": state,
+        }
 
     def cancel_local(self, live_id: str) -> bool:
         with self._lock:
@@ -316,8 +344,7 @@ class LiveRequests(Transform):
                         elif (directory := shared_dir()) is not None:
                             self._channel = DirChannel(directory)
                     except Exception as exc:  # no redis package, an unwritable directory
-                        log.warning("console: no shared live channel (%s); the Live page shows this worker only",
-                                    exc)
+                        log.warning("console: no shared live channel (%s); the Live page shows this worker only", exc)
                     self._channel_checked = True
         return self._channel
 
@@ -366,8 +393,9 @@ class LiveRequests(Transform):
         if self._thread is None and self.channel is not None:
             with self._lock:
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, args=(weakref.ref(self), self._stop),
-                                                    name="cot-proxy-ui-live", daemon=True)
+                    self._thread = threading.Thread(
+                        target=self._run, args=(weakref.ref(self), self._stop), name="cot-proxy-ui-live", daemon=True
+                    )
                     self._thread.start()
 
     def start(self) -> None:

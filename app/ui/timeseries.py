@@ -104,8 +104,11 @@ def delta(old: Snapshot, new: Snapshot, step: float = HOUR_STEP) -> dict[str, An
     """What happened between two snapshots, as raw sums (JSON-ready; a counter reset counts as 0).
     Raw so that deltas of several instances add up (Redis), percentiles included."""
     return {
-        "t": round(new.at, 3), "step": int(old.at // step), "dt": round(max(new.at - old.at, 1e-6), 3),
-        "requests": max(0.0, new.requests - old.requests), "errors": max(0.0, new.errors - old.errors),
+        "t": round(new.at, 3),
+        "step": int(old.at // step),
+        "dt": round(max(new.at - old.at, 1e-6), 3),
+        "requests": max(0.0, new.requests - old.requests),
+        "errors": max(0.0, new.errors - old.errors),
         "tokens_in": max(0.0, new.prompt_tokens - old.prompt_tokens),
         "tokens_out": max(0.0, new.completion_tokens - old.completion_tokens),
         "duration": {repr(le): v for le, v in _delta(new.duration, old.duration).items()},
@@ -115,8 +118,13 @@ def delta(old: Snapshot, new: Snapshot, step: float = HOUR_STEP) -> dict[str, An
 
 def merge(deltas: list[dict[str, Any]]) -> dict[str, Any]:
     """Several instances' deltas of one step: counts and buckets add up; time is the longest."""
-    out: dict[str, Any] = {"t": max(d["t"] for d in deltas), "step": deltas[0]["step"],
-                           "dt": max(d["dt"] for d in deltas), "duration": {}, "ttfb": {}}
+    out: dict[str, Any] = {
+        "t": max(d["t"] for d in deltas),
+        "step": deltas[0]["step"],
+        "dt": max(d["dt"] for d in deltas),
+        "duration": {},
+        "ttfb": {},
+    }
     for name in ("requests", "errors", "tokens_in", "tokens_out"):
         out[name] = sum(d[name] for d in deltas)
     for hist in ("duration", "ttfb"):
@@ -218,8 +226,12 @@ class SharedSeries:
 class Sampler:
     """Ticks every `HOUR_STEP` seconds in a daemon thread (a greenlet under gevent)."""
 
-    def __init__(self, collect: Callable[[], Iterable[Any]], clock: Callable[[], float] = time.time,
-                 shared: SharedSeries | None = None) -> None:
+    def __init__(
+        self,
+        collect: Callable[[], Iterable[Any]],
+        clock: Callable[[], float] = time.time,
+        shared: SharedSeries | None = None,
+    ) -> None:
         self._collect = collect
         self._clock = clock
         self.shared = shared
@@ -249,14 +261,18 @@ class Sampler:
             now = time.monotonic()
             if now - self._failed_logged >= 60.0:
                 self._failed_logged = now
-                log.warning("console: the shared series in Redis failed (%s: %s); showing this instance's",
-                            type(exc).__name__, exc)
+                log.warning(
+                    "console: the shared series in Redis failed (%s: %s); showing this instance's",
+                    type(exc).__name__,
+                    exc,
+                )
             return default
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, args=(weakref.ref(self), self._stop),
-                                            name="cot-proxy-ui-sampler", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(weakref.ref(self), self._stop), name="cot-proxy-ui-sampler", daemon=True
+            )
             self._thread.start()
 
     def stop(self) -> None:
@@ -290,8 +306,17 @@ class Sampler:
         points = [render(d) for d in deltas]
         if base is not None and now.at - base.at >= 1.0:
             points.append({**render(delta(base, now, ring.step)), "partial": True})
-        return {"span": span, "step_seconds": ring.step, "scope": "instance" if shared is None else "fleet",
-                "points": points,
-                "requests_active": int(round(now.requests_active)), "streams_active": int(round(now.streams_active)),
-                "totals": {"requests": int(round(now.requests)), "errors": int(round(now.errors)),
-                           "tokens_in": int(round(now.prompt_tokens)), "tokens_out": int(round(now.completion_tokens))}}
+        return {
+            "span": span,
+            "step_seconds": ring.step,
+            "scope": "instance" if shared is None else "fleet",
+            "points": points,
+            "requests_active": int(round(now.requests_active)),
+            "streams_active": int(round(now.streams_active)),
+            "totals": {
+                "requests": int(round(now.requests)),
+                "errors": int(round(now.errors)),
+                "tokens_in": int(round(now.prompt_tokens)),
+                "tokens_out": int(round(now.completion_tokens)),
+            },
+        }

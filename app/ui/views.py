@@ -25,15 +25,18 @@ from .live import LiveRequests
 from .timeseries import Sampler
 
 log = logging.getLogger("cot_proxy.ui")
-bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static",
-               static_url_path="/static")
+bp = Blueprint(
+    "ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static", static_url_path="/static"
+)
 guard_blueprint(bp, admin_allowlist)  # ADMIN_ALLOWED_IPS: others get 403 ip_not_allowed, login page too
 
 PAGES = (("overview", "Overview"), ("backends", "Backends"), ("keys", "Keys"), ("live", "Live"), ("config", "Config"))
 SAMPLER = "cot_proxy.ui.sampler"
 THROTTLE = "cot_proxy.ui.login_throttle"
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 @bp.after_request
@@ -77,8 +80,14 @@ def _safe_next(raw: str | None) -> str:
 
 def _login_form(status: int = 200, error: str | None = None) -> Response:
     nonce = auth.login_nonce()
-    body = render_template("ui/login.html", page="login", pages=(), error=error,
-                           csrf=auth.csrf_for(nonce, "login"), next=_safe_next(request.values.get("next")))
+    body = render_template(
+        "ui/login.html",
+        page="login",
+        pages=(),
+        error=error,
+        csrf=auth.csrf_for(nonce, "login"),
+        next=_safe_next(request.values.get("next")),
+    )
     response = Response(body, status=status, mimetype="text/html")
     auth.set_cookie(response, auth.LOGIN_COOKIE, nonce, auth.LOGIN_SECONDS)
     return response
@@ -199,8 +208,12 @@ def api_keys() -> Response:
         guard.writer.flush()  # this worker's pending usage first, as GET /v1/usage does
     store = guard.store()
     settings = current_app.config["COT"].access
-    return jsonify(keys=[k.as_dict() for k in store.list()], usage=store.usage(),
-                   virtual_keys=settings.virtual_keys, usage_accounting=settings.usage_accounting)
+    return jsonify(
+        keys=[k.as_dict() for k in store.list()],
+        usage=store.usage(),
+        virtual_keys=settings.virtual_keys,
+        usage_accounting=settings.usage_accounting,
+    )
 
 
 @bp.post("/api/keys")
@@ -212,13 +225,25 @@ def api_key_create() -> Response:
         raise InvalidRequest("'name' is required: a name for the key.", param="name")
     limits = parse_limits(body)
     try:
-        secret, record = _store().store().create(
-            name.strip(), models=parse_models(body.get("models")), rpm=limits.get("rpm"), tpm=limits.get("tpm"),
-            max_concurrent=limits.get("max_concurrent"), budget=limits.get("budget"))
+        secret, record = (
+            _store()
+            .store()
+            .create(
+                name.strip(),
+                models=parse_models(body.get("models")),
+                rpm=limits.get("rpm"),
+                tpm=limits.get("tpm"),
+                max_concurrent=limits.get("max_concurrent"),
+                budget=limits.get("budget"),
+            )
+        )
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="name") from None
-    response = jsonify(key=secret, record=record.as_dict(),
-                       note="The key is shown this once: copy it now; only its last 4 characters are kept.")
+    response = jsonify(
+        key=secret,
+        record=record.as_dict(),
+        note="The key is shown this once: copy it now; only its last 4 characters are kept.",
+    )
     response.status_code = 201
     return response
 
@@ -279,8 +304,12 @@ def register(app: Flask, config: Any) -> None:
     if access.redis_url:  # the Overview adds up every instance's steps
         from .timeseries import SharedSeries
 
-        shared = SharedSeries(access.redis_url, access.redis_prefix, access.redis_timeout,
-                              instance=f"{socket.gethostname()}:{os.getppid()}")  # the Gunicorn master's pid
+        shared = SharedSeries(
+            access.redis_url,
+            access.redis_prefix,
+            access.redis_timeout,
+            instance=f"{socket.gethostname()}:{os.getppid()}",
+        )  # the Gunicorn master's pid
     sampler = app.extensions[SAMPLER] = Sampler(_families, shared=shared)
     sampler.start()
     router = app.extensions.get("cot_proxy.router")

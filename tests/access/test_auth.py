@@ -69,8 +69,9 @@ def test_provider_key_replaces_client_token(upstream):
     from app.access.settings import AccessSettings
     from tests.support import proxy_config
 
-    config = replace(proxy_config(upstream, upstream_api_key="provider-key"),
-                     access=AccessSettings(bearer_tokens=(TOKEN,)))
+    config = replace(
+        proxy_config(upstream, upstream_api_key="provider-key"), access=AccessSettings(bearer_tokens=(TOKEN,))
+    )
     c = create_app(config).test_client()
     assert c.post("/v1/chat/completions", json=CHAT, headers=auth(TOKEN)).status_code == 200
     assert upstream.last.headers["authorization"] == "Bearer provider-key"
@@ -122,8 +123,11 @@ def _log_some_failures(c) -> str:
 
 
 def _pem_public(private) -> str:
-    return private.public_key().public_bytes(serialization.Encoding.PEM,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +175,10 @@ def test_jwt_claims_models_and_rpm(make_app):
     assert denied.get_json()["error"]["param"] == "model"
     body = {**CHAT, "model": "local/qwen"}
     assert [c.post("/v1/chat/completions", json=body, headers=auth(token)).status_code for _ in range(3)] == [
-        200, 200, 429]
+        200,
+        200,
+        429,
+    ]
     lister = jwt.encode({"sub": "team-c", "models": ["local/*"]}, SECRET, algorithm="HS256")
     listed = c.get("/v1/models", headers=auth(lister))  # only allowed models are listed
     assert listed.status_code == 200 and listed.get_json()["data"] == []
@@ -181,11 +188,11 @@ def test_sdk_maps_our_errors(make_app):
     server = LiveServer(make_app(bearer_tokens=(TOKEN,)))
     try:
         with pytest.raises(openai.AuthenticationError) as err:
-            openai.OpenAI(base_url=server.url + "/v1", api_key="wrong-token-1234", max_retries=0
-                          ).chat.completions.create(**CHAT)
+            openai.OpenAI(
+                base_url=server.url + "/v1", api_key="wrong-token-1234", max_retries=0
+            ).chat.completions.create(**CHAT)
         assert err.value.code == "invalid_api_key"
-        out = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN, max_retries=0).chat.completions.create(
-            **CHAT)
+        out = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN, max_retries=0).chat.completions.create(**CHAT)
         assert out.choices[0].message.content == "Hello from upstream"
     finally:
         server.stop()

@@ -58,8 +58,9 @@ def burst(url: str, secret: str, hold: Hold, body=CHAT, n: int = BURST) -> list[
     """`n` concurrent requests; the upstream answers once every one is refused or held there."""
 
     def one() -> requests.Response:
-        return requests.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"},
-                             timeout=20)
+        return requests.post(
+            url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=20
+        )
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         futures = [pool.submit(one) for _ in range(n)]
@@ -92,8 +93,9 @@ def shared(request) -> dict[str, object]:
 
 
 def test_burst_never_overshoots_the_budget(database_url, make_app, store_at, shared, upstream):
-    app = make_app(virtual_keys=True, database_url=database_url, usage_accounting=True, usage_flush_seconds=60,
-                   **shared)
+    app = make_app(
+        virtual_keys=True, database_url=database_url, usage_accounting=True, usage_flush_seconds=60, **shared
+    )
     store = store_at(database_url)
     secret, rec = store.create("burst", budget=BUDGET)
     server = LiveServer(app)
@@ -106,8 +108,9 @@ def test_burst_never_overshoots_the_budget(database_url, make_app, store_at, sha
         writer.flush()
         assert store.lookup_by_id(rec.id).spent_tokens == admitted * USAGE  # 35
         # 35 spent, nothing reserved: another 8 would not fit
-        again = requests.post(server.url + "/v1/chat/completions", json=CHAT,
-                              headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+        again = requests.post(
+            server.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {secret}"}, timeout=10
+        )
         assert again.status_code == 429 and again.json()["error"]["code"] == "insufficient_quota"
         assert "remain" in again.json()["error"]["message"]
     finally:
@@ -115,8 +118,7 @@ def test_burst_never_overshoots_the_budget(database_url, make_app, store_at, sha
 
 
 def test_max_tokens_is_reserved(make_app, store_at, sqlite_url, shared, upstream):
-    app = make_app(virtual_keys=True, database_url=sqlite_url, usage_accounting=True, usage_flush_seconds=60,
-                   **shared)
+    app = make_app(virtual_keys=True, database_url=sqlite_url, usage_accounting=True, usage_flush_seconds=60, **shared)
     store = store_at(sqlite_url)
     secret, _ = store.create("capped", budget=BUDGET)
     server = LiveServer(app)
@@ -126,13 +128,21 @@ def test_max_tokens_is_reserved(make_app, store_at, sqlite_url, shared, upstream
         assert admitted == 1
         assert guard_of(app).writer.wait_received(1, timeout=10)  # settled: 7 spent, nothing held
         upstream.responder = None
-        too_big = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "max_completion_tokens": 30},
-                                headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+        too_big = requests.post(
+            server.url + "/v1/chat/completions",
+            json={**CHAT, "max_completion_tokens": 30},
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=10,
+        )
         err = too_big.json()["error"]  # 7 spent, 38 asked, 33 left
         assert too_big.status_code == 429 and err["code"] == "insufficient_quota"
         assert "33" in err["message"] and "max_tokens" in err["message"]
-        ok = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "max_completion_tokens": 25},
-                           headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+        ok = requests.post(
+            server.url + "/v1/chat/completions",
+            json={**CHAT, "max_completion_tokens": 25},
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=10,
+        )
         assert ok.status_code == 200  # 8 + 25 = 33 fits exactly
     finally:
         server.stop()
@@ -144,13 +154,16 @@ def test_max_tokens_is_reserved(make_app, store_at, sqlite_url, shared, upstream
 def test_estimate_covers_what_the_request_may_spend():
     assert estimate_reserve("chat", CHAT, ESTIMATE, cap=1000, max_n=8) == ESTIMATE
     assert estimate_reserve("chat", {**CHAT, "max_tokens": 100}, ESTIMATE, cap=1000, max_n=8) == 108
-    assert estimate_reserve("chat", {**CHAT, "max_completion_tokens": 50, "max_tokens": 100}, ESTIMATE,
-                            cap=1000, max_n=8) == 58
+    assert (
+        estimate_reserve("chat", {**CHAT, "max_completion_tokens": 50, "max_tokens": 100}, ESTIMATE, cap=1000, max_n=8)
+        == 58
+    )
     assert estimate_reserve("chat", {**CHAT, "max_tokens": 100, "n": 3}, ESTIMATE, cap=1000, max_n=8) == 308
-    assert estimate_reserve("chat", {**CHAT, "max_tokens": 10**12, "n": 10**6}, ESTIMATE, cap=1000, max_n=8) \
+    assert (
+        estimate_reserve("chat", {**CHAT, "max_tokens": 10**12, "n": 10**6}, ESTIMATE, cap=1000, max_n=8)
         == ESTIMATE + 1000 * 8
-    assert estimate_reserve("completions", {"prompt": "x", "max_tokens": 16, "best_of": 2}, 1, cap=1000,
-                            max_n=8) == 33
+    )
+    assert estimate_reserve("completions", {"prompt": "x", "max_tokens": 16, "best_of": 2}, 1, cap=1000, max_n=8) == 33
     for junk in ("12", -5, True, 1.5, None):  # not a count: only the prompt is reserved
         assert estimate_reserve("chat", {**CHAT, "max_tokens": junk}, ESTIMATE, cap=1000, max_n=8) == ESTIMATE
     assert estimate_reserve("models", None, 0, cap=1000, max_n=8) == 1  # at least one token
@@ -220,8 +233,17 @@ def gunicorn_redis(tmp_path_factory, _redis_client, module_upstream) -> Iterator
     prefix = f"cot-proxy-test:{uuid.uuid4().hex[:12]}:"
     db = f"sqlite:///{tmp_path_factory.mktemp('budget') / 'keys.db'}"
     KeyStore(db).ensure_schema()
-    proxy = Gunicorn({"VIRTUAL_KEYS": "true", "DATABASE_URL": db, "REDIS_URL": TEST_REDIS_URL, "REDIS_PREFIX": prefix,
-                      "USAGE_FLUSH_SECONDS": "0.2", "TARGET_BASE_URL": module_upstream.base_url}, workers=4)
+    proxy = Gunicorn(
+        {
+            "VIRTUAL_KEYS": "true",
+            "DATABASE_URL": db,
+            "REDIS_URL": TEST_REDIS_URL,
+            "REDIS_PREFIX": prefix,
+            "USAGE_FLUSH_SECONDS": "0.2",
+            "TARGET_BASE_URL": module_upstream.base_url,
+        },
+        workers=4,
+    )
     yield proxy, db
     log = proxy.stop()
     assert "Traceback" not in log, log

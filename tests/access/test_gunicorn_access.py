@@ -28,8 +28,12 @@ def env(tmp_path_factory, _redis_client) -> Iterator[dict[str, str]]:
     prefix = f"cot-proxy-test:{uuid.uuid4().hex[:12]}:"
     db = tmp_path_factory.mktemp("keys") / "keys.db"
     yield {
-        "VIRTUAL_KEYS": "true", "DATABASE_URL": f"sqlite:///{db}", "REDIS_URL": TEST_REDIS_URL,
-        "REDIS_PREFIX": prefix, "USAGE_FLUSH_SECONDS": "0.2", "REQUEST_TIMEOUT_SECONDS": "20",
+        "VIRTUAL_KEYS": "true",
+        "DATABASE_URL": f"sqlite:///{db}",
+        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_PREFIX": prefix,
+        "USAGE_FLUSH_SECONDS": "0.2",
+        "REQUEST_TIMEOUT_SECONDS": "20",
     }
     keys = list(_redis_client.scan_iter(match=prefix + "*", count=1000))
     if keys:
@@ -63,14 +67,21 @@ def store(env) -> Iterator[KeyStore]:
 def flask_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("TARGET_BASE_URL", "BACKEND_URL")}
     full.update(env)
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "cot_proxy", "keys", *args], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "cot_proxy", "keys", *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def post(url: str, key: str) -> requests.Response:
     # a fresh connection each time, so the requests spread over the workers
-    return requests.post(url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"},
-                         timeout=15)
+    return requests.post(
+        url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}, timeout=15
+    )
 
 
 def test_limit_exact_across_four_workers(proxies, store):

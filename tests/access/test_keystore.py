@@ -19,8 +19,15 @@ def auth(key: str) -> dict[str, str]:
 
 def test_create_lookup_list_revoke(database_url, store_at):
     store = store_at(database_url)
-    secret, rec = store.create("team-a", models=["local/*"], rpm=60, tpm=1000, max_concurrent=2, budget=5000,
-                               expires_at=now_utc() + timedelta(days=1))
+    secret, rec = store.create(
+        "team-a",
+        models=["local/*"],
+        rpm=60,
+        tpm=1000,
+        max_concurrent=2,
+        budget=5000,
+        expires_at=now_utc() + timedelta(days=1),
+    )
     assert secret.startswith(KEY_PREFIX) and len(secret) == len(KEY_PREFIX) + 43
     assert rec.hint == secret[-4:] and rec.status() == "active" and rec.models == ("local/*",)
     assert (rec.limits.rpm, rec.limits.tpm, rec.limits.concurrency, rec.limits.budget) == (60, 1000, 2, 5000)
@@ -42,17 +49,43 @@ def test_create_lookup_list_revoke(database_url, store_at):
 def test_usage_records_and_spent(database_url, store_at):
     store = store_at(database_url)
     _, rec = store.create("team-a")
-    base = {"created_at": now_utc(), "request_id": "r", "key_id": rec.id, "key_name": "team-a", "provider": "p",
-            "streamed": False, "status": 200, "latency_ms": 10}
-    store.add_usage([
-        {**base, "model": "m1", "prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "estimated": False},
-        {**base, "model": "m1", "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2, "estimated": True},
-        {**base, "model": "m2", "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "estimated": False,
-         "status": 500},
-    ])
+    base = {
+        "created_at": now_utc(),
+        "request_id": "r",
+        "key_id": rec.id,
+        "key_name": "team-a",
+        "provider": "p",
+        "streamed": False,
+        "status": 200,
+        "latency_ms": 10,
+    }
+    store.add_usage(
+        [
+            {**base, "model": "m1", "prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "estimated": False},
+            {**base, "model": "m1", "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2, "estimated": True},
+            {
+                **base,
+                "model": "m2",
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 0,
+                "estimated": False,
+                "status": 500,
+            },
+        ]
+    )
     rows = store.usage()
-    assert rows[0] == {"key": "team-a", "model": "m1", "requests": 2, "prompt_tokens": 4, "completion_tokens": 5,
-                       "total_tokens": 9, "estimated_requests": 1, "errors": 0, "avg_latency_ms": 10.0}
+    assert rows[0] == {
+        "key": "team-a",
+        "model": "m1",
+        "requests": 2,
+        "prompt_tokens": 4,
+        "completion_tokens": 5,
+        "total_tokens": 9,
+        "estimated_requests": 1,
+        "errors": 0,
+        "avg_latency_ms": 10.0,
+    }
     assert rows[1]["model"] == "m2" and rows[1]["errors"] == 1
     assert store.lookup_by_id(rec.id).spent_tokens == 9
     assert store.usage(key="nobody") == []
@@ -62,8 +95,22 @@ def test_usage_records_and_spent(database_url, store_at):
 def test_cli_create_list_revoke_usage(database_url, make_app):
     app = make_app(database_url=database_url)
     cli = app.test_cli_runner()
-    out = cli.invoke(args=["keys", "create", "--name", "team-a", "--rpm", "60", "--tpm", "100000",
-                           "--models", "local/*", "--expires", "30d"])
+    out = cli.invoke(
+        args=[
+            "keys",
+            "create",
+            "--name",
+            "team-a",
+            "--rpm",
+            "60",
+            "--tpm",
+            "100000",
+            "--models",
+            "local/*",
+            "--expires",
+            "30d",
+        ]
+    )
     assert out.exit_code == 0, out.output
     secret = out.stdout.strip()
     assert secret.startswith(KEY_PREFIX) and "\n" not in secret
@@ -129,8 +176,7 @@ def test_expired_key_refused(database_url, make_app, store_at):
 @pytest.mark.parametrize("shared", ["memory", "redis"])
 def test_budget_exhaustion(database_url, make_app, store_at, shared, request):
     extra = request.getfixturevalue("redis_settings") if shared == "redis" else {}
-    app = make_app(virtual_keys=True, database_url=database_url, usage_accounting=True, usage_flush_seconds=60,
-                   **extra)
+    app = make_app(virtual_keys=True, database_url=database_url, usage_accounting=True, usage_flush_seconds=60, **extra)
     store = store_at(database_url)
     # the fake upstream's answer costs 7 tokens; each request holds its 8-token prompt estimate while it runs
     secret, rec = store.create("small", budget=16)

@@ -32,6 +32,7 @@ def shared(request) -> dict[str, object]:
 def limited(make_app, shared):
     def build(**extra: object):
         return make_app(jwt_secret=SECRET, jwt_algorithms=("HS256",), **shared, **extra)
+
     return build
 
 
@@ -83,8 +84,9 @@ def test_memory_tokens_corrected_by_real_usage():
     assert lim.admit(Ticket("s", limits, 101)).reason == "too_large"
 
 
-@pytest.mark.parametrize("ms, text", [(0, "0ms"), (20, "20ms"), (1500, "1.5s"), (59_988, "59.988s"),
-                                      (360_000, "6m0s"), (61_500, "1m1.5s")])
+@pytest.mark.parametrize(
+    "ms, text", [(0, "0ms"), (20, "20ms"), (1500, "1.5s"), (59_988, "59.988s"), (360_000, "6m0s"), (61_500, "1m1.5s")]
+)
 def test_reset_format(ms, text):
     assert reset_duration(ms) == text
 
@@ -154,14 +156,22 @@ def test_concurrency_per_key(limited, upstream):
     app = limited(max_concurrent_requests=50)  # its slot count tells when a request is fully released
     server = LiveServer(app)
     gate = threading.Event()
-    upstream.enqueue(Reply(headers={"Content-Type": "application/json"},
-                           parts=[b'{"id":"x","object":"chat.completion",', b'"choices":[]}'], gate=gate))
+    upstream.enqueue(
+        Reply(
+            headers={"Content-Type": "application/json"},
+            parts=[b'{"id":"x","object":"chat.completion",', b'"choices":[]}'],
+            gate=gate,
+        )
+    )
     auth = token("team-c", max_concurrent=1)
     import requests
 
     results: list[int] = []
-    t = threading.Thread(target=lambda: results.append(
-        requests.post(server.url + "/v1/chat/completions", json=CHAT, headers=auth, timeout=10).status_code))
+    t = threading.Thread(
+        target=lambda: results.append(
+            requests.post(server.url + "/v1/chat/completions", json=CHAT, headers=auth, timeout=10).status_code
+        )
+    )
     t.start()
     try:
         assert upstream.arrived.wait(5)
@@ -179,8 +189,7 @@ def test_concurrency_per_key(limited, upstream):
 
 def test_two_proxies_share_redis(make_app, redis_settings):
     """Two app instances (as two replicas) on one Redis: one window between them."""
-    clients = [make_app(jwt_secret=SECRET, jwt_algorithms=("HS256",), **redis_settings).test_client()
-               for _ in range(2)]
+    clients = [make_app(jwt_secret=SECRET, jwt_algorithms=("HS256",), **redis_settings).test_client() for _ in range(2)]
     auth = token("shared", rpm=4)
     assert [post(clients[i % 2], auth).status_code for i in range(4)] == [200] * 4
     assert post(clients[0], auth).status_code == 429

@@ -167,11 +167,15 @@ def test_redis_back_is_used_after_the_back_off(make_app, stuck_redis, redis_pref
     clock = limiter.circuit.clock = Clock()
     c = app.test_client()
     auth = token("team-back", rpm=100)
-    assert "x-ratelimit-limit-requests" not in c.post("/v1/chat/completions", json=CHAT, headers=auth,
-                                                      buffered=True).headers  # hung: served unlimited
+    assert (
+        "x-ratelimit-limit-requests"
+        not in c.post("/v1/chat/completions", json=CHAT, headers=auth, buffered=True).headers
+    )  # hung: served unlimited
     stuck_redis.mode = "forward"  # Redis answers again, but the back-off (1 s) is not over
-    assert "x-ratelimit-limit-requests" not in c.post("/v1/chat/completions", json=CHAT, headers=auth,
-                                                      buffered=True).headers
+    assert (
+        "x-ratelimit-limit-requests"
+        not in c.post("/v1/chat/completions", json=CHAT, headers=auth, buffered=True).headers
+    )
     clock.offset += 1.01
     r = c.post("/v1/chat/completions", json=CHAT, headers=auth, buffered=True)  # the probe: Redis again
     assert r.headers["x-ratelimit-remaining-requests"] == "99"

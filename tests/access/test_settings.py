@@ -14,13 +14,20 @@ def test_defaults_are_open_and_in_memory():
 
 
 def test_switches():
-    s = AccessSettings.from_env({
-        "GATEWAY_BEARER_TOKEN": "tok-aaaaaaaa, tok-bbbbbbbb", "VIRTUAL_KEYS": "true",
-        "REDIS_URL": "redis://:pw@127.0.0.1:6379/2", "RATE_LIMIT_FAIL_CLOSED": "yes",
-        "MAX_CONCURRENT_REQUESTS": "8", "QUEUE_TIMEOUT_SECONDS": "2.5",
-        "JWT_SECRET": "0123456789abcdef0123456789abcdef",
-        "STRICT_VALIDATION": "false", "MAX_N": "4", "DATABASE_URL": "postgresql://u@db/cot",
-    })
+    s = AccessSettings.from_env(
+        {
+            "GATEWAY_BEARER_TOKEN": "tok-aaaaaaaa, tok-bbbbbbbb",
+            "VIRTUAL_KEYS": "true",
+            "REDIS_URL": "redis://:pw@127.0.0.1:6379/2",
+            "RATE_LIMIT_FAIL_CLOSED": "yes",
+            "MAX_CONCURRENT_REQUESTS": "8",
+            "QUEUE_TIMEOUT_SECONDS": "2.5",
+            "JWT_SECRET": "0123456789abcdef0123456789abcdef",
+            "STRICT_VALIDATION": "false",
+            "MAX_N": "4",
+            "DATABASE_URL": "postgresql://u@db/cot",
+        }
+    )
     assert s.bearer_tokens == ("tok-aaaaaaaa", "tok-bbbbbbbb") and s.virtual_keys and s.usage_accounting
     assert s.fail_closed and s.max_concurrent_requests == 8 and s.max_queued_requests == 8
     assert s.queue_timeout == 2.5 and s.jwt_algorithms == ("HS256",) and not s.strict_validation and s.max_n == 4
@@ -34,19 +41,22 @@ def test_public_key_from_file(tmp_path):
     assert s.jwt_public_key == pem and s.jwt_algorithms == ("RS256", "ES256") and s.auth_enabled
 
 
-@pytest.mark.parametrize("env, name", [
-    ({"REDIS_URL": "http://x"}, "REDIS_URL"),
-    ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
-    ({"MAX_CONCURRENT_REQUESTS": "many"}, "MAX_CONCURRENT_REQUESTS"),
-    ({"QUEUE_TIMEOUT_SECONDS": "-1"}, "QUEUE_TIMEOUT_SECONDS"),
-    ({"RATE_LIMIT_FAIL_CLOSED": "maybe"}, "RATE_LIMIT_FAIL_CLOSED"),
-    ({"GATEWAY_BEARER_TOKEN": "has space"}, "GATEWAY_BEARER_TOKEN"),
-    ({"JWT_SECRET": "short"}, "JWT_SECRET"),
-    ({"JWT_PUBLIC_KEY": "/no/such/file.pem"}, "JWT_PUBLIC_KEY"),
-    ({"JWT_ALGORITHMS": "none", "JWT_SECRET": "0123456789abcdef0123456789abcdef"}, "JWT_ALGORITHMS"),
-    ({"MAX_N": "0"}, "MAX_N"),
-    ({"ADMIN_TOKEN": "x y"}, "ADMIN_TOKEN"),
-])
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"MAX_CONCURRENT_REQUESTS": "many"}, "MAX_CONCURRENT_REQUESTS"),
+        ({"QUEUE_TIMEOUT_SECONDS": "-1"}, "QUEUE_TIMEOUT_SECONDS"),
+        ({"RATE_LIMIT_FAIL_CLOSED": "maybe"}, "RATE_LIMIT_FAIL_CLOSED"),
+        ({"GATEWAY_BEARER_TOKEN": "has space"}, "GATEWAY_BEARER_TOKEN"),
+        ({"JWT_SECRET": "short"}, "JWT_SECRET"),
+        ({"JWT_PUBLIC_KEY": "/no/such/file.pem"}, "JWT_PUBLIC_KEY"),
+        ({"JWT_ALGORITHMS": "none", "JWT_SECRET": "0123456789abcdef0123456789abcdef"}, "JWT_ALGORITHMS"),
+        ({"MAX_N": "0"}, "MAX_N"),
+        ({"ADMIN_TOKEN": "x y"}, "ADMIN_TOKEN"),
+    ],
+)
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(ConfigError, match=name):
         Config.from_env(env)

@@ -34,15 +34,18 @@ def test_short_admin_token_accepted_with_a_warning():
     assert "ADMIN_TOKEN" in warning and "5 characters" in warning
 
 
-@pytest.mark.parametrize("env, why", [
-    ({"GATEWAY_BEARER_TOKEN": "tok-aaaaaaaaaaaaaaaa,,tok-bbbbbbbbbbbbbbbb"}, "token 2 of 3 is empty"),
-    ({"GATEWAY_BEARER_TOKEN": ","}, "empty"),  # set, yet no token: never silently open
-    ({"GATEWAY_BEARER_TOKEN": "secret,"}, "token 2 of 2 is empty"),
-    ({"GATEWAY_BEARER_TOKEN": "qzx5 qzx6"}, "whitespace"),
-    ({"GATEWAY_BEARER_TOKEN": "Bearer 0123456789abcdef"}, "Bearer"),
-    ({"GATEWAY_BEARER_TOKEN": "qzx1\tqzx2"}, "whitespace"),
-    ({"ADMIN_TOKEN": "qzx3 qzx4"}, "whitespace"),
-])
+@pytest.mark.parametrize(
+    "env, why",
+    [
+        ({"GATEWAY_BEARER_TOKEN": "tok-aaaaaaaaaaaaaaaa,,tok-bbbbbbbbbbbbbbbb"}, "token 2 of 3 is empty"),
+        ({"GATEWAY_BEARER_TOKEN": ","}, "empty"),  # set, yet no token: never silently open
+        ({"GATEWAY_BEARER_TOKEN": "secret,"}, "token 2 of 2 is empty"),
+        ({"GATEWAY_BEARER_TOKEN": "qzx5 qzx6"}, "whitespace"),
+        ({"GATEWAY_BEARER_TOKEN": "Bearer 0123456789abcdef"}, "Bearer"),
+        ({"GATEWAY_BEARER_TOKEN": "qzx1\tqzx2"}, "whitespace"),
+        ({"ADMIN_TOKEN": "qzx3 qzx4"}, "whitespace"),
+    ],
+)
 def test_tokens_that_cannot_be_meant_are_refused(env, why):
     with pytest.raises(ConfigError, match=next(iter(env))) as err:
         Config.from_env(env)
@@ -87,8 +90,9 @@ def test_app_warns_once_at_start_and_authenticates(upstream):
 def test_gunicorn_starts_with_secret_and_authenticates(upstream):
     proxy = Gunicorn({"TARGET_BASE_URL": upstream.base_url, "GATEWAY_BEARER_TOKEN": "secret"}, workers=1)
     try:
-        ok = requests.post(proxy.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer secret"},
-                           timeout=10)
+        ok = requests.post(
+            proxy.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer secret"}, timeout=10
+        )
         none = requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=10)
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "Hello from upstream"
         assert none.status_code == 401

@@ -7,31 +7,37 @@ import pytest
 MSG = [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.parametrize("extra, param", [
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": -5}, "max_tokens"),
-    ({"max_tokens": 1.5}, "max_tokens"),
-    ({"max_tokens": True}, "max_tokens"),
-    ({"max_tokens": 5000}, "max_tokens"),  # over MAX_TOKENS_CAP=4096 below
-    ({"max_completion_tokens": "10"}, "max_completion_tokens"),
-    ({"temperature": 2.5}, "temperature"),
-    ({"temperature": -0.1}, "temperature"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"n": 0}, "n"),
-    ({"n": 9}, "n"),  # over MAX_N=8 below
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"stop": 5}, "stop"),
-    ({"stop": ["a", 1]}, "stop"),
-    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-    ({"messages": [{"role": "user"}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, "messages[0].content[0]"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, "messages[0].content[0].text"),
-    ({"messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
-    ({"tools": {"type": "function"}}, "tools"),
-    ({"tools": [{"type": "function"}]}, "tools[0].function"),
-    ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0].function.name"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}, "tools[0].function.parameters"),
-])
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": 5000}, "max_tokens"),  # over MAX_TOKENS_CAP=4096 below
+        ({"max_completion_tokens": "10"}, "max_completion_tokens"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"n": 0}, "n"),
+        ({"n": 9}, "n"),  # over MAX_N=8 below
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": 5}, "stop"),
+        ({"stop": ["a", 1]}, "stop"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, "messages[0].content[0].text"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
+        ({"tools": {"type": "function"}}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0].function.name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+            "tools[0].function.parameters",
+        ),
+    ],
+)
 def test_strict_checks_name_the_param(make_app, upstream, extra, param):
     c = make_app(max_tokens_cap=4096, max_n=8).test_client()
     r = c.post("/v1/chat/completions", json={"model": "m", "messages": MSG, **extra})
@@ -41,18 +47,38 @@ def test_strict_checks_name_the_param(make_app, upstream, extra, param):
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize("extra", [
-    {"max_tokens": 4096, "temperature": 0, "n": 8, "stop": ["a", "b", "c", "d"]},
-    {"max_completion_tokens": 1, "temperature": 2, "stop": "END"},
-    {"messages": [{"role": "system", "content": "s"},
-                  {"role": "user", "content": [{"type": "text", "text": "look"},
-                                               {"type": "image_url", "image_url": {"url": "data:,x"}}]},
-                  {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
-                                                                        "function": {"name": "f", "arguments": "{}"}}]},
-                  {"role": "tool", "tool_call_id": "1", "content": "42"}]},
-    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
-               {"type": "web_search"}], "unknown_field": {"passes": True}},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"max_tokens": 4096, "temperature": 0, "n": 8, "stop": ["a", "b", "c", "d"]},
+        {"max_completion_tokens": 1, "temperature": 2, "stop": "END"},
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look"},
+                        {"type": "image_url", "image_url": {"url": "data:,x"}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                {"role": "tool", "tool_call_id": "1", "content": "42"},
+            ]
+        },
+        {
+            "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+                {"type": "web_search"},
+            ],
+            "unknown_field": {"passes": True},
+        },
+    ],
+)
 def test_valid_bodies_pass(make_app, upstream, extra):
     c = make_app(max_tokens_cap=4096, max_n=8).test_client()
     assert c.post("/v1/chat/completions", json={"model": "m", "messages": MSG, **extra}).status_code == 200

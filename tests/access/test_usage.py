@@ -19,8 +19,9 @@ MSG = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 def setup(database_url, make_app, store_at):
-    app = make_app(virtual_keys=True, usage_accounting=True, database_url=database_url, admin_token=ADMIN,
-                   usage_flush_seconds=30)  # flushed by hand below: no waiting on the timer
+    app = make_app(
+        virtual_keys=True, usage_accounting=True, database_url=database_url, admin_token=ADMIN, usage_flush_seconds=30
+    )  # flushed by hand below: no waiting on the timer
     store = store_at(database_url)
     secret, rec = store.create("team-a")
     server = LiveServer(app)
@@ -35,8 +36,12 @@ def stream(server, sdk, **body) -> list[dict]:
     Not through the SDK: it hangs up right after `[DONE]`, before the closing chunk, and the
     werkzeug test server then skips closing the response, so the `done` hooks would never run
     (Gunicorn always closes it; see test_gunicorn_access.py for the SDK streaming through it)."""
-    r = requests.post(server.url + "/v1/chat/completions", json={"messages": MSG, "stream": True, **body},
-                      headers={"Authorization": f"Bearer {sdk.api_key}"}, timeout=10)
+    r = requests.post(
+        server.url + "/v1/chat/completions",
+        json={"messages": MSG, "stream": True, **body},
+        headers={"Authorization": f"Bearer {sdk.api_key}"},
+        timeout=10,
+    )
     assert r.status_code == 200
     lines = [ln[6:] for ln in r.text.split("\n") if ln.startswith("data: ")]
     assert lines[-1] == "[DONE]"
@@ -67,8 +72,18 @@ def test_usage_recorded_for_every_kind_of_call(setup, upstream):
     assert writer.wait_received(5, timeout=5)  # `done` runs as the server closes each response
     assert writer.flush()
 
-    got = [(r["model"], r["prompt_tokens"], r["completion_tokens"], r["total_tokens"], r["estimated"],
-            r["streamed"], r["status"]) for r in rows(store)]
+    got = [
+        (
+            r["model"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            r["total_tokens"],
+            r["estimated"],
+            r["streamed"],
+            r["status"],
+        )
+        for r in rows(store)
+    ]
     assert got == [
         ("m1", 3, 4, 7, False, False, 200),
         ("m1", 3, 3, 6, False, True, 200),

@@ -67,8 +67,11 @@ class ChatAnswer:
     """With a status >= 400: the JSON error body (default: an OpenAI error envelope)."""
 
     def usage(self) -> dict[str, Any]:
-        u: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                             "total_tokens": self.prompt_tokens + self.completion_tokens}
+        u: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
         if self.cached_tokens is not None:
             u["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         return u
@@ -79,8 +82,10 @@ class ChatAnswer:
         return self.text
 
     def calls(self) -> list[dict[str, Any]]:
-        return [{"id": c.id or f"call_{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for i, c in enumerate(self.tool_calls)]
+        return [
+            {"id": c.id or f"call_{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for i, c in enumerate(self.tool_calls)
+        ]
 
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": self.content()}
@@ -91,38 +96,64 @@ class ChatAnswer:
         return msg
 
     def completion(self, model: str) -> dict[str, Any]:
-        return {"id": "chatcmpl-chatonly", "object": "chat.completion", "created": 1700000000,
-                "model": self.model or model,
-                "choices": [{"index": 0, "message": self.message(), "finish_reason": self.finish}],
-                "usage": self.usage()}
+        return {
+            "id": "chatcmpl-chatonly",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": self.model or model,
+            "choices": [{"index": 0, "message": self.message(), "finish_reason": self.finish}],
+            "usage": self.usage(),
+        }
 
     def chunks(self, model: str, include_usage: bool) -> list[dict[str, Any]]:
         out = [chat_chunk(role="assistant", content="")]
         n = max(1, self.chunk_chars)
         if self.reasoning is not None and self.reasoning_as == "field":
-            out += [chat_chunk(reasoning_content=self.reasoning[i:i + n]) for i in range(0, len(self.reasoning), n)]
+            out += [chat_chunk(reasoning_content=self.reasoning[i : i + n]) for i in range(0, len(self.reasoning), n)]
         text = self.content() or ""
-        out += [chat_chunk(text[i:i + n]) for i in range(0, len(text), n)]
+        out += [chat_chunk(text[i : i + n]) for i in range(0, len(text), n)]
         for i, call in enumerate(self.calls()):
             args = call["function"]["arguments"]
             half = len(args) // 2
-            out.append(chat_chunk(tool_calls=[{"index": i, "id": call["id"], "type": "function",
-                                               "function": {"name": call["function"]["name"], "arguments": ""}}]))
-            out += [chat_chunk(tool_calls=[{"index": i, "function": {"arguments": part}}])
-                    for part in (args[:half], args[half:]) if part]
+            out.append(
+                chat_chunk(
+                    tool_calls=[
+                        {
+                            "index": i,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                )
+            )
+            out += [
+                chat_chunk(tool_calls=[{"index": i, "function": {"arguments": part}}])
+                for part in (args[:half], args[half:])
+                if part
+            ]
         out.append(chat_chunk(finish=self.finish))
         for c in out:
             c["id"], c["model"] = "chatcmpl-chatonly", self.model or model
         if include_usage:
-            out.append({"id": "chatcmpl-chatonly", "object": "chat.completion.chunk", "created": 1700000000,
-                        "model": self.model or model, "choices": [], "usage": self.usage()})
+            out.append(
+                {
+                    "id": "chatcmpl-chatonly",
+                    "object": "chat.completion.chunk",
+                    "created": 1700000000,
+                    "model": self.model or model,
+                    "choices": [],
+                    "usage": self.usage(),
+                }
+            )
         return out
 
     def reply(self, body: dict[str, Any]) -> Reply:
         model = str(body.get("model") or "fake-model")
         if self.status >= 400:
-            err = self.error or {"error": {"message": "scripted failure", "type": "server_error", "param": None,
-                                           "code": None}}
+            err = self.error or {
+                "error": {"message": "scripted failure", "type": "server_error", "param": None, "code": None}
+            }
             return json_reply(err, status=self.status)
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -165,8 +196,10 @@ class ChatOnlyUpstream(FakeUpstream):
         path = rec.path.split("?")[0]
         if _missing(path):
             # llama.cpp's shape; Ollama answers text/plain "404 page not found", either must be handled.
-            return json_reply({"error": {"code": self.missing_status, "message": "File Not Found",
-                                         "type": "not_found_error"}}, status=self.missing_status)
+            return json_reply(
+                {"error": {"code": self.missing_status, "message": "File Not Found", "type": "not_found_error"}},
+                status=self.missing_status,
+            )
         if path.endswith("/chat/completions"):
             try:
                 body = json.loads(rec.body)

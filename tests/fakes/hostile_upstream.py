@@ -88,8 +88,9 @@ class RawRequest:
 
     def recorded(self, path: str | None = None) -> Recorded:
         """As tests/fakes/openai_upstream.py records it, to reuse its answers."""
-        return Recorded(self.method, self.target if path is None else path,
-                        {k.lower(): v for k, v in self.headers}, self.body)
+        return Recorded(
+            self.method, self.target if path is None else path, {k.lower(): v for k, v in self.headers}, self.body
+        )
 
 
 class Conn:
@@ -131,8 +132,9 @@ def _head(status: int, headers: list[tuple[str, str]] | dict[str, str]) -> bytes
     return out + b"\r\n"
 
 
-def write_response(conn: Conn, req: RawRequest, status: int, headers: dict[str, str], parts: list[bytes],
-                   *, chunked: bool = False) -> None:
+def write_response(
+    conn: Conn, req: RawRequest, status: int, headers: dict[str, str], parts: list[bytes], *, chunked: bool = False
+) -> None:
     """Status, headers and body (`parts` as HTTP chunks, or one Content-Length body). HEAD gets no body."""
     h = dict(headers)
     if chunked:
@@ -161,13 +163,15 @@ def reply(r: Reply) -> Answer:
     return answer
 
 
-def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None, *,
-                chunked: bool = False) -> Answer:
+def json_answer(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None, *, chunked: bool = False
+) -> Answer:
     raw = json.dumps(body).encode()
 
     def answer(req: RawRequest, conn: Conn) -> None:
-        write_response(conn, req, status, {"Content-Type": "application/json", **(headers or {})}, [raw],
-                       chunked=chunked)
+        write_response(
+            conn, req, status, {"Content-Type": "application/json", **(headers or {})}, [raw], chunked=chunked
+        )
 
     return answer
 
@@ -208,8 +212,16 @@ def compress(data: bytes, encoding: str) -> tuple[bytes, str]:
     raise ValueError(encoding)
 
 
-def compressed(body: bytes, encoding: str, *, content_type: str = "application/json", status: int = 200,
-               chunked: bool = False, pieces: int = 3, headers: dict[str, str] | None = None) -> Answer:
+def compressed(
+    body: bytes,
+    encoding: str,
+    *,
+    content_type: str = "application/json",
+    status: int = 200,
+    chunked: bool = False,
+    pieces: int = 3,
+    headers: dict[str, str] | None = None,
+) -> Answer:
     """`body` compressed with `encoding`; chunked bodies are cut into `pieces` HTTP chunks mid-stream."""
     data, value = compress(body, encoding)
 
@@ -217,7 +229,7 @@ def compressed(body: bytes, encoding: str, *, content_type: str = "application/j
         h = {"Content-Type": content_type, "Content-Encoding": value, "Vary": "Accept-Encoding", **(headers or {})}
         if chunked:
             step = max(1, len(data) // pieces)
-            parts = [data[i:i + step] for i in range(0, len(data), step)]
+            parts = [data[i : i + step] for i in range(0, len(data), step)]
         else:
             parts = [data]
         write_response(conn, req, status, h, parts, chunked=chunked)
@@ -234,8 +246,11 @@ STREAM_TEXT = ["Hello", " compressed", " world"]
 
 
 def chat_stream_bytes(model: str = "fake-model") -> bytes:
-    chunks = [chat_chunk(role="assistant", content=""), *(chat_chunk(t) for t in STREAM_TEXT),
-              chat_chunk(finish="stop")]
+    chunks = [
+        chat_chunk(role="assistant", content=""),
+        *(chat_chunk(t) for t in STREAM_TEXT),
+        chat_chunk(finish="stop"),
+    ]
     for c in chunks:
         c["model"] = model
     return sse_bytes(chunks)
@@ -272,8 +287,12 @@ class EndlessEvent:
         frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         deadline = time.monotonic() + self.max_seconds
         try:
-            conn.write(_head(200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                   "Transfer-Encoding": "chunked"}))
+            conn.write(
+                _head(
+                    200,
+                    {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Transfer-Encoding": "chunked"},
+                )
+            )
             conn.write(b"6\r\ndata: \r\n")
             while self.sent < self.max_bytes and time.monotonic() < deadline:
                 conn.write(frame)
@@ -293,7 +312,7 @@ def huge_json(size: int, *, chunked: bool = False, encoding: str | None = None) 
 
     def answer(req: RawRequest, conn: Conn) -> None:
         step = 256 * 1024
-        parts = [body[i:i + step] for i in range(0, len(body), step)]
+        parts = [body[i : i + step] for i in range(0, len(body), step)]
         write_response(conn, req, 200, {"Content-Type": "application/json"}, parts, chunked=chunked)
 
     return answer
@@ -338,14 +357,16 @@ def default_answer(req: RawRequest) -> Answer:
     if path.startswith(livepeer_gateway.PREFIX + "/"):
         return reply(livepeer_gateway.respond(req.recorded(path + query)))
     if path.startswith("/tenant-a/"):
-        rec = req.recorded(path[len("/tenant-a"):] + query)
+        rec = req.recorded(path[len("/tenant-a") :] + query)
     else:
         rec = req.recorded(path + query)
     try:
         r = _default_reply(rec)
     except (ValueError, KeyError, TypeError):  # a body the OpenAI fake cannot read: say what arrived
-        r = Reply(parts=[json.dumps({"method": rec.method, "path": rec.path, "body_length": len(rec.body)}).encode()],
-                  chunked=False)
+        r = Reply(
+            parts=[json.dumps({"method": rec.method, "path": rec.path, "body_length": len(rec.body)}).encode()],
+            chunked=False,
+        )
     return reply(r)
 
 

@@ -11,7 +11,11 @@ from typing import Any
 
 from tests.fakes.openai_upstream import FakeUpstream, Recorded, Reply, chat_chunk, chat_completion, json_reply
 
-NOISE = {"Livepeer-Balance": "1000", "X-Metadata": "eyJzZWNyZXQiOjF9", "X-Orchestrator-Url": "https://orch.example:8935"}
+NOISE = {
+    "Livepeer-Balance": "1000",
+    "X-Metadata": "eyJzZWNyZXQiOjF9",
+    "X-Orchestrator-Url": "https://orch.example:8935",
+}
 PREFIX = "/process/request"
 
 
@@ -50,7 +54,7 @@ def respond(rec: Recorded) -> Reply:
         return Reply(status=400, headers={"Content-Type": "text/plain"}, parts=[str(exc).encode()], chunked=False)
     if not rec.path.startswith(PREFIX + "/v1/"):
         return Reply(status=404, headers={"Content-Type": "text/plain"}, parts=[b"404 page not found"], chunked=False)
-    path = rec.path[len(PREFIX):]
+    path = rec.path[len(PREFIX) :]
     body = rec.json() if rec.body else {}
     if path == "/v1/chat/completions":
         if body.get("stream"):
@@ -66,13 +70,17 @@ def respond(rec: Recorded) -> Reply:
             raw.append(b"event: ping\n\n")
             raw.append(b"data: [DONE]\n\n")
             return _noisy(Reply(headers={"Content-Type": "text/plain; charset=utf-8"}, parts=raw))
-        return _noisy(json_reply(chat_completion("Hello Livepeer", body.get("model", "m")),
-                                 headers={"Content-Type": "text/plain"}))
+        return _noisy(
+            json_reply(
+                chat_completion("Hello Livepeer", body.get("model", "m")), headers={"Content-Type": "text/plain"}
+            )
+        )
     if path == "/v1/embeddings":
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"object": "embedding", "index": i, "embedding": [0.6, 0.8]} for i in range(len(inputs))]
-        return _noisy(json_reply({"object": "list", "data": data, "model": "e",
-                                  "usage": {"prompt_tokens": 1, "total_tokens": 1}}))
+        return _noisy(
+            json_reply({"object": "list", "data": data, "model": "e", "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        )
     if path == "/v1/images/generations":
         return _noisy(json_reply({"created": 1700000000, "data": [{"b64_json": base64.b64encode(b"PNG").decode()}]}))
     if path == "/v1/rerank":

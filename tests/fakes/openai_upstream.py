@@ -95,30 +95,45 @@ def _split_events(raw: bytes) -> list[bytes]:
         i = raw.find(b"\n\n", start)
         if i < 0:
             break
-        out.append(raw[start:i + 2])
+        out.append(raw[start : i + 2])
         start = i + 2
     if start < len(raw):
         out.append(raw[start:])
     return out
 
 
-def chat_chunk(content: str | None = None, *, finish: str | None = None, role: str | None = None,
-               index: int = 0, **delta_extra: Any) -> dict[str, Any]:
+def chat_chunk(
+    content: str | None = None,
+    *,
+    finish: str | None = None,
+    role: str | None = None,
+    index: int = 0,
+    **delta_extra: Any,
+) -> dict[str, Any]:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = role
     if content is not None:
         delta["content"] = content
     delta.update(delta_extra)
-    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": "fake-model",
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "fake-model",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+    }
 
 
 def chat_completion(content: str, model: str = "fake-model", **message_extra: Any) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, **message_extra},
-                     "finish_reason": "stop"}],
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content, **message_extra}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
     }
 
@@ -131,38 +146,74 @@ def _default_reply(rec: Recorded) -> Reply:
     if path.endswith("/chat/completions") and isinstance(body, dict):
         model = body.get("model", "fake-model")
         if body.get("stream"):
-            chunks = [chat_chunk(role="assistant", content=""), chat_chunk("Hello"), chat_chunk(" from"),
-                      chat_chunk(" upstream"), chat_chunk(finish="stop")]
+            chunks = [
+                chat_chunk(role="assistant", content=""),
+                chat_chunk("Hello"),
+                chat_chunk(" from"),
+                chat_chunk(" upstream"),
+                chat_chunk(finish="stop"),
+            ]
             for c in chunks:
                 c["model"] = model
             if (body.get("stream_options") or {}).get("include_usage"):
-                chunks.append({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
-                               "model": model, "choices": [],
-                               "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})
+                chunks.append(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion.chunk",
+                        "created": 1700000000,
+                        "model": model,
+                        "choices": [],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+                    }
+                )
             return sse_reply(chunks)
         return json_reply(chat_completion("Hello from upstream", model))
     if path.endswith("/responses") and isinstance(body, dict) and body.get("stream"):
         # A Responses API stream: named events, no [DONE] (a JSON body would be no answer to a stream).
         resp = {"id": "resp_fake", "object": "response", "status": "completed", "output": []}
-        return sse_reply([f"event: {t}\ndata: {json.dumps({'type': t, 'sequence_number': i, 'response': resp})}\n\n"
-                          .encode() for i, t in enumerate(("response.created", "response.completed"))], done=False)
+        return sse_reply(
+            [
+                f"event: {t}\ndata: {json.dumps({'type': t, 'sequence_number': i, 'response': resp})}\n\n".encode()
+                for i, t in enumerate(("response.created", "response.completed"))
+            ],
+            done=False,
+        )
     if path.endswith("/messages") and isinstance(body, dict) and body.get("stream"):
         # An Anthropic Messages stream: named events, no [DONE].
-        message = {"id": "msg_fake", "type": "message", "role": "assistant", "content": [], "model": "fake-model",
-                   "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 0}}
-        events = [("message_start", {"type": "message_start", "message": message}),
-                  ("message_stop", {"type": "message_stop"})]
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": "fake-model",
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 0},
+        }
+        events = [
+            ("message_start", {"type": "message_start", "message": message}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
         return sse_reply([f"event: {t}\ndata: {json.dumps(d)}\n\n".encode() for t, d in events], done=False)
     if path.endswith("/completions") and isinstance(body, dict):
         if body.get("stream"):
             base = {"id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": "fake-model"}
-            return sse_reply([
-                {**base, "choices": [{"index": 0, "text": "Hi", "logprobs": None, "finish_reason": None}]},
-                {**base, "choices": [{"index": 0, "text": "!", "logprobs": None, "finish_reason": "stop"}]},
-            ])
-        return json_reply({"id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": "fake-model",
-                           "choices": [{"index": 0, "text": "Hi!", "logprobs": None, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            return sse_reply(
+                [
+                    {**base, "choices": [{"index": 0, "text": "Hi", "logprobs": None, "finish_reason": None}]},
+                    {**base, "choices": [{"index": 0, "text": "!", "logprobs": None, "finish_reason": "stop"}]},
+                ]
+            )
+        return json_reply(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 1700000000,
+                "model": "fake-model",
+                "choices": [{"index": 0, "text": "Hi!", "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
     if path.endswith("/embeddings") and isinstance(body, dict):
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         vec = [0.6, 0.8, 0.0]
@@ -172,11 +223,21 @@ def _default_reply(rec: Recorded) -> Reply:
             if body.get("encoding_format") == "base64":
                 emb = base64.b64encode(struct.pack("<3f", *vec)).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        return json_reply({"object": "list", "data": data, "model": body.get("model", "fake-embed"),
-                           "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+        return json_reply(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", "fake-embed"),
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            }
+        )
     if path.endswith("/models"):
-        return json_reply({"object": "list", "data": [
-            {"id": "fake-model", "object": "model", "created": 1700000000, "owned_by": "fake"}]})
+        return json_reply(
+            {
+                "object": "list",
+                "data": [{"id": "fake-model", "object": "model", "created": 1700000000, "owned_by": "fake"}],
+            }
+        )
     return json_reply({"method": rec.method, "path": rec.path, "body_length": len(rec.body)})
 
 
@@ -280,8 +341,9 @@ class FakeUpstream:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def _handle(self) -> None:
-                rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                               self._read_body())
+                rec = Recorded(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, self._read_body()
+                )
                 if rec.headers.get("user-agent") == BACKGROUND_AGENT:
                     fake.background.append(rec)  # the proxy's own model-list fetches and probes
                 else:

@@ -109,9 +109,16 @@ providers:
 """)
     store = KeyStore(fleet_database)
     store.ensure_schema()  # once, before three replicas would race to create it
-    env = {"COT_PROXY_CONFIG": str(config), "VIRTUAL_KEYS": "true", "DATABASE_URL": fleet_database,
-           "REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "USAGE_FLUSH_SECONDS": "0.2",
-           "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL), "REQUEST_TIMEOUT_SECONDS": "20"}
+    env = {
+        "COT_PROXY_CONFIG": str(config),
+        "VIRTUAL_KEYS": "true",
+        "DATABASE_URL": fleet_database,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": prefix,
+        "USAGE_FLUSH_SECONDS": "0.2",
+        "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL),
+        "REQUEST_TIMEOUT_SECONDS": "20",
+    }
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     f = Fleet(where, env)
     try:

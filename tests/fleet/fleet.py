@@ -65,8 +65,11 @@ class Nginx:
         conf = conf.replace("error_log stderr warn;", f"error_log {where}/error.log warn;")
         (where / "nginx.conf").write_text(conf)
         self.log = where / "error.log"
-        self.proc = subprocess.Popen([binary, "-p", str(where), "-e", str(self.log), "-c", str(where / "nginx.conf"),
-                                      "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(where), "-e", str(self.log), "-c", str(where / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         wait_until(self._up, 10, "nginx listening")
 
     def _up(self) -> bool:

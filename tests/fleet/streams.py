@@ -40,9 +40,14 @@ def slow_streams(upstream: FakeUpstream, words: list[str] = WORDS, delay: float 
             return None
         if not rec.json().get("stream"):
             return json_reply({**chat_completion("hi"), "usage": USED})
-        usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": "m",
-                 "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": len(words),
-                                          "total_tokens": 3 + len(words)}}
+        usage = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)},
+        }
         events: list[Any] = [chat_chunk(role="assistant", content="")]
         events += [chat_chunk(w) for w in words] + [chat_chunk(finish="stop"), usage]
         return sse_reply(events, delay=delay)
@@ -58,9 +63,18 @@ class Stream:
         if request_id:
             headers["X-Request-ID"] = request_id
         self.request_id = request_id
-        self.resp = requests.post(url + "/v1/chat/completions", stream=True, timeout=timeout, headers=headers,
-                                  json={"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                                        "stream": True, "stream_options": {"include_usage": True}})
+        self.resp = requests.post(
+            url + "/v1/chat/completions",
+            stream=True,
+            timeout=timeout,
+            headers=headers,
+            json={
+                "model": "m",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
         self.status = self.resp.status_code
         self._lines = self.resp.iter_lines()
         self.events: list[bytes] = []
@@ -144,8 +158,9 @@ class Clients:
     that fails (an error, or a stream cut before [DONE]) is sent again with the same X-Request-ID, at most
     `retries` times: what a client does when a replica dies under it. Bounded in streams and time."""
 
-    def __init__(self, url: str, key: str, n: int, retries: int = 0, max_each: int = 200,
-                 max_seconds: float = 120.0) -> None:
+    def __init__(
+        self, url: str, key: str, n: int, retries: int = 0, max_each: int = 200, max_seconds: float = 120.0
+    ) -> None:
         self.url, self.key, self.retries, self.max_each = url, key, retries, max_each
         self.deadline = time.monotonic() + max_seconds
         self.requests: list[Request] = []

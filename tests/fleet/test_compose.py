@@ -26,8 +26,14 @@ REPLICAS = ("proxy-1", "proxy-2", "proxy-3")
 def _config() -> str:
     compose = tools.compose()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "UPSTREAM_", "POSTGRES_", "HOST_PORT"))}
-    done = subprocess.run([*compose, "-f", str(DEPLOY / "compose.yaml"), "config"], cwd=DEPLOY, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*compose, "-f", str(DEPLOY / "compose.yaml"), "config"],
+        cwd=DEPLOY,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -38,8 +38,14 @@ def readyz(conn: RawConnection) -> tuple[int, dict]:
 
 def test_sigterm_fails_readiness_then_closes_listeners_and_lets_the_stream_finish(drain_upstream):
     slow_streams(drain_upstream, delay=0.15)  # 10 words: ~2 s
-    g = Gunicorn({"TARGET_BASE_URL": drain_upstream.base_url, "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL),
-                  "HEALTH_CACHE_SECONDS": "0"}, workers=2)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": drain_upstream.base_url,
+            "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL),
+            "HEALTH_CACHE_SECONDS": "0",
+        },
+        workers=2,
+    )
     try:
         with RawConnection(g.port) as probe:
             assert readyz(probe)[0] == 200  # a keep-alive connection, as a load balancer's
@@ -69,8 +75,10 @@ def test_sigterm_fails_readiness_then_closes_listeners_and_lets_the_stream_finis
 
 
 def test_max_requests_default_is_on_with_jitter():
-    code = "import json, runpy; ns = runpy.run_path('gunicorn.conf.py'); " \
-           "print(json.dumps([ns['max_requests'], ns['max_requests_jitter']]))"
+    code = (
+        "import json, runpy; ns = runpy.run_path('gunicorn.conf.py'); "
+        "print(json.dumps([ns['max_requests'], ns['max_requests_jitter']]))"
+    )
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -80,8 +88,14 @@ def test_max_requests_default_is_on_with_jitter():
 def test_worker_recycling_never_cuts_a_stream(drain_upstream):
     """max_requests 3 (+0..2 jitter) per worker: 36 streams, 3 at a time; workers recycle while others stream."""
     slow_streams(drain_upstream, delay=0.03)
-    g = Gunicorn({"TARGET_BASE_URL": drain_upstream.base_url, "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL),
-                  "GUNICORN_CMD_ARGS": "--max-requests 3 --max-requests-jitter 2"}, workers=2)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": drain_upstream.base_url,
+            "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL),
+            "GUNICORN_CMD_ARGS": "--max-requests 3 --max-requests-jitter 2",
+        },
+        workers=2,
+    )
     results: list[Stream] = []
     lock = threading.Lock()
 

@@ -44,8 +44,9 @@ def chat(url: str, key: str, request_id: str | None = None, **extra: Any) -> req
     headers = {"Authorization": f"Bearer {key}", "Connection": "close"}
     if request_id:
         headers["X-Request-ID"] = request_id
-    return requests.post(url + "/v1/chat/completions", headers=headers, timeout=20,
-                         json={"model": "m", "messages": MSG, **extra})
+    return requests.post(
+        url + "/v1/chat/completions", headers=headers, timeout=20, json={"model": "m", "messages": MSG, **extra}
+    )
 
 
 def burst(url: str, key: str, n: int, parallel: int = 6, **extra: Any) -> list[tuple[str, int, str]]:
@@ -116,8 +117,11 @@ def test_300_streams_through_a_rolling_restart_and_a_sigkill_lose_nothing(fleet:
     clients = Clients(t.fleet.url, key, STREAMS, retries=3)
     draining = []
     try:
-        wait_until(lambda: sum(len(b.requests) for b in t.backends) - opened >= STREAMS, 60,
-                   f"{STREAMS} streams open through nginx")
+        wait_until(
+            lambda: sum(len(b.requests) for b in t.backends) - opened >= STREAMS,
+            60,
+            f"{STREAMS} streams open through nginx",
+        )
         for i in range(len(t.fleet.replicas) - 1):
             before = clients.done()
             draining.append(t.fleet.restart(i))
@@ -141,28 +145,36 @@ def test_300_streams_through_a_rolling_restart_and_a_sigkill_lose_nothing(fleet:
     failed = [(r, a, span) for r in reqs for a, span in zip(r.attempts, r.spans, strict=True) if a != "whole"]
     assert failed, "the SIGKILL cut no stream"
     assert all(began <= dead_at and ended >= killed_at for _, _, (began, ended) in failed), [
-        (a, round(b - killed_at, 2), round(e - killed_at, 2)) for _, a, (b, e) in failed][:10]
+        (a, round(b - killed_at, 2), round(e - killed_at, 2)) for _, a, (b, e) in failed
+    ][:10]
     errors = Counter(a for _, a, _ in failed)
     assert set(errors) <= {"ChunkedEncodingError", "ConnectionError", "http 502"} | {
-        f"cut after {n} events" for n in range(len(WORDS) + 4)}, errors
+        f"cut after {n} events" for n in range(len(WORDS) + 4)
+    }, errors
     assert exits == [0] * len(draining)
     assert_clean_logs(t)
     ids = {r.request_id for r in reqs}
     retried = {r.request_id for r, _, _ in failed}
     counts = usage_counts(t, ids)
-    recovered = sum(int(m.group(1)) for r in t.fleet.replicas for line in r.lines()
-                    if (m := re.match(r"usage: wrote (\d+) record", str(line.get("message", "")))))
+    recovered = sum(
+        int(m.group(1))
+        for r in t.fleet.replicas
+        for line in r.lines()
+        if (m := re.match(r"usage: wrote (\d+) record", str(line.get("message", ""))))
+    )
     # Each request once, but for a retried one whose first attempt the killed replica had finished (usage
     # spooled) when the kill cut its last chunk: both attempts were generated, both are recorded.
     twice = {rid for rid, n in counts.items() if n == 2 and rid in retried}
     assert_once({rid: 1 if rid in twice else n for rid, n in counts.items()}, ids)
     assert all(at <= killed_wall for at in first_rows(t, twice)), "a second row not from before the kill"
-    print(f"\nfleet: {STREAMS} concurrent clients, {len(reqs)} streams started, {sum(r.whole for r in reqs)} "
-          f"whole with [DONE]; {len(draining)} rolling restarts (SIGTERM, exit 0), {t.fleet.nginx.refusals()} "
-          f"connects refused and retried by nginx; 1 SIGKILL ({killed} processes): {len(retried)} clients saw "
-          f"{dict(errors)}, {len(failed)} retries through nginx, all whole; {sum(counts.values())} usage rows: "
-          f"each once ({recovered} written by the successor from the killed workers' spools), {len(twice)} "
-          f"retried twice (first attempt finished at the proxy before the kill)")
+    print(
+        f"\nfleet: {STREAMS} concurrent clients, {len(reqs)} streams started, {sum(r.whole for r in reqs)} "
+        f"whole with [DONE]; {len(draining)} rolling restarts (SIGTERM, exit 0), {t.fleet.nginx.refusals()} "
+        f"connects refused and retried by nginx; 1 SIGKILL ({killed} processes): {len(retried)} clients saw "
+        f"{dict(errors)}, {len(failed)} retries through nginx, all whole; {sum(counts.values())} usage rows: "
+        f"each once ({recovered} written by the successor from the killed workers' spools), {len(twice)} "
+        f"retried twice (first attempt finished at the proxy before the kill)"
+    )
 
 
 def test_limits_and_budgets_are_exact_across_the_fleet_and_metrics_add_up(fleet: FleetUnderTest):
@@ -186,8 +198,7 @@ def test_limits_and_budgets_are_exact_across_the_fleet_and_metrics_add_up(fleet:
             break
     # Streams without max_tokens hold only their prompt (8) and spend 13: 6 fit in 50 (48), all in flight
     # together (a stream lasts ~3 s); once one ends its 13 leave less than 8: none more.
-    streams = burst(url, stream_budget_key, 20, parallel=20, stream=True,
-                    stream_options={"include_usage": True})
+    streams = burst(url, stream_budget_key, 20, parallel=20, stream=True, stream_options={"include_usage": True})
 
     def statuses(results: list[tuple[str, int, str]]) -> Counter:
         return Counter((code, err) for _, code, err in results)
@@ -214,11 +225,13 @@ def test_limits_and_budgets_are_exact_across_the_fleet_and_metrics_add_up(fleet:
     assert counted == sent
     refused = sum(code == 429 for _, code, _ in rpm + tpm + budget + streams)
     rpm_seen = statuses(rpm)
-    print(f"\nfleet limits: rpm 20: 30 -> {rpm_seen[(200, '')]} x 200 + {rpm_seen[(429, 'rate_limit_exceeded')]}"
-          f" x 429; tpm 80: 25 -> 10 + 15; budget 100 (max_tokens 12): {len(budget)} -> 11 admitted, spent {spent}"
-          f" (overshoot 0); budget 50 (streams, no max_tokens): 20 -> 6, spent {stream_spent} (overshoot "
-          f"{stream_spent - 50} <= in-flight output {in_flight_output}); 429s expected {refused} seen {refused}; "
-          f"{REQUESTS_METRIC} summed over 3 replicas +{counted:g} for {sent} sent; {len(admitted)} usage rows")
+    print(
+        f"\nfleet limits: rpm 20: 30 -> {rpm_seen[(200, '')]} x 200 + {rpm_seen[(429, 'rate_limit_exceeded')]}"
+        f" x 429; tpm 80: 25 -> 10 + 15; budget 100 (max_tokens 12): {len(budget)} -> 11 admitted, spent {spent}"
+        f" (overshoot 0); budget 50 (streams, no max_tokens): 20 -> 6, spent {stream_spent} (overshoot "
+        f"{stream_spent - 50} <= in-flight output {in_flight_output}); 429s expected {refused} seen {refused}; "
+        f"{REQUESTS_METRIC} summed over 3 replicas +{counted:g} for {sent} sent; {len(admitted)} usage rows"
+    )
 
 
 def test_a_revoked_key_is_refused_by_every_replica_within_a_second(fleet: FleetUnderTest):
@@ -238,17 +251,28 @@ def test_a_revoked_key_is_refused_by_every_replica_within_a_second(fleet: FleetU
             with lock:
                 seen.append((replica, sent, status))
 
-    threads = [threading.Thread(target=hammer, args=(i, u), daemon=True)
-               for i, u in enumerate(t.fleet.urls()) for _ in range(2)]
+    threads = [
+        threading.Thread(target=hammer, args=(i, u), daemon=True)
+        for i, u in enumerate(t.fleet.urls())
+        for _ in range(2)
+    ]
     for th in threads:
         th.start()
     try:
-        wait_until(lambda: all(sum(1 for r, _, s in list(seen) if r == i and s == 200) >= 4 for i in range(3)), 30,
-                   "every replica serving the key")
+        wait_until(
+            lambda: all(sum(1 for r, _, s in list(seen) if r == i and s == 200) >= 4 for i in range(3)),
+            30,
+            "every replica serving the key",
+        )
         t.store.revoke(str(rec.id))
         revoked_at.append(time.monotonic())
-        wait_until(lambda: all(sum(1 for r, at, _ in list(seen) if r == i and at > revoked_at[0] + 1.0) >= 6
-                               for i in range(3)), 30, "requests to every replica a second after the revocation")
+        wait_until(
+            lambda: all(
+                sum(1 for r, at, _ in list(seen) if r == i and at > revoked_at[0] + 1.0) >= 6 for i in range(3)
+            ),
+            30,
+            "requests to every replica a second after the revocation",
+        )
     finally:
         stop.set()
         for th in threads:
@@ -259,8 +283,10 @@ def test_a_revoked_key_is_refused_by_every_replica_within_a_second(fleet: FleetU
     assert not late, late[:5]
     latency = max([at - t0 for _, at, s in seen if s == 200] + [0.0])
     after = Counter(r for r, at, _ in seen if at > t0 + 1.0)
-    print(f"\nfleet revocation: last request answered 200 was sent {latency * 1000:.0f} ms after the revocation; "
-          f"every request sent 1 s after it refused 401 ({dict(after)} per replica)")
+    print(
+        f"\nfleet revocation: last request answered 200 was sent {latency * 1000:.0f} ms after the revocation; "
+        f"every request sent 1 s after it refused 401 ({dict(after)} per replica)"
+    )
 
 
 def test_a_backend_ejected_by_one_replica_is_avoided_by_all(fleet: FleetUnderTest):
@@ -315,8 +341,11 @@ def test_a_backend_ejected_by_one_replica_is_avoided_by_all(fleet: FleetUnderTes
         # A request whose first attempt failed (on the bad backend) went on to the good one: 2 attempts. Per
         # worker of replicas 2 and 3, fewer than FAILURE_THRESHOLD: none of them ejected it by itself.
         failed_first = Counter(
-            (line["pid"]) for r in t.fleet.replicas[1:] for line in r.lines()
-            if str(line.get("request_id", "")).startswith("eject-others") and line.get("attempts"))
+            (line["pid"])
+            for r in t.fleet.replicas[1:]
+            for line in r.lines()
+            if str(line.get("request_id", "")).startswith("eject-others") and line.get("attempts")
+        )
         assert sum(failed_first.values()) == after, (failed_first, after)
         assert max(failed_first.values(), default=0) < FAILURE_THRESHOLD, failed_first
         assert propagation < 3.0, propagation
@@ -325,7 +354,9 @@ def test_a_backend_ejected_by_one_replica_is_avoided_by_all(fleet: FleetUnderTes
         assert len(hits) == final
     finally:
         slow_streams(bad, delay=EVENT_GAP)
-    print(f"\nfleet ejection: replica 1 ejected the failing backend after {by_first} failed attempts (every request "
-          f"200 through the other backend); replicas 2 and 3 sent it {after} request(s) in the "
-          f"{propagation * 1000:.0f} ms after (at most {max(failed_first.values(), default=0)} per worker, threshold "
-          f"{FAILURE_THRESHOLD}), then none")
+    print(
+        f"\nfleet ejection: replica 1 ejected the failing backend after {by_first} failed attempts (every request "
+        f"200 through the other backend); replicas 2 and 3 sent it {after} request(s) in the "
+        f"{propagation * 1000:.0f} ms after (at most {max(failed_first.values(), default=0)} per worker, threshold "
+        f"{FAILURE_THRESHOLD}), then none"
+    )

@@ -27,8 +27,9 @@ K8S_VERSION = "1.32"
 @cache
 def _render(overlay: str) -> tuple[dict[str, Any], ...]:
     kubectl = tools.command("kubectl", "kubectl")
-    done = subprocess.run([kubectl, "kustomize", str(KUBE / "overlays" / overlay)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [kubectl, "kustomize", str(KUBE / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return tuple(d for d in yaml.safe_load_all(done.stdout) if d)
 
@@ -39,8 +40,14 @@ def rendered(overlay: str) -> list[dict[str, Any]]:
 
 def one(docs: list[dict[str, Any]], kind: str, name: str = "cot-proxy") -> dict[str, Any]:
     """The object `name`; a ConfigMap by its generated name (`name` plus a content hash)."""
-    found = [d for d in docs if d["kind"] == kind and (d["metadata"]["name"] == name or (
-        kind == "ConfigMap" and d["metadata"]["name"].rpartition("-")[0] == name))]
+    found = [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and (
+            d["metadata"]["name"] == name or (kind == "ConfigMap" and d["metadata"]["name"].rpartition("-")[0] == name)
+        )
+    ]
     assert len(found) == 1, (kind, name, [d["metadata"]["name"] for d in found])
     return found[0]
 
@@ -77,8 +84,9 @@ def test_service_monitor_is_structurally_right_and_selects_the_proxy_service(ove
     assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
     assert endpoint["path"] == "/metrics" and endpoint["interval"].endswith("s")
     selector = sm["spec"]["selector"]["matchLabels"]
-    selected = [d for d in docs if d["kind"] == "Service"
-                and selector.items() <= d["metadata"].get("labels", {}).items()]
+    selected = [
+        d for d in docs if d["kind"] == "Service" and selector.items() <= d["metadata"].get("labels", {}).items()
+    ]
     assert [s["metadata"]["name"] for s in selected] == ["cot-proxy"]
     assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]}
     metrics_port = next(p for p in selected[0]["spec"]["ports"] if p["name"] == endpoint["port"])
@@ -117,8 +125,9 @@ def test_config_map_mounts_a_config_yaml_the_proxy_loads(overlay):
     env = env_of(c)
     path = Path(env["COT_PROXY_CONFIG"])
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(path.parent))
-    volume = next(v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
-                  if v["name"] == mount["name"])
+    volume = next(
+        v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    )
     cm = one(docs, "ConfigMap", "cot-proxy-config")
     assert volume["configMap"]["name"] == cm["metadata"]["name"]  # the generated, hashed name
     config = Config.from_env({"COT_PROXY_CONFIG": str(KUBE / "base" / path.name), "UPSTREAM_API_KEY": "sk-x"})

@@ -39,8 +39,12 @@ WORKER = textwrap.dedent("""
 
 def killed_worker(db: str, spool: Path, n: int) -> None:
     """A worker process that spooled `n` records, then SIGKILLed: no atexit, no final flush."""
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, db, str(spool), str(n)], cwd=ROOT,
-                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, db, str(spool), str(n)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
     finally:
@@ -125,8 +129,9 @@ def test_a_running_writer_takes_spools_of_workers_that_died_after_it_started(tmp
     running.record({"created_at": now_utc(), "request_id": "running-1", "key_name": "k", "total_tokens": 1})
     try:
         killed_worker(db, tmp_path, 2)  # e.g. a draining replica's worker killed at its graceful timeout
-        wait_until(lambda: len(rows(store)) == 3, 3 * ORPHAN_SCAN_SECONDS, "the running writer took the spool",
-                   step=0.1)
+        wait_until(
+            lambda: len(rows(store)) == 3, 3 * ORPHAN_SCAN_SECONDS, "the running writer took the spool", step=0.1
+        )
         assert rows(store) == {"running-1": 1, "spooled-0": 1, "spooled-1": 1}
     finally:
         running.close()

@@ -118,10 +118,16 @@ def relay_config(upstream: FakeUpstream) -> Config:
 
 def auth_config(upstream: FakeUpstream, database_url: str) -> Config:
     """Every way in at once: fixed tokens, virtual keys (a real SQLite store), JWTs, the admin token."""
-    access = AccessSettings.from_env({
-        "GATEWAY_BEARER_TOKEN": TOKEN, "ADMIN_TOKEN": ADMIN_TOKEN, "VIRTUAL_KEYS": "true",
-        "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET, "USAGE_FLUSH_SECONDS": "0.2",
-    })
+    access = AccessSettings.from_env(
+        {
+            "GATEWAY_BEARER_TOKEN": TOKEN,
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "VIRTUAL_KEYS": "true",
+            "DATABASE_URL": database_url,
+            "JWT_SECRET": JWT_SECRET,
+            "USAGE_FLUSH_SECONDS": "0.2",
+        }
+    )
     return replace(relay_config(upstream), access=access)
 
 
@@ -137,11 +143,16 @@ def routed_config(upstream: FakeUpstream, path: Any) -> Config:
         "  alias: {route: [a/fake-model, b/fake-model]}\n"
         "default_provider: b\n"
     )
-    return Config.from_env({
-        "COT_PROXY_CONFIG": str(path), "CONNECT_TIMEOUT_SECONDS": "2", "REQUEST_TIMEOUT_SECONDS": "5",
-        "LLM_PARAMS": "model=default,temperature=0.5,default.top_p=0.9,append_to_last_user_message= (be brief)",
-        "THINK_MODE": "separate", "LOG_LEVEL": "warning",
-    })
+    return Config.from_env(
+        {
+            "COT_PROXY_CONFIG": str(path),
+            "CONNECT_TIMEOUT_SECONDS": "2",
+            "REQUEST_TIMEOUT_SECONDS": "5",
+            "LLM_PARAMS": "model=default,temperature=0.5,default.top_p=0.9,append_to_last_user_message= (be brief)",
+            "THINK_MODE": "separate",
+            "LOG_LEVEL": "warning",
+        }
+    )
 
 
 def _tolerant_reply(rec: Recorded) -> Reply:
@@ -149,8 +160,17 @@ def _tolerant_reply(rec: Recorded) -> Reply:
     try:
         return _default_reply(rec)
     except Exception as exc:
-        return json_reply({"error": {"message": f"fake upstream cannot read this body: {type(exc).__name__}",
-                                     "type": "invalid_request_error", "param": None, "code": None}}, status=400)
+        return json_reply(
+            {
+                "error": {
+                    "message": f"fake upstream cannot read this body: {type(exc).__name__}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            status=400,
+        )
 
 
 def prepare_upstream(upstream: FakeUpstream) -> FakeUpstream:
@@ -255,8 +275,7 @@ def anthropic_problem(body: bytes) -> str | None:
     return None
 
 
-def problems(status: int, headers: Mapping[str, Any], body: bytes, method: str = "GET",
-             path: str = "") -> list[str]:
+def problems(status: int, headers: Mapping[str, Any], body: bytes, method: str = "GET", path: str = "") -> list[str]:
     """Every invariant this response breaks (empty if none). A HEAD answer has no body to check.
     Under /v1/messages (Anthropic's API) errors are in Anthropic's shape instead of OpenAI's."""
     found: list[str] = []

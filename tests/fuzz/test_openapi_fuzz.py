@@ -51,8 +51,11 @@ def _operations() -> list[tuple[str, str, bool]]:
             if method not in HTTP_METHODS or path == "/openapi.json":
                 continue
             parameters = [*item.get("parameters", ()), *op.get("parameters", ())]
-            has_inputs = bool(any(map(_violable, parameters)) or op.get("requestBody")
-                              or any("adminToken" in s for s in op.get("security", ())))
+            has_inputs = bool(
+                any(map(_violable, parameters))
+                or op.get("requestBody")
+                or any("adminToken" in s for s in op.get("security", ()))
+            )
             out.append((method.upper(), path, has_inputs))
     return out
 
@@ -85,8 +88,12 @@ def _checks(operation: Any, mode: str, proxy_made: bool) -> list[Any]:
     raw = operation.definition.raw
     checks: list[Any] = []
     if proxy_made or operation.path in PARSED:
-        checks += [st_checks.status_code_conformance, st_checks.content_type_conformance,
-                   st_checks.response_headers_conformance, st_checks.response_schema_conformance]
+        checks += [
+            st_checks.status_code_conformance,
+            st_checks.content_type_conformance,
+            st_checks.response_headers_conformance,
+            st_checks.response_schema_conformance,
+        ]
     if mode == "positive":
         if "x-cot-proxy-stricter" not in raw:
             checks.append(st_checks.positive_data_acceptance)
@@ -97,20 +104,28 @@ def _checks(operation: Any, mode: str, proxy_made: bool) -> list[Any]:
 
 def _sent(target: str, case: Any, headers: dict[str, str]) -> support.Sent:
     body = None if isinstance(case.body, NotSet) else case.body
-    return support.Sent(target, case.method, case.formatted_path, dict(case.query or {}),
-                        {**(case.headers or {}), **headers}, body)
+    return support.Sent(
+        target, case.method, case.formatted_path, dict(case.query or {}), {**(case.headers or {}), **headers}, body
+    )
 
 
 @pytest.mark.parametrize("target, method, path, mode", CASES_TO_RUN)
-def test_openapi_fuzz(request: pytest.FixtureRequest, schemas: dict[str, Any], target: str, method: str,
-                      path: str, mode: str) -> None:
+def test_openapi_fuzz(
+    request: pytest.FixtureRequest, schemas: dict[str, Any], target: str, method: str, path: str, mode: str
+) -> None:
     operation = schemas[target][path][method]
     generation = GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE
     headers = _auth_headers(target, path, mode)
     nodeid = request.node.nodeid
 
-    @settings(max_examples=examples(EXAMPLES[mode]), deadline=None, derandomize=DERANDOMIZE, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+    @settings(
+        max_examples=examples(EXAMPLES[mode]),
+        deadline=None,
+        derandomize=DERANDOMIZE,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    )
     @given(case=operation.as_strategy(generation_mode=generation))
     def fuzz(case: Any) -> None:
         CASES[nodeid] += 1
@@ -118,17 +133,20 @@ def test_openapi_fuzz(request: pytest.FixtureRequest, schemas: dict[str, Any], t
             try:
                 response = case.call(headers=headers)
             except Exception:  # a stream that broke while it was read, or worse
-                raise AssertionError(f"request failed in the proxy:\n{traceback.format_exc()}\n"
-                                     f"{case.as_curl_command(headers=headers)}") from None
-            found = support.problems(response.status_code, response.headers, response.content, case.method,
-                                     case.formatted_path)
+                raise AssertionError(
+                    f"request failed in the proxy:\n{traceback.format_exc()}\n{case.as_curl_command(headers=headers)}"
+                ) from None
+            found = support.problems(
+                response.status_code, response.headers, response.content, case.method, case.formatted_path
+            )
             if found:
                 known = support.known_failure(_sent(target, case, headers), found)
                 if known is not None:
                     KNOWN_SEEN[known.name] += 1
                     return
-                raise AssertionError("\n".join(found) + f"\n{case.as_curl_command(headers=headers)}\n"
-                                     f"proxy log: {log.last()}")
+                raise AssertionError(
+                    "\n".join(found) + f"\n{case.as_curl_command(headers=headers)}\nproxy log: {log.last()}"
+                )
         checks = _checks(operation, mode, proxy_made=not support.is_relayed(response.headers))
         if checks:  # an empty list would mean schemathesis' default set
             case.validate_response(response, checks=checks, headers=headers)

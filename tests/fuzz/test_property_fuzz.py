@@ -38,8 +38,13 @@ AUTH = {"Authorization": f"Bearer {support.TOKEN}"}
 
 
 def fuzz_settings(n: int) -> settings:
-    return settings(max_examples=examples(n), deadline=None, derandomize=DERANDOMIZE, database=None,
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=examples(n),
+        deadline=None,
+        derandomize=DERANDOMIZE,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 class Sender:
@@ -50,9 +55,18 @@ class Sender:
         self.target = target
         self.client = target.app.test_client()
 
-    def __call__(self, method: str, path: str, *, headers: dict[str, str] | None = None, data: bytes | None = None,
-                 query: dict[str, str] | None = None, body: Any = None, auth: bool = True,
-                 raw_target: str | None = None) -> tuple[int, Any, bytes]:
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        auth: bool = True,
+        raw_target: str | None = None,
+    ) -> tuple[int, Any, bytes]:
         """`raw_target`: the request target exactly as a client sent it (PATH_INFO is what a server
         decodes from it), for paths the test client would misread (`//host`)."""
         CASES[self.nodeid] += 1
@@ -60,20 +74,26 @@ class Sender:
         headers = dict(headers or {})
         if auth and self.target.name == "auth":
             headers = {**AUTH, **headers}
-        sent = support.Sent(self.target.name, method, raw_target or path, query or {}, headers,
-                            body if data is None else data)
+        sent = support.Sent(
+            self.target.name, method, raw_target or path, query or {}, headers, body if data is None else data
+        )
         environ = None
         if raw_target is not None:
-            environ = {"PATH_INFO": unquote_to_bytes(raw_target).decode("latin-1"), "RAW_URI": raw_target,
-                       "REQUEST_URI": raw_target}
+            environ = {
+                "PATH_INFO": unquote_to_bytes(raw_target).decode("latin-1"),
+                "RAW_URI": raw_target,
+                "REQUEST_URI": raw_target,
+            }
         with support.ErrorLog() as log:
             try:
-                r = self.client.open(path, method=method, headers=headers, data=data, query_string=query,
-                                     environ_overrides=environ)
+                r = self.client.open(
+                    path, method=method, headers=headers, data=data, query_string=query, environ_overrides=environ
+                )
                 content = r.get_data()  # a streamed body is read to its end here
             except Exception:
-                raise AssertionError(f"request failed in the proxy:\n{traceback.format_exc()}\n"
-                                     f"{support.curl(sent)}") from None
+                raise AssertionError(
+                    f"request failed in the proxy:\n{traceback.format_exc()}\n{support.curl(sent)}"
+                ) from None
             found = support.problems(r.status_code, r.headers, content, method)
             if found:
                 self.known = support.known_failure(sent, found)
@@ -83,8 +103,14 @@ class Sender:
         return r.status_code, r.headers, content
 
     def json(self, path: str, body: Any, **kw: Any) -> tuple[int, Any, bytes]:
-        return self("POST", path, headers={"Content-Type": "application/json", **kw.pop("headers", {})},
-                    data=S.encode(body), body=body, **kw)
+        return self(
+            "POST",
+            path,
+            headers={"Content-Type": "application/json", **kw.pop("headers", {})},
+            data=S.encode(body),
+            body=body,
+            **kw,
+        )
 
 
 @pytest.fixture(params=TARGETS)
@@ -105,7 +131,8 @@ def _top(param: str) -> str:
 # -- bodies ------------------------------------------------------------------------------
 
 replacements = st.one_of(
-    st.just(S.DELETE), S.json_values,
+    st.just(S.DELETE),
+    S.json_values,
     st.builds(S.nested, st.integers(1, 300), st.sampled_from(["list", "dict"])),
 )
 
@@ -167,21 +194,56 @@ def test_deep_nesting(send: Sender, family: str) -> None:
     check()
 
 
-RAW_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank",
-              "/v1/video/pipeline/generations", "/v1/images/generations", "/v1/audio/transcriptions",
-              "/v1/audio/speech", "/v1/files"]
+RAW_ROUTES = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/rerank",
+    "/v1/video/pipeline/generations",
+    "/v1/images/generations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/speech",
+    "/v1/files",
+]
 raw_bodies = st.one_of(
     st.binary(max_size=64),
     st.builds(S.encode, S.json_values),
-    st.sampled_from([b"", b"{", b"[]", b"null", b"1", b'"x"', b"NaN", b'{"a": NaN}', b'{"a": 1e400}',
-                     b'{"model": "\\ud800"}', b'{"a": 1}{"b": 2}', b"\xef\xbb\xbf{}", b"\xff\xfe{\x00}\x00",
-                     b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}  ',
-                     b"--zz\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\r\n--zz--\r\n",
-                     b"model=a&model=b", b"model=%ff"]),
+    st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"[]",
+            b"null",
+            b"1",
+            b'"x"',
+            b"NaN",
+            b'{"a": NaN}',
+            b'{"a": 1e400}',
+            b'{"model": "\\ud800"}',
+            b'{"a": 1}{"b": 2}',
+            b"\xef\xbb\xbf{}",
+            b"\xff\xfe{\x00}\x00",
+            b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}  ',
+            b'--zz\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n--zz--\r\n',
+            b"model=a&model=b",
+            b"model=%ff",
+        ]
+    ),
 )
-content_types = st.one_of(st.none(), S.header_values, st.sampled_from([
-    "application/json", "application/json; charset=utf-8", "multipart/form-data; boundary=zz",
-    "application/x-www-form-urlencoded", "text/plain", "application/octet-stream"]))
+content_types = st.one_of(
+    st.none(),
+    S.header_values,
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "multipart/form-data; boundary=zz",
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "application/octet-stream",
+        ]
+    ),
+)
 
 
 def test_raw_bodies(send: Sender) -> None:
@@ -199,10 +261,20 @@ def test_raw_bodies(send: Sender) -> None:
 # -- headers, paths, methods ------------------------------------------------------------------
 
 HEADER_ROUTES = [
-    ("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings"), ("GET", "/v1/models"), ("GET", "/v1/models/m"),
-    ("POST", "/v1/images/generations"), ("GET", "/v1/usage"), ("GET", "/metrics"), ("GET", "/healthz"),
-    ("GET", "/readyz"), ("GET", "/v1/metadata"), ("GET", "/openapi.json"), ("DELETE", "/v1/files/x"),
-    ("OPTIONS", "/v1/chat/completions"), ("HEAD", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/m"),
+    ("POST", "/v1/images/generations"),
+    ("GET", "/v1/usage"),
+    ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/metadata"),
+    ("GET", "/openapi.json"),
+    ("DELETE", "/v1/files/x"),
+    ("OPTIONS", "/v1/chat/completions"),
+    ("HEAD", "/v1/models"),
 ]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
@@ -213,16 +285,21 @@ def test_headers(send: Sender) -> None:
     only when sane."""
 
     @fuzz_settings(250)
-    @given(route=st.sampled_from(HEADER_ROUTES),
-           headers=st.dictionaries(S.header_names, S.header_values, min_size=1, max_size=4),
-           stream=st.booleans())
+    @given(
+        route=st.sampled_from(HEADER_ROUTES),
+        headers=st.dictionaries(S.header_names, S.header_values, min_size=1, max_size=4),
+        stream=st.booleans(),
+    )
     def check(route: tuple[str, str], headers: dict[str, str], stream: bool) -> None:
         method, path = route
         data = None
         if method == "POST":
             headers.setdefault("Content-Type", "application/json")
-            data = S.encode({**CHAT, "stream": stream} if path == "/v1/chat/completions" else
-                            {"model": "m", "input": "x", "prompt": "p"})
+            data = S.encode(
+                {**CHAT, "stream": stream}
+                if path == "/v1/chat/completions"
+                else {"model": "m", "input": "x", "prompt": "p"}
+            )
         status, resp_headers, _ = send(method, path, headers=headers, data=data, auth=False)
         given_id = next((v for k, v in headers.items() if k.lower() == "x-request-id"), "")
         returned = resp_headers.get("X-Request-ID")
@@ -236,17 +313,44 @@ def test_headers(send: Sender) -> None:
 
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "PROPFIND"]
-segments = st.one_of(S.texts, st.sampled_from(["..", ".", "", "%2e%2e", "%2F", "%5c", "%00", "%0a", "chat",
-                                               "completions", "models", "usage", "metadata", "audio", "images",
-                                               "video", "pipeline", "generations", "status"]))
+segments = st.one_of(
+    S.texts,
+    st.sampled_from(
+        [
+            "..",
+            ".",
+            "",
+            "%2e%2e",
+            "%2F",
+            "%5c",
+            "%00",
+            "%0a",
+            "chat",
+            "completions",
+            "models",
+            "usage",
+            "metadata",
+            "audio",
+            "images",
+            "video",
+            "pipeline",
+            "generations",
+            "status",
+        ]
+    ),
+)
 
 
 def test_paths_and_methods(send: Sender) -> None:
     """Any path (raw or percent-encoded segments, dot and empty segments, controls) and any method."""
 
     @fuzz_settings(200)
-    @given(method=st.sampled_from(METHODS), parts=st.lists(segments, max_size=4), encode=st.booleans(),
-           prefix=st.sampled_from(["/v1/", "/", "/v1//", "/V1/", "//v1/"]))
+    @given(
+        method=st.sampled_from(METHODS),
+        parts=st.lists(segments, max_size=4),
+        encode=st.booleans(),
+        prefix=st.sampled_from(["/v1/", "/", "/v1//", "/V1/", "//v1/"]),
+    )
     def check(method: str, parts: list[str], encode: bool, prefix: str) -> None:
         # What a client puts in the request line: ASCII, anything else percent-encoded.
         target = prefix + "/".join(quote(p, safe="%" if encode else "%/\\.:@!$&'()*+,;=") for p in parts)
@@ -259,9 +363,13 @@ def test_paths_and_methods(send: Sender) -> None:
 # -- credentials and the admin endpoint ------------------------------------------------------
 
 claims = st.dictionaries(
-    st.sampled_from(["sub", "exp", "nbf", "iat", "aud", "iss", "models", "rpm", "tpm", "budget", "concurrency",
-                     "name", "jti"]) | S.texts,
-    S.json_values, max_size=6)
+    st.sampled_from(
+        ["sub", "exp", "nbf", "iat", "aud", "iss", "models", "rpm", "tpm", "budget", "concurrency", "name", "jti"]
+    )
+    | S.texts,
+    S.json_values,
+    max_size=6,
+)
 
 
 @st.composite
@@ -289,14 +397,24 @@ def test_credentials(request: pytest.FixtureRequest, targets: dict[str, Target])
     send = Sender(request, targets["auth"])
 
     @fuzz_settings(200)
-    @given(credential=credentials(), scheme=st.sampled_from(["Bearer ", "bearer ", "BEARER  ", "", "Basic "]),
-           route=st.sampled_from([("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/usage"),
-                                  ("POST", "/v1/audio/transcriptions")]))
+    @given(
+        credential=credentials(),
+        scheme=st.sampled_from(["Bearer ", "bearer ", "BEARER  ", "", "Basic "]),
+        route=st.sampled_from(
+            [
+                ("POST", "/v1/chat/completions"),
+                ("GET", "/v1/models"),
+                ("GET", "/v1/usage"),
+                ("POST", "/v1/audio/transcriptions"),
+            ]
+        ),
+    )
     def check(credential: str, scheme: str, route: tuple[str, str]) -> None:
         method, path = route
         headers = {"Authorization": scheme + credential, "Content-Type": "application/json"}
-        status, _, _ = send(method, path, headers=headers, auth=False,
-                            data=S.encode(CHAT) if method == "POST" else None)
+        status, _, _ = send(
+            method, path, headers=headers, auth=False, data=S.encode(CHAT) if method == "POST" else None
+        )
         assert status in (200, 400, 401, 403, 404, 429), status
 
     check()
@@ -305,11 +423,30 @@ def test_credentials(request: pytest.FixtureRequest, targets: dict[str, Target])
 instants = st.one_of(
     S.texts,
     st.datetimes().map(lambda d: d.isoformat()),
-    st.builds(lambda d, minutes: d.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
-              st.datetimes(), st.integers(-1439, 1439)),
-    st.sampled_from(["0", "1.5", "99999999999", "9" * 30, "1e5", "-1", " 1 ", "2024-01-01", "2024-01-01T00:00:00Z",
-                     "2024-01-01T00:00:00+25:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
-                     "\x00", "²", ""]),
+    st.builds(
+        lambda d, minutes: d.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
+        st.datetimes(),
+        st.integers(-1439, 1439),
+    ),
+    st.sampled_from(
+        [
+            "0",
+            "1.5",
+            "99999999999",
+            "9" * 30,
+            "1e5",
+            "-1",
+            " 1 ",
+            "2024-01-01",
+            "2024-01-01T00:00:00Z",
+            "2024-01-01T00:00:00+25:00",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "\x00",
+            "²",
+            "",
+        ]
+    ),
 )
 usage_keys = st.one_of(S.texts, st.sampled_from(["", "\x00", "a\x00b", "%", "_", "'", "key' OR '1'='1"]))
 
@@ -317,12 +454,12 @@ usage_keys = st.one_of(S.texts, st.sampled_from(["", "\x00", "a\x00b", "%", "_",
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_usage_query(request: pytest.FixtureRequest, fuzz_upstream: Any, tmp_path: Any, database: str) -> None:
     """GET /v1/usage with any key, since and until, on both key stores."""
-    url = (f"sqlite:///{tmp_path / 'usage.db'}" if database == "sqlite"
-           else request.getfixturevalue("postgresql_url"))
+    url = f"sqlite:///{tmp_path / 'usage.db'}" if database == "sqlite" else request.getfixturevalue("postgresql_url")
     app: Flask = create_app(support.auth_config(fuzz_upstream, url))
     send = Sender(request, Target(f"auth-{database}", app))
     admin = {"Authorization": f"Bearer {support.ADMIN_TOKEN}"}
     try:
+
         @fuzz_settings(150)
         @example(query={"since": "0001-01-01T00:00:00+01:00"})  # the known failures, always tried
         @example(query={"key": "\x00"})

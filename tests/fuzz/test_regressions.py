@@ -47,30 +47,65 @@ FIXED = [
     # (name, path, body, param the 400 names)
     ("role-list", "/v1/chat/completions", {"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
     ("role-object", "/v1/chat/completions", {"messages": [{"role": {"a": 1}, "content": "x"}]}, "messages[0].role"),
-    ("tool_calls-127", "/v1/chat/completions", {"messages": [{"role": "assistant", "tool_calls": 127}]},
-     "messages[0].tool_calls"),
-    ("tool_calls-item", "/v1/chat/completions", {"messages": [{"role": "assistant", "tool_calls": [1]}]},
-     "messages[0].tool_calls[0]"),
-    ("tool_calls-function", "/v1/chat/completions",
-     {"messages": [{"role": "assistant", "tool_calls": [{"function": "f"}]}]}, "messages[0].tool_calls[0].function"),
-    ("content-part-text", "/v1/chat/completions",
-     {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, "messages[0].content[0].text"),
-    ("content-part-text-null", "/v1/chat/completions",
-     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u", "text": None}]}]},
-     "messages[0].content[0].text"),
+    (
+        "tool_calls-127",
+        "/v1/chat/completions",
+        {"messages": [{"role": "assistant", "tool_calls": 127}]},
+        "messages[0].tool_calls",
+    ),
+    (
+        "tool_calls-item",
+        "/v1/chat/completions",
+        {"messages": [{"role": "assistant", "tool_calls": [1]}]},
+        "messages[0].tool_calls[0]",
+    ),
+    (
+        "tool_calls-function",
+        "/v1/chat/completions",
+        {"messages": [{"role": "assistant", "tool_calls": [{"function": "f"}]}]},
+        "messages[0].tool_calls[0].function",
+    ),
+    (
+        "content-part-text",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
+        "messages[0].content[0].text",
+    ),
+    (
+        "content-part-text-null",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u", "text": None}]}]},
+        "messages[0].content[0].text",
+    ),
     ("nested-254", "/v1/chat/completions", {"messages": MSG, "x": nested(253, "list")}, None),
     ("nested-200", "/v1/chat/completions", {"messages": MSG, "x": nested(200, "dict")}, None),
-    ("stream_options-list", "/v1/chat/completions", {"messages": MSG, "stream": True, "stream_options": [1]},
-     "stream_options"),
-    ("stream_options-string", "/v1/completions", {"prompt": "x", "stream": True, "stream_options": "a"},
-     "stream_options"),
-    ("include_usage-string", "/v1/chat/completions",
-     {"messages": MSG, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+    (
+        "stream_options-list",
+        "/v1/chat/completions",
+        {"messages": MSG, "stream": True, "stream_options": [1]},
+        "stream_options",
+    ),
+    (
+        "stream_options-string",
+        "/v1/completions",
+        {"prompt": "x", "stream": True, "stream_options": "a"},
+        "stream_options",
+    ),
+    (
+        "include_usage-string",
+        "/v1/chat/completions",
+        {"messages": MSG, "stream": True, "stream_options": {"include_usage": "yes"}},
+        "stream_options.include_usage",
+    ),
     ("model-crlf", "/v1/chat/completions", {"model": "a\r\nb", "messages": MSG}, "model"),
     ("model-nul", "/v1/embeddings", {"model": "a\x00", "input": "x"}, "model"),
     ("stream-string", "/v1/chat/completions", {"messages": MSG, "stream": "yes"}, "stream"),
-    ("dimensions-true", "/v1/embeddings", {"input": "x", "dimensions": True, "encoding_format": "base64"},
-     "dimensions"),
+    (
+        "dimensions-true",
+        "/v1/embeddings",
+        {"input": "x", "dimensions": True, "encoding_format": "base64"},
+        "dimensions",
+    ),
     ("dimensions-huge", "/v1/embeddings", {"input": "x", "dimensions": 10**30}, "dimensions"),
     ("input-null-item", "/v1/embeddings", {"input": [None]}, "input[0]"),
     ("input-mixed", "/v1/embeddings", {"input": ["a", 1]}, "input[1]"),
@@ -83,9 +118,17 @@ FIXED = [
 @pytest.mark.parametrize("strictness", ["strict", "lax"])
 @pytest.mark.parametrize("mode", ["echo", "proxy"])
 @pytest.mark.parametrize("name, path, body, param", FIXED, ids=[f[0] for f in FIXED])
-def test_fixed_causes_are_400_naming_the_field(request: pytest.FixtureRequest, targets: dict[str, Target],
-                                               lax_apps: dict[str, Flask], mode: str, strictness: str, name: str,
-                                               path: str, body: dict[str, Any], param: str | None) -> None:
+def test_fixed_causes_are_400_naming_the_field(
+    request: pytest.FixtureRequest,
+    targets: dict[str, Target],
+    lax_apps: dict[str, Flask],
+    mode: str,
+    strictness: str,
+    name: str,
+    path: str,
+    body: dict[str, Any],
+    param: str | None,
+) -> None:
     app = targets[mode].app if strictness == "strict" else lax_apps[mode]
     status, error, content, _ = _post(app, path, {"model": "m", **body})
     assert status == 400, content[:300]
@@ -95,19 +138,37 @@ def test_fixed_causes_are_400_naming_the_field(request: pytest.FixtureRequest, t
 
 
 @pytest.mark.parametrize("mode", ["echo", "proxy"])
-@pytest.mark.parametrize("path, body", [
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                              "stream": None, "stream_options": None}),
-    ("/v1/chat/completions", {"messages": MSG, "stream": True, "stream_options": {"include_usage": None}}),
-    ("/v1/completions", {"prompt": None}),
-    ("/v1/completions", {"prompt": [[1, 2], []], "stream": True, "stream_options": {"include_usage": True}}),
-    ("/v1/embeddings", {"input": [[1, 2], [3]], "encoding_format": None, "dimensions": None}),
-    ("/v1/embeddings", {"input": "x", "dimensions": 8, "encoding_format": "base64"}),
-    ("/v1/chat/completions", {"messages": MSG, "x": nested(100, "list")}),
-], ids=["nulls", "include_usage-null", "prompt-null", "token-lists", "embedding-token-lists", "base64-dims",
-        "nested-100"])
-def test_valid_odd_bodies_still_accepted(targets: dict[str, Target], mode: str, path: str,
-                                         body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                "stream": None,
+                "stream_options": None,
+            },
+        ),
+        ("/v1/chat/completions", {"messages": MSG, "stream": True, "stream_options": {"include_usage": None}}),
+        ("/v1/completions", {"prompt": None}),
+        ("/v1/completions", {"prompt": [[1, 2], []], "stream": True, "stream_options": {"include_usage": True}}),
+        ("/v1/embeddings", {"input": [[1, 2], [3]], "encoding_format": None, "dimensions": None}),
+        ("/v1/embeddings", {"input": "x", "dimensions": 8, "encoding_format": "base64"}),
+        ("/v1/chat/completions", {"messages": MSG, "x": nested(100, "list")}),
+    ],
+    ids=[
+        "nulls",
+        "include_usage-null",
+        "prompt-null",
+        "token-lists",
+        "embedding-token-lists",
+        "base64-dims",
+        "nested-100",
+    ],
+)
+def test_valid_odd_bodies_still_accepted(
+    targets: dict[str, Target], mode: str, path: str, body: dict[str, Any]
+) -> None:
     status, _, content, _ = _post(targets[mode].app, path, {"model": "m", **body})
     assert status == 200, content[:300]
 
@@ -133,10 +194,14 @@ def usage_app(fuzz_upstream: Any, tmp_path: Any) -> Iterator[Flask]:
 ADMIN = {"Authorization": f"Bearer {support.ADMIN_TOKEN}"}
 
 
-@pytest.mark.parametrize("query, param", [
-    ("since=0001-01-01T00:00:00%2B01:00", "since"), ("until=9999-12-31T23:59:59-01:00", "until"),
-    ("key=a%00b", "key"),
-])
+@pytest.mark.parametrize(
+    "query, param",
+    [
+        ("since=0001-01-01T00:00:00%2B01:00", "since"),
+        ("until=9999-12-31T23:59:59-01:00", "until"),
+        ("key=a%00b", "key"),
+    ],
+)
 def test_usage_query_out_of_range_is_400(usage_app: Flask, query: str, param: str) -> None:
     """Formerly 500s: a time that leaves datetime's range in UTC (OverflowError outside the try).
     Fixed in app/access/api.py (7d580f1)."""

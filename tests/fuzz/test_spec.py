@@ -19,8 +19,9 @@ def test_document_is_valid_openapi_30() -> None:
     from schemathesis.specs.openapi.definitions import OPENAPI_30_VALIDATOR
 
     spec = openapi.spec()
-    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message[:200]}"
-              for e in OPENAPI_30_VALIDATOR.iter_errors(spec)]
+    errors = [
+        f"{'/'.join(map(str, e.instance_path))}: {e.message[:200]}" for e in OPENAPI_30_VALIDATOR.iter_errors(spec)
+    ]
     assert not errors, errors
     assert spec["openapi"].startswith("3.0")
     assert spec["info"]["version"] == discovery.VERSION

@@ -52,7 +52,7 @@ class CachingServer:
         data = text.encode()
         ids, value = [], 0
         for k in range(64, len(data) + 1, 64):
-            value = zlib.crc32(data[k - 64:k], value)
+            value = zlib.crc32(data[k - 64 : k], value)
             ids.append(value | k << 32)
         with self.lock:
             hit = 0
@@ -66,12 +66,20 @@ class CachingServer:
             while len(self.cache) > CACHE_BLOCKS:
                 self.cache.popitem(last=False)
         prompt = len(data) // 4
-        return json_reply({
-            "id": "x", "object": "chat.completion", "model": body.get("model", "m"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1,
-                      "prompt_tokens_details": {"cached_tokens": min(prompt, hit * 16)}},
-        })
+        return json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "model": body.get("model", "m"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": 1,
+                    "total_tokens": prompt + 1,
+                    "prompt_tokens_details": {"cached_tokens": min(prompt, hit * 16)},
+                },
+            }
+        )
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +97,32 @@ def workload(seed: int = 7) -> list[list[dict[str, str]]]:
         return "".join(rng.choice("abcdefghij klmnop") for _ in range(n))
 
     systems = [text(SYSTEM_CHARS) for _ in range(GROUPS)]
-    out = [[{"role": "system", "content": systems[g]}, {"role": "user", "content": text(QUESTION_CHARS)}]
-           for g in range(GROUPS) for _ in range(PER_GROUP)]
+    out = [
+        [{"role": "system", "content": systems[g]}, {"role": "user", "content": text(QUESTION_CHARS)}]
+        for g in range(GROUPS)
+        for _ in range(PER_GROUP)
+    ]
     rng.shuffle(out)
     return out
 
 
-def run(tmp_path: Path, servers: list[CachingServer], balance: str | None,
-        env: dict[str, str] | None = None) -> tuple[float, float, str]:
+def run(
+    tmp_path: Path, servers: list[CachingServer], balance: str | None, env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
     for s in servers:
         s.reset()
     line = f"    balance: {balance}\n" if balance else ""
     config = tmp_path / f"config-{balance}.yaml"
-    config.write_text("providers:\n  pool:\n" + line + "    retries: 0\n    backends:\n"
-                      + "".join(f"      - base_url: {s.fake.base_url}\n" for s in servers))
-    g = Gunicorn({"COT_PROXY_CONFIG": str(config), "REQUEST_TIMEOUT_SECONDS": "20", "METRICS_ENABLED": "true",
-                  **(env or {})}, workers=2)
+    config.write_text(
+        "providers:\n  pool:\n"
+        + line
+        + "    retries: 0\n    backends:\n"
+        + "".join(f"      - base_url: {s.fake.base_url}\n" for s in servers)
+    )
+    g = Gunicorn(
+        {"COT_PROXY_CONFIG": str(config), "REQUEST_TIMEOUT_SECONDS": "20", "METRICS_ENABLED": "true", **(env or {})},
+        workers=2,
+    )
     try:
         session = requests.Session()
 
@@ -128,8 +146,11 @@ def run(tmp_path: Path, servers: list[CachingServer], balance: str | None,
 def test_cache_aware_beats_round_robin_over_real_http(tmp_path, caching_servers):
     hit, balance, metrics = run(tmp_path, caching_servers, None)  # the default with several backends
     rr_hit, rr_balance, _ = run(tmp_path, caching_servers, "round_robin")
-    print(json.dumps({"cache_aware": [round(hit, 3), round(balance, 2)],
-                      "round_robin": [round(rr_hit, 3), round(rr_balance, 2)]}))
+    print(
+        json.dumps(
+            {"cache_aware": [round(hit, 3), round(balance, 2)], "round_robin": [round(rr_hit, 3), round(rr_balance, 2)]}
+        )
+    )
     # Ideal: one miss per group (hit ~ 5/6 x 4000/4300 = 0.78); round robin misses on each server.
     assert hit >= 0.5, hit
     assert hit >= rr_hit + 0.2, (hit, rr_hit)

@@ -88,17 +88,20 @@ def test_gunicorn_comes_with_its_gevent_extra_and_schemathesis_is_a_dev_tool():
 # -- the listen address ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, ("0.0.0.0", 5000)),
-    ({"PROXY_ADDR": ":8090"}, ("0.0.0.0", 8090)),
-    ({"HOST": "127.0.0.1", "PROXY_ADDR": ":8090"}, ("127.0.0.1", 8090)),
-    ({"PORT": "7000", "PROXY_ADDR": "10.1.2.3:8090"}, ("10.1.2.3", 7000)),
-    ({"PROXY_ADDR": "[::1]:8090"}, ("::1", 8090)),
-    ({"GATEWAY_HOST": "127.0.0.2", "GATEWAY_PORT": "9000", "PROXY_ADDR": "h:1"}, ("127.0.0.2", 9000)),
-    ({"HOST": "h1", "GATEWAY_HOST": "h2", "PORT": "1", "GATEWAY_PORT": "2"}, ("h1", 1)),
-    ({"HOST": " ", "PORT": "", "PROXY_ADDR": " 127.0.0.1:8091 "}, ("127.0.0.1", 8091)),
-    ({"HOST": "[::]"}, ("::", 5000)),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, ("0.0.0.0", 5000)),
+        ({"PROXY_ADDR": ":8090"}, ("0.0.0.0", 8090)),
+        ({"HOST": "127.0.0.1", "PROXY_ADDR": ":8090"}, ("127.0.0.1", 8090)),
+        ({"PORT": "7000", "PROXY_ADDR": "10.1.2.3:8090"}, ("10.1.2.3", 7000)),
+        ({"PROXY_ADDR": "[::1]:8090"}, ("::1", 8090)),
+        ({"GATEWAY_HOST": "127.0.0.2", "GATEWAY_PORT": "9000", "PROXY_ADDR": "h:1"}, ("127.0.0.2", 9000)),
+        ({"HOST": "h1", "GATEWAY_HOST": "h2", "PORT": "1", "GATEWAY_PORT": "2"}, ("h1", 1)),
+        ({"HOST": " ", "PORT": "", "PROXY_ADDR": " 127.0.0.1:8091 "}, ("127.0.0.1", 8091)),
+        ({"HOST": "[::]"}, ("::", 5000)),
+    ],
+)
 def test_one_rule_for_host_and_port(env, expected):
     assert listen_address(env) == expected
     config = Config.from_env(env)
@@ -113,14 +116,17 @@ def test_bind_and_probe_urls():
     assert probe_url({"HOST": "10.0.0.5", "PORT": "81"}) == "http://10.0.0.5:81/healthz"
 
 
-@pytest.mark.parametrize("env, name", [
-    ({"PROXY_ADDR": "8090"}, "PROXY_ADDR"),
-    ({"PROXY_ADDR": "h:"}, "PROXY_ADDR"),
-    ({"PROXY_ADDR": "::1:8090"}, "PROXY_ADDR"),
-    ({"PROXY_ADDR": ":0"}, "PROXY_ADDR"),
-    ({"PORT": "http"}, "PORT"),
-    ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
-])
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"PROXY_ADDR": "8090"}, "PROXY_ADDR"),
+        ({"PROXY_ADDR": "h:"}, "PROXY_ADDR"),
+        ({"PROXY_ADDR": "::1:8090"}, "PROXY_ADDR"),
+        ({"PROXY_ADDR": ":0"}, "PROXY_ADDR"),
+        ({"PORT": "http"}, "PORT"),
+        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+    ],
+)
 def test_bad_listen_values_name_the_variable(env, name):
     for call in (listen_address, Config.from_env):
         with pytest.raises((ListenAddressError, ConfigError)) as info:
@@ -149,8 +155,9 @@ def _gunicorn(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen, Path]]:
     """README command 1 with exactly `env` (no helper-chosen HOST/PORT)."""
     log = Path(tempfile.mkstemp(prefix="cot-proxy-startup-", suffix=".log")[1])
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", *README_COMMAND], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *README_COMMAND], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             yield proc, log
         finally:
@@ -219,13 +226,13 @@ def test_dockerfile_installs_the_pinned_set_and_runs_the_readme_command():
 def test_unknown_worker_class_is_refused_in_one_line(value):
     code, out = failed_start({"GUNICORN_WORKER_CLASS": value})
     assert code != 0
-    assert out.strip() == (f"cot-proxy: configuration error: GUNICORN_WORKER_CLASS={value!r}: "
-                           "use gevent (the default), gthread or sync")
+    assert out.strip() == (
+        f"cot-proxy: configuration error: GUNICORN_WORKER_CLASS={value!r}: use gevent (the default), gthread or sync"
+    )
 
 
 def test_worker_class_by_its_full_path():
-    g = Gunicorn({"GUNICORN_WORKER_CLASS": "gunicorn.workers.gthread.ThreadWorker", "GUNICORN_THREADS": "4"},
-                 workers=1)
+    g = Gunicorn({"GUNICORN_WORKER_CLASS": "gunicorn.workers.gthread.ThreadWorker", "GUNICORN_THREADS": "4"}, workers=1)
     try:
         assert requests.get(g.url + "/v1/models", timeout=10).status_code == 200
     finally:
@@ -237,12 +244,25 @@ def test_access_log_has_no_query_string_or_credentials():
     g = Gunicorn({"GUNICORN_ACCESS_LOG": "-"}, workers=1)
     basic = base64.b64encode(b"alice:sk-basic-pass-5566").decode()
     try:
-        r = requests.get(g.url + "/v1/models?api_key=sk-secret123&x=1", timeout=10, headers={
-            "Authorization": f"Basic {basic}", "Referer": "https://example.test/page?token=sk-referer-7788"})
+        r = requests.get(
+            g.url + "/v1/models?api_key=sk-secret123&x=1",
+            timeout=10,
+            headers={"Authorization": f"Basic {basic}", "Referer": "https://example.test/page?token=sk-referer-7788"},
+        )
         assert r.status_code == 200
-        line = _wait_for(lambda: next((x["message"] for x in g.lines()
-                                       if x.get("logger") == "gunicorn.access" and "/v1/models" in x["message"]), None),
-                         "no access log line", timeout=20, log=g.log_path)
+        line = _wait_for(
+            lambda: next(
+                (
+                    x["message"]
+                    for x in g.lines()
+                    if x.get("logger") == "gunicorn.access" and "/v1/models" in x["message"]
+                ),
+                None,
+            ),
+            "no access log line",
+            timeout=20,
+            log=g.log_path,
+        )
     finally:
         out = g.stop()
     assert '"GET /v1/models HTTP/1.1" 200' in line

@@ -28,8 +28,9 @@ LONG = [f"step {i}: still thinking about it. " for i in range(60)] + ["</think>"
 
 
 def reply(pieces: list[str], **kw: float):
-    return sse_reply([chat_chunk(role="assistant", content=""), *(chat_chunk(p) for p in pieces),
-                      chat_chunk(finish="stop")], **kw)
+    return sse_reply(
+        [chat_chunk(role="assistant", content=""), *(chat_chunk(p) for p in pieces), chat_chunk(finish="stop")], **kw
+    )
 
 
 def streamed(url: str, request_id: str | None = None) -> str:
@@ -55,8 +56,12 @@ def redis_prefix() -> Iterator[str]:
 
 
 def test_first_stream_does_not_leak_and_the_other_replica_knows(up, redis_prefix):
-    env = {"TARGET_BASE_URL": up.base_url, "REDIS_URL": TEST_REDIS_URL, "REDIS_PREFIX": redis_prefix,
-           "REQUEST_TIMEOUT_SECONDS": "20"}
+    env = {
+        "TARGET_BASE_URL": up.base_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_PREFIX": redis_prefix,
+        "REQUEST_TIMEOUT_SECONDS": "20",
+    }
     one, two = Gunicorn(env, workers=1), None
     try:
         two = Gunicorn(env, workers=1)

@@ -21,39 +21,84 @@ WRONG = "tok-wrong-9876543210"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CREDENTIALS = {"none": None, "wrong": WRONG, "right": TOKEN}
 # One body every JSON family accepts (unknown fields pass through).
-BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "input": "hi", "prompt": "hi",
-                   "query": "q", "documents": ["a", "b"], "voice": "alloy"}).encode()
+BODY = json.dumps(
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "input": "hi",
+        "prompt": "hi",
+        "query": "q",
+        "documents": ["a", "b"],
+        "voice": "alloy",
+    }
+).encode()
 
 OPEN = ("/healthz", "/livez", "/health", "/readyz", "/v1/metadata", "/openapi.json", "/metrics")
 PROBING = ("/health", "/readyz")
 """Open paths that may touch the upstream themselves (readiness)."""
 ROUTES = (
-    "/v1/models", "/v1/models/fake-model", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-    "/v1/files", "/v1/files/file-1", "/v1/responses", "/v1/moderations", "/v1/images/generations",
-    "/v1/audio/transcriptions", "/v1/audio/speech", "/v1/rerank", "/v1/video/generations", "/v1/usage",
-    "/v1/batches/b-1/cancel", "/v1/",
-)
-RELAYED_ON_POST = frozenset({
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/files", "/v1/responses", "/v1/moderations",
-    "/v1/images/generations", "/v1/audio/transcriptions", "/v1/audio/speech", "/v1/rerank", "/v1/video/generations",
+    "/v1/models",
+    "/v1/models/fake-model",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/files",
+    "/v1/files/file-1",
+    "/v1/responses",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/speech",
+    "/v1/rerank",
+    "/v1/video/generations",
+    "/v1/usage",
     "/v1/batches/b-1/cancel",
-})
+    "/v1/",
+)
+RELAYED_ON_POST = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/files",
+        "/v1/responses",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/audio/transcriptions",
+        "/v1/audio/speech",
+        "/v1/rerank",
+        "/v1/video/generations",
+        "/v1/batches/b-1/cancel",
+    }
+)
 """Routes a POST with the right token must reach the upstream on (exactly once)."""
 NOT_OPEN = (
     # other spellings of open paths: none of them is open
-    "/v1/metadata/", "/V1/metadata", "/v1/METADATA", "/healthz/", "/HEALTHZ", "/metrics/",
+    "/v1/metadata/",
+    "/V1/metadata",
+    "/v1/METADATA",
+    "/healthz/",
+    "/HEALTHZ",
+    "/metrics/",
     "/v1/metadata;x",
 )
 SAME_AS_OPEN = (
     # percent-encodings that decode to an open path are that path: open for GET/HEAD, authenticated otherwise
-    "/v1/%6detadata", "/v1%2fmetadata",
+    "/v1/%6detadata",
+    "/v1%2fmetadata",
 )
 LOCAL_404 = frozenset({"/v1/", "/v1/usage"})
 """Not relayed routes: `/v1/` names nothing, `/v1/usage` is off without ADMIN_TOKEN (404, no upstream contact)."""
 HOSTILE = (
     # hostile spellings (see test_trust_paths.py): 400 invalid_path, or 401 first
-    "/v1/metadata%00", "//v1/metadata", "/v1//metadata", "/v1/./metadata", "/v1/x/../metadata", "/v1/%2e/metadata",
-    "//healthz", "/./healthz",
+    "/v1/metadata%00",
+    "//v1/metadata",
+    "/v1//metadata",
+    "/v1/./metadata",
+    "/v1/x/../metadata",
+    "/v1/%2e/metadata",
+    "//healthz",
+    "/./healthz",
 )
 SPELLINGS = NOT_OPEN + SAME_AS_OPEN + HOSTILE
 PATHS = OPEN + ROUTES + SPELLINGS
@@ -62,8 +107,14 @@ PATHS = OPEN + ROUTES + SPELLINGS
 @pytest.fixture(scope="module")
 def proxy(upstream) -> Iterator[Gunicorn]:
     # No UPSTREAM_API_KEY: the client's Authorization must be dropped by the proxy itself.
-    g = Gunicorn({"TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "GATEWAY_BEARER_TOKEN": TOKEN,
-                  "REQUEST_TIMEOUT_SECONDS": "10"}, workers=1)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": upstream.url("/tenant-a/v1/"),
+            "GATEWAY_BEARER_TOKEN": TOKEN,
+            "REQUEST_TIMEOUT_SECONDS": "10",
+        },
+        workers=1,
+    )
     yield g
     g.stop()
 

@@ -33,8 +33,10 @@ SDK_HEADERS = {"Accept-Encoding": "gzip, deflate"}
 
 
 def _encodings(*names: str) -> list:
-    return [pytest.param(n, marks=pytest.mark.skipif(not encoding_available(n), reason=f"{n} codec not installed"))
-            for n in names]
+    return [
+        pytest.param(n, marks=pytest.mark.skipif(not encoding_available(n), reason=f"{n} codec not installed"))
+        for n in names
+    ]
 
 
 ENCODINGS = _encodings("gzip", "deflate", "deflate-raw", "br", "zstd")
@@ -43,15 +45,36 @@ FRAMINGS = ["content-length", "chunked"]
 ANSWERS = {
     # route -> (method, request body, upstream JSON answer)
     "/v1/chat/completions": ("POST", {"model": "m", "messages": MSG}, chat_completion("Hello, compressed")),
-    "/v1/completions": ("POST", {"model": "m", "prompt": "hi"}, {
-        "id": "cmpl-z", "object": "text_completion", "created": 1700000000, "model": "m",
-        "choices": [{"index": 0, "text": "Hello, compressed", "logprobs": None, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}),
-    "/v1/embeddings": ("POST", {"model": "e", "input": "hi"}, {
-        "object": "list", "model": "e", "data": [{"object": "embedding", "index": 0, "embedding": [0.25, 0.5, 0.75]}],
-        "usage": {"prompt_tokens": 1, "total_tokens": 1}}),
-    "/v1/models": ("GET", None, {"object": "list", "data": [
-        {"id": "compressed-model", "object": "model", "created": 1700000000, "owned_by": "z"}]}),
+    "/v1/completions": (
+        "POST",
+        {"model": "m", "prompt": "hi"},
+        {
+            "id": "cmpl-z",
+            "object": "text_completion",
+            "created": 1700000000,
+            "model": "m",
+            "choices": [{"index": 0, "text": "Hello, compressed", "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+        },
+    ),
+    "/v1/embeddings": (
+        "POST",
+        {"model": "e", "input": "hi"},
+        {
+            "object": "list",
+            "model": "e",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, 0.5, 0.75]}],
+            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+        },
+    ),
+    "/v1/models": (
+        "GET",
+        None,
+        {
+            "object": "list",
+            "data": [{"id": "compressed-model", "object": "model", "created": 1700000000, "owned_by": "z"}],
+        },
+    ),
 }
 
 
@@ -73,7 +96,8 @@ def _call(g: Gunicorn, method: str, path: str, body: dict | None) -> RawResponse
 
 def _assert_decoded(r: RawResponse) -> None:
     assert r.headers.get("content-encoding", "identity") == "identity", (
-        f"Content-Encoding {r.headers.get('content-encoding')!r} reached the client: {r}")
+        f"Content-Encoding {r.headers.get('content-encoding')!r} reached the client: {r}"
+    )
 
 
 @pytest.mark.parametrize("framing", FRAMINGS)
@@ -92,8 +116,11 @@ def test_json_answer_reaches_client_decoded(proxy, up, route, encoding, framing)
 @pytest.mark.parametrize("framing", FRAMINGS)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_sse_stream_reaches_client_decoded(proxy, up, encoding, framing):
-    up.enqueue(compressed(chat_stream_bytes("m"), encoding, content_type="text/event-stream",
-                          chunked=framing == "chunked", pieces=5))
+    up.enqueue(
+        compressed(
+            chat_stream_bytes("m"), encoding, content_type="text/event-stream", chunked=framing == "chunked", pieces=5
+        )
+    )
     r = _call(proxy, "POST", "/v1/chat/completions", {"model": "m", "messages": MSG, "stream": True})
     assert r.status == 200, r
     _assert_decoded(r)
@@ -104,8 +131,9 @@ def test_sse_stream_reaches_client_decoded(proxy, up, encoding, framing):
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "".join(STREAM_TEXT)
 
 
-ERROR_JSON = {"error": {"message": "bad things", "type": "invalid_request_error", "param": "model",
-                        "code": "model_not_found"}}
+ERROR_JSON = {
+    "error": {"message": "bad things", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+}
 
 
 @pytest.mark.parametrize("framing", FRAMINGS)
@@ -121,8 +149,9 @@ def test_json_error_body_reaches_client_decoded(proxy, up, encoding, framing):
 @pytest.mark.parametrize("framing", FRAMINGS)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_text_error_body_is_decoded_then_wrapped(proxy, up, encoding, framing):
-    up.enqueue(compressed(b"upstream says no", encoding, status=403, content_type="text/plain",
-                          chunked=framing == "chunked"))
+    up.enqueue(
+        compressed(b"upstream says no", encoding, status=403, content_type="text/plain", chunked=framing == "chunked")
+    )
     r = _call(proxy, "POST", "/v1/chat/completions", {"model": "m", "messages": MSG})
     assert r.status == 403, r
     _assert_decoded(r)
@@ -139,8 +168,15 @@ def test_openai_sdk_gets_normal_answer_and_stream(proxy, up, encoding, framing):
         out = sdk.chat.completions.create(model="m", messages=MSG)
         assert out.choices[0].message.content == "Hello, compressed"
 
-        up.enqueue(compressed(chat_stream_bytes("m"), encoding, content_type="text/event-stream",
-                              chunked=framing == "chunked", pieces=5))
+        up.enqueue(
+            compressed(
+                chat_stream_bytes("m"),
+                encoding,
+                content_type="text/event-stream",
+                chunked=framing == "chunked",
+                pieces=5,
+            )
+        )
         chunks = list(sdk.chat.completions.create(model="m", messages=MSG, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(STREAM_TEXT)
     finally:

@@ -31,6 +31,7 @@ def _json_body(extra: dict) -> Builder:
 
 def _mislabelled(extra: dict) -> Builder:
     """JSON labelled text/plain: some servers parse it anyway, so the allow-list must too."""
+
     def build(model: str) -> tuple[str, bytes]:
         return "text/plain", json.dumps({"model": model, **extra}).encode()
 
@@ -41,8 +42,14 @@ def _multipart(model_first: bool = True, content_type: str = "audio/wav") -> Bui
     def build(model: str) -> tuple[str, bytes]:
         boundary = "----trust" + uuid.uuid4().hex
         model_part = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n').encode()
-        file_part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
-                     f"Content-Type: {content_type}\r\n\r\n").encode() + bytes(range(256)) * 4 + b"\r\n"
+        file_part = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+                f"Content-Type: {content_type}\r\n\r\n"
+            ).encode()
+            + bytes(range(256)) * 4
+            + b"\r\n"
+        )
         parts = [model_part, file_part] if model_first else [file_part, model_part]
         return f"multipart/form-data; boundary={boundary}", b"".join(parts) + f"--{boundary}--\r\n".encode()
 
@@ -78,9 +85,16 @@ def setup(upstream, tmp_path_factory) -> Iterator[tuple[Gunicorn, str]]:
         secret, _ = store.create("allow-list", models=["allowed-*"])
     finally:
         store.close()
-    g = Gunicorn({"TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "VIRTUAL_KEYS": "true",
-                  "DATABASE_URL": f"sqlite:///{db}", "USAGE_FLUSH_SECONDS": "0.2", "REQUEST_TIMEOUT_SECONDS": "10"},
-                 workers=1)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": upstream.url("/tenant-a/v1/"),
+            "VIRTUAL_KEYS": "true",
+            "DATABASE_URL": f"sqlite:///{db}",
+            "USAGE_FLUSH_SECONDS": "0.2",
+            "REQUEST_TIMEOUT_SECONDS": "10",
+        },
+        workers=1,
+    )
     yield g, secret
     g.stop()
 

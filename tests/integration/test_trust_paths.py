@@ -25,9 +25,21 @@ TENANT_A_KEY = "sk-tenant-a"
 
 # Every family of route the proxy serves, and probes.
 ROUTES = (
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/fake-model",
-    "/v1/files/file-1", "/v1/responses", "/v1/images/generations", "/v1/audio/transcriptions",
-    "/v1/audio/speech", "/v1/rerank", "/v1/video/generations", "/v1/metadata", "/healthz", "/health",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/models/fake-model",
+    "/v1/files/file-1",
+    "/v1/responses",
+    "/v1/images/generations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/speech",
+    "/v1/rerank",
+    "/v1/video/generations",
+    "/v1/metadata",
+    "/healthz",
+    "/health",
 )
 
 
@@ -138,8 +150,10 @@ def test_hostile_path_refused_and_never_sent(proxy, up, route, spelling):
 
 LEGIT = (
     # (client target, what tenant A must receive after /tenant-a/v1/)
-    ("/v1/files/file-1?purpose=fine-tune&after=a%2Fb%2e%2e&x=..",
-     "files/file-1?purpose=fine-tune&after=a%2Fb%2e%2e&x=.."),
+    (
+        "/v1/files/file-1?purpose=fine-tune&after=a%2Fb%2e%2e&x=..",
+        "files/file-1?purpose=fine-tune&after=a%2Fb%2e%2e&x=..",
+    ),
     ("/v1/files/report..v2.jsonl", "files/report..v2.jsonl"),
     ("/v1/files/file%20name", "files/file%20name"),
     ("/v1/models/meta-llama/Llama-3.1-8B", "models/meta-llama/Llama-3.1-8B"),
@@ -158,7 +172,8 @@ def test_legit_path_reaches_tenant_a_unchanged(proxy, up, target, received):
     assert r.status == 200, r
     # Percent-escapes may change case on the way (urllib3 upper-cases them); nothing else may change.
     assert [_escapes_upper(x.line) for x in up.requests] == [
-        _escapes_upper(f"GET /tenant-a/v1/{received} HTTP/1.1".encode())]
+        _escapes_upper(f"GET /tenant-a/v1/{received} HTTP/1.1".encode())
+    ]
     assert up.requests[0].header("authorization") == f"Bearer {TENANT_A_KEY}"
     assert TENANT_B_SECRET.encode() not in r.body
 
@@ -168,6 +183,9 @@ def test_legit_chat_is_relayed(proxy, up):
     r = _send(g, "POST", "/v1/chat/completions")
     assert r.status == 200, r
     assert r.json()["choices"][0]["message"]["content"]
-    expected = (b"POST /process/request/v1/chat/completions HTTP/1.1" if mode == "livepeer"
-                else b"POST /tenant-a/v1/chat/completions HTTP/1.1")
+    expected = (
+        b"POST /process/request/v1/chat/completions HTTP/1.1"
+        if mode == "livepeer"
+        else b"POST /tenant-a/v1/chat/completions HTTP/1.1"
+    )
     assert [x.line for x in up.requests] == [expected]

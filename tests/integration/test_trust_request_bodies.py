@@ -32,9 +32,11 @@ def _chat(size: int) -> tuple[str, bytes]:
 
 def _multipart(size: int) -> tuple[str, bytes]:
     boundary = "----bodies" + uuid.uuid4().hex
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     return f"multipart/form-data; boundary={boundary}", head + b"\x00" * max(0, size - len(head) - len(tail)) + tail
 
@@ -48,15 +50,22 @@ ROUTES = {
 
 @pytest.fixture(scope="module")
 def proxy(upstream) -> Iterator[Gunicorn]:
-    g = Gunicorn({"TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "GATEWAY_BEARER_TOKEN": TOKEN,
-                  "MAX_REQUEST_BYTES": str(LIMIT), "REQUEST_BODY_TIMEOUT_SECONDS": "1",
-                  "REQUEST_TIMEOUT_SECONDS": "10"}, workers=1)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": upstream.url("/tenant-a/v1/"),
+            "GATEWAY_BEARER_TOKEN": TOKEN,
+            "MAX_REQUEST_BYTES": str(LIMIT),
+            "REQUEST_BODY_TIMEOUT_SECONDS": "1",
+            "REQUEST_TIMEOUT_SECONDS": "10",
+        },
+        workers=1,
+    )
     yield g
     g.stop()
 
 
 def _chunks(body: bytes, size: int) -> bytes:
-    out = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size))
+    out = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size))
     return out + b"0\r\n\r\n"
 
 
@@ -76,8 +85,12 @@ def test_content_length_body_over_limit_413(proxy, up, route):
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_chunked_body_over_limit_413(proxy, up, route):
     content_type, body = ROUTES[route](3 * LIMIT)
-    head = request_bytes("POST", route, {**AUTH, "Content-Type": content_type, "Transfer-Encoding": "chunked",
-                                         "Connection": "close"}, port=proxy.port)
+    head = request_bytes(
+        "POST",
+        route,
+        {**AUTH, "Content-Type": content_type, "Transfer-Encoding": "chunked", "Connection": "close"},
+        port=proxy.port,
+    )
     with RawConnection(proxy.port) as conn:
         conn.send(head + _chunks(body, 300))
         r = conn.read_response("POST")
@@ -89,8 +102,12 @@ def test_chunked_body_over_limit_413(proxy, up, route):
 def test_chunked_body_under_limit_is_relayed_whole(proxy, up, route):
     """The control case: a chunked body within the limit arrives upstream whole (one request)."""
     content_type, body = ROUTES[route](LIMIT // 2)
-    head = request_bytes("POST", route, {**AUTH, "Content-Type": content_type, "Transfer-Encoding": "chunked",
-                                         "Connection": "close"}, port=proxy.port)
+    head = request_bytes(
+        "POST",
+        route,
+        {**AUTH, "Content-Type": content_type, "Transfer-Encoding": "chunked", "Connection": "close"},
+        port=proxy.port,
+    )
     with RawConnection(proxy.port) as conn:
         conn.send(head + _chunks(body, 97))
         r = conn.read_response("POST")
@@ -100,8 +117,16 @@ def test_chunked_body_under_limit_is_relayed_whole(proxy, up, route):
     assert (json.loads(sent) == json.loads(body)) if content_type == "application/json" else sent == body
 
 
-def _dribble(proxy: Gunicorn, route: str, headers: dict[str, str], *, chunked: bool, total: int = 400,
-             pause: float = 0.1, bound: float = 4.5) -> tuple[RawResponse | None, int, float]:
+def _dribble(
+    proxy: Gunicorn,
+    route: str,
+    headers: dict[str, str],
+    *,
+    chunked: bool,
+    total: int = 400,
+    pause: float = 0.1,
+    bound: float = 4.5,
+) -> tuple[RawResponse | None, int, float]:
     """Send the head, then one body byte every `pause` s until the proxy answers (or `bound` s).
 
     (response or None, body bytes sent, seconds from the head to the first byte of the answer)."""
@@ -155,8 +180,12 @@ def test_dribbled_body_without_credentials_401_at_once(proxy, up, route, chunked
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/files", "/v1/audio/transcriptions"])
 def test_malformed_chunk_size_400(proxy, up, route, size_line):
     content_type, _ = ROUTES[route](100)
-    head = request_bytes("POST", route, {**AUTH, "Content-Type": content_type, "Transfer-Encoding": "chunked",
-                                         "Connection": "close"}, port=proxy.port)
+    head = request_bytes(
+        "POST",
+        route,
+        {**AUTH, "Content-Type": content_type, "Transfer-Encoding": "chunked", "Connection": "close"},
+        port=proxy.port,
+    )
     with RawConnection(proxy.port) as conn:
         conn.send(head + size_line + b"\r\nhello\r\n0\r\n\r\n")
         r = conn.read_response("POST")

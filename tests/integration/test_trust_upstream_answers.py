@@ -46,8 +46,12 @@ from tests.support import (
 MSG = [{"role": "user", "content": "hi"}]
 MAX_RESPONSE = 1048576
 MAX_EVENT = 65536
-ENV = {"MAX_RESPONSE_BYTES": str(MAX_RESPONSE), "MAX_SSE_EVENT_BYTES": str(MAX_EVENT),
-       "REQUEST_TIMEOUT_SECONDS": "10", "GUNICORN_GRACEFUL_TIMEOUT": "2"}
+ENV = {
+    "MAX_RESPONSE_BYTES": str(MAX_RESPONSE),
+    "MAX_SSE_EVENT_BYTES": str(MAX_EVENT),
+    "REQUEST_TIMEOUT_SECONDS": "10",
+    "GUNICORN_GRACEFUL_TIMEOUT": "2",
+}
 
 JSON_ROUTES = {
     # route -> (method, request body)
@@ -77,8 +81,9 @@ def livepeer(upstream) -> Iterator[Gunicorn]:
 def _call(g: Gunicorn, method: str, path: str, body: dict | None, timeout: float = 15) -> RawResponse:
     if body is None:
         return raw_request(g.port, method, path, timeout=timeout)
-    return raw_request(g.port, method, path, {"Content-Type": "application/json"}, json.dumps(body).encode(),
-                       timeout=timeout)
+    return raw_request(
+        g.port, method, path, {"Content-Type": "application/json"}, json.dumps(body).encode(), timeout=timeout
+    )
 
 
 def _assert_error(r: RawResponse, status: int, code: str) -> None:
@@ -89,9 +94,11 @@ def _assert_error(r: RawResponse, status: int, code: str) -> None:
 # -- size -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("framing, encoding", [("content-length", None), ("chunked", None),
-                                               ("content-length", "gzip"), ("chunked", "gzip")],
-                         ids=["content-length", "chunked", "gzip-content-length", "gzip-chunked"])
+@pytest.mark.parametrize(
+    "framing, encoding",
+    [("content-length", None), ("chunked", None), ("content-length", "gzip"), ("chunked", "gzip")],
+    ids=["content-length", "chunked", "gzip-content-length", "gzip-chunked"],
+)
 def test_huge_json_answer_502(proxy, up, framing, encoding):
     up.enqueue(huge_json(5 * 1024 * 1024, chunked=framing == "chunked", encoding=encoding))
     r = _call(proxy, "POST", "/v1/chat/completions", {"model": "m", "messages": MSG})
@@ -109,10 +116,13 @@ def test_json_answer_under_the_bound_passes(proxy, up):
 # -- stream requests must get a stream -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("route, body", [
-    ("/v1/chat/completions", {"model": "m", "messages": MSG, "stream": True}),
-    ("/v1/completions", {"model": "m", "prompt": "hi", "stream": True}),
-])
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": MSG, "stream": True}),
+        ("/v1/completions", {"model": "m", "prompt": "hi", "stream": True}),
+    ],
+)
 def test_stream_request_answered_with_json_502(proxy, up, route, body):
     up.enqueue(not_streaming())
     r = _call(proxy, "POST", route, body)
@@ -172,15 +182,18 @@ def test_json_routes_pass_good_json(proxy, up, route):
 def test_head_models_relays_status_and_headers_without_body(proxy, up, status):
     def head_answer(req, conn):
         assert req.method == "HEAD"
-        write_response(conn, req, status, {"Content-Type": "application/json", "X-Upstream-Marker": "head-ok"},
-                       [b"x" * 1234])
+        write_response(
+            conn, req, status, {"Content-Type": "application/json", "X-Upstream-Marker": "head-ok"}, [b"x" * 1234]
+        )
 
     up.enqueue(head_answer)
     with RawConnection(proxy.port) as conn:
         # HEAD, then GET /healthz on the same connection: a body after the HEAD answer would be read
         # where the next status line should be.
-        conn.send(request_bytes("HEAD", "/v1/models", port=proxy.port)
-                  + request_bytes("GET", "/healthz", {"Connection": "close"}, port=proxy.port))
+        conn.send(
+            request_bytes("HEAD", "/v1/models", port=proxy.port)
+            + request_bytes("GET", "/healthz", {"Connection": "close"}, port=proxy.port)
+        )
         got, _, headers, _ = conn.read_head()
         nxt = conn.read_response("GET")
     h = {k.lower(): v for k, v in headers}
@@ -212,8 +225,10 @@ def test_early_hints_then_sse(proxy, up, count):
     assert r.headers["content-type"].startswith("text/event-stream")
     data = sse_data(r.body)
     assert data and data[-1] == "[DONE]", r
-    assert "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1]) == \
-        "Hello compressed world"
+    assert (
+        "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1])
+        == "Hello compressed world"
+    )
 
 
 # -- an event that never ends (keep last) -------------------------------------------------------
@@ -252,8 +267,15 @@ def test_endless_sse_event_ends_with_in_band_error(proxy, up):
     received = b""
     ended = False
     with PeakRSS(pids) as rss, RawConnection(proxy.port, timeout=15) as conn:
-        conn.send(request_bytes("POST", "/v1/chat/completions",
-                                {"Content-Type": "application/json", "Connection": "close"}, body, port=proxy.port))
+        conn.send(
+            request_bytes(
+                "POST",
+                "/v1/chat/completions",
+                {"Content-Type": "application/json", "Connection": "close"},
+                body,
+                port=proxy.port,
+            )
+        )
         status, _, headers, _ = conn.read_head(timeout=10)
         started = time.monotonic()
         try:
@@ -266,12 +288,16 @@ def test_endless_sse_event_ends_with_in_band_error(proxy, up):
     assert status == 200, (status, headers)
     data = sse_data(received)
     errors = [json.loads(d) for d in data if d.startswith("{") and '"error"' in d]
-    assert errors, (f"no in-band error event after {elapsed:.1f} s ({len(received)} bytes to the client, "
-                    f"{endless.sent} from the upstream): {received[:200]!r}")
+    assert errors, (
+        f"no in-band error event after {elapsed:.1f} s ({len(received)} bytes to the client, "
+        f"{endless.sent} from the upstream): {received[:200]!r}"
+    )
     assert errors[-1]["error"]["code"] == "upstream_event_too_large", errors[-1]
     assert ended, "the stream did not end after the error event"
     assert len(received) < 2 * MAX_EVENT, f"{len(received)} bytes reached the client"
     assert endless.done.wait(10) and endless.peer_gone, (
-        f"the proxy kept reading the endless event ({endless.sent} bytes) instead of closing the upstream")
+        f"the proxy kept reading the endless event ({endless.sent} bytes) instead of closing the upstream"
+    )
     assert rss.peak - baseline < 32 * 1024 * 1024, (
-        f"worker RSS grew by {(rss.peak - baseline) / 2**20:.0f} MiB while {endless.sent / 2**20:.0f} MiB came in")
+        f"worker RSS grew by {(rss.peak - baseline) / 2**20:.0f} MiB while {endless.sent / 2**20:.0f} MiB came in"
+    )

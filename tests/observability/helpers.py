@@ -52,7 +52,7 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
         head, _, value = line.rpartition(" ")
         labels: dict[str, str] = {}
         if "{" in head:
-            body = head[head.index("{") + 1:head.rindex("}")]
+            body = head[head.index("{") + 1 : head.rindex("}")]
             for part in _split_labels(body):
                 k, _, v = part.partition("=")
                 labels[k] = json.loads(v)

@@ -40,19 +40,23 @@ def proxy(module_upstream: FakeUpstream, webhook: Blackhole, tmp_path_factory) -
     multiproc = tmp / "multiproc"
     multiproc.mkdir()
     (multiproc / "counter_1.db").write_bytes(b"stale")  # a previous run's file: must be wiped at start
-    g = Gunicorn({
-        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
-        "TARGET_BASE_URL": module_upstream.base_url,
-        "UPSTREAM_API_KEY": UPSTREAM_KEY,
-        "LLM_PARAMS": "model=sum-model;model=fake-model",
-        "THINK_MODE": "separate",
-        "OBSERVABILITY_PORT": str(metrics_port),
-        "OBSERVABILITY_HOST": "127.0.0.1",
-        "COMPLETION_LOG_FILE": str(tmp / "completions.jsonl"),
-        "COMPLETION_WEBHOOK_URL": webhook.url,
-        "COMPLETION_WEBHOOK_TIMEOUT_SECONDS": "60",
-        "REQUEST_TIMEOUT_SECONDS": "20",
-    }, tmp / "gunicorn.log", workers=4)
+    g = Gunicorn(
+        {
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+            "TARGET_BASE_URL": module_upstream.base_url,
+            "UPSTREAM_API_KEY": UPSTREAM_KEY,
+            "LLM_PARAMS": "model=sum-model;model=fake-model",
+            "THINK_MODE": "separate",
+            "OBSERVABILITY_PORT": str(metrics_port),
+            "OBSERVABILITY_HOST": "127.0.0.1",
+            "COMPLETION_LOG_FILE": str(tmp / "completions.jsonl"),
+            "COMPLETION_WEBHOOK_URL": webhook.url,
+            "COMPLETION_WEBHOOK_TIMEOUT_SECONDS": "60",
+            "REQUEST_TIMEOUT_SECONDS": "20",
+        },
+        tmp / "gunicorn.log",
+        workers=4,
+    )
     g.metrics_port = metrics_port
     g.multiproc = multiproc
     g.jsonl = tmp / "completions.jsonl"
@@ -75,8 +79,12 @@ def _chat(url: str, model: str, stream: bool = False, request_id: str | None = N
     headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
     if request_id:
         headers["X-Request-ID"] = request_id
-    r = requests.post(url + "/v1/chat/completions", json={"model": model, "messages": MSG, "stream": stream},
-                      headers=headers, timeout=30)
+    r = requests.post(
+        url + "/v1/chat/completions",
+        json={"model": model, "messages": MSG, "stream": stream},
+        headers=headers,
+        timeout=30,
+    )
     _ = r.content  # read it all: the request is done only after the last byte
     return r
 
@@ -90,8 +98,9 @@ def test_counts_are_summed_over_four_workers(proxy: Gunicorn, up: FakeUpstream):
 
     text = requests.get(proxy.url + "/metrics", timeout=10).text
     assert total(text, "cot_proxy_requests_total", model="sum-model") == N
-    assert total(text, "cot_proxy_requests_total", model="sum-model", route="chat", status="200",
-                 provider="default") == N
+    assert (
+        total(text, "cot_proxy_requests_total", model="sum-model", route="chat", status="200", provider="default") == N
+    )
     assert total(text, "cot_proxy_request_duration_seconds_count", model="sum-model") == N
     assert total(text, "cot_proxy_time_to_first_byte_seconds_count", model="sum-model") == N // 2
     assert total(text, "cot_proxy_tokens_total", model="sum-model", type="prompt") == 3 * N
@@ -107,8 +116,16 @@ def test_json_view_sums_workers(proxy: Gunicorn, up: FakeUpstream):
     r = requests.get(proxy.url + "/metrics", headers={"Accept": "application/json"}, timeout=10)
     assert r.headers["content-type"].startswith("application/json")
     view = r.json()
-    assert set(view) >= {"request_count", "error_count", "total_latency_ms", "avg_latency_ms", "prompt_tokens",
-                         "completion_tokens", "streams_active", "by_model"}
+    assert set(view) >= {
+        "request_count",
+        "error_count",
+        "total_latency_ms",
+        "avg_latency_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "streams_active",
+        "by_model",
+    }
     model = view["by_model"]["sum-model"]
     assert model["request_count"] == N
     assert model["error_count"] == 0
@@ -134,8 +151,12 @@ def test_one_json_log_line_per_request(proxy: Gunicorn, up: FakeUpstream):
     for i, rid in enumerate(ids):
         assert _chat(proxy.url, "fake-model", stream=i % 2 == 1, request_id=rid).status_code == 200
     bad = f"log-bad-{uuid.uuid4().hex}"
-    r = requests.post(proxy.url + "/v1/chat/completions", data=b"not json", timeout=10,
-                      headers={"Content-Type": "application/json", "X-Request-ID": bad})
+    r = requests.post(
+        proxy.url + "/v1/chat/completions",
+        data=b"not json",
+        timeout=10,
+        headers={"Content-Type": "application/json", "X-Request-ID": bad},
+    )
     assert r.status_code == 400
 
     deadline = time.monotonic() + 10
@@ -191,21 +212,37 @@ def test_jsonl_sink_reassembles_a_stream_exactly(proxy: Gunicorn, up: FakeUpstre
         chat_chunk("think.</think>"),
         chat_chunk("The answer"),
         chat_chunk(" is 42."),
-        chat_chunk(tool_calls=[{"index": 0, "id": "call_1", "type": "function",
-                                "function": {"name": "lookup", "arguments": ""}}]),
-        chat_chunk(tool_calls=[{"index": 0, "function": {"arguments": "{\"q\": "}}]),
-        chat_chunk(tool_calls=[{"index": 0, "function": {"arguments": "\"x\"}"}}]),
-        chat_chunk(tool_calls=[{"index": 1, "id": "call_2", "type": "function",
-                                "function": {"name": "other", "arguments": "{}"}}]),
+        chat_chunk(
+            tool_calls=[
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+            ]
+        ),
+        chat_chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"q": '}}]),
+        chat_chunk(tool_calls=[{"index": 0, "function": {"arguments": '"x"}'}}]),
+        chat_chunk(
+            tool_calls=[
+                {"index": 1, "id": "call_2", "type": "function", "function": {"name": "other", "arguments": "{}"}}
+            ]
+        ),
         chat_chunk(finish="tool_calls"),
-        {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": "fake-model",
-         "choices": [], "usage": usage},
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "fake-model",
+            "choices": [],
+            "usage": usage,
+        },
     ]
     up.enqueue(sse_reply(events, splits=[30, 200, 201, 450, 900]))
     rid = f"jsonl-{uuid.uuid4().hex}"
     body = {"model": "fake-model", "messages": MSG, "stream": True, "temperature": 0.5}
-    r = requests.post(proxy.url + "/v1/chat/completions", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": rid})
+    r = requests.post(
+        proxy.url + "/v1/chat/completions",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": rid},
+    )
     assert r.status_code == 200
 
     # What the client got, put together independently of the proxy's reassembler.
@@ -219,18 +256,25 @@ def test_jsonl_sink_reassembles_a_stream_exactly(proxy: Gunicorn, up: FakeUpstre
 
     record = _wait_for_record(proxy.jsonl, rid)
     assert record["response"] == {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": "fake-model",
-        "choices": [{
-            "index": 0,
-            "message": {
-                "role": "assistant", "content": "The answer is 42.", "reasoning_content": "Let me think.",
-                "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}},
-                    {"id": "call_2", "type": "function", "function": {"name": "other", "arguments": "{}"}},
-                ],
-            },
-            "finish_reason": "tool_calls",
-        }],
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "fake-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "The answer is 42.",
+                    "reasoning_content": "Let me think.",
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}},
+                        {"id": "call_2", "type": "function", "function": {"name": "other", "arguments": "{}"}},
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
         "usage": usage,
     }
     assert record["request"] == body  # as the client sent it, before any transform
@@ -265,8 +309,9 @@ def test_model_labels_stay_bounded(proxy: Gunicorn, up: FakeUpstream):
     deadline = time.monotonic() + 10
     while True:
         after = requests.get(proxy.url + "/metrics", timeout=10).text
-        grew = total(after, "cot_proxy_requests_total", model="other") - total(before, "cot_proxy_requests_total",
-                                                                               model="other")
+        grew = total(after, "cot_proxy_requests_total", model="other") - total(
+            before, "cot_proxy_requests_total", model="other"
+        )
         if grew >= 30 or time.monotonic() > deadline:
             break
         time.sleep(0.05)

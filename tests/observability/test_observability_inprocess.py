@@ -33,8 +33,12 @@ def _value(name: str, **labels: str) -> float:
 
 
 def _chat(url: str, model: str = "m", stream: bool = False, **extra) -> requests.Response:
-    r = requests.post(url + "/v1/chat/completions", json={"model": model, "messages": MSG, "stream": stream, **extra},
-                      headers={"Authorization": "Bearer sk-test-0123456789-wxyz"}, timeout=10)
+    r = requests.post(
+        url + "/v1/chat/completions",
+        json={"model": model, "messages": MSG, "stream": stream, **extra},
+        headers={"Authorization": "Bearer sk-test-0123456789-wxyz"},
+        timeout=10,
+    )
     _ = r.content
     return r
 
@@ -72,18 +76,20 @@ def test_learned_models_become_labels_random_ones_do_not(upstream: FakeUpstream)
         other = _value("cot_proxy_requests_total", route="chat", model="other", provider="default", status="200")
         assert _chat(server.url, "fake-model").status_code == 200  # not listed yet
         assert requests.get(server.url + "/v1/models", timeout=10).status_code == 200  # lists fake-model
-        learned = _value("cot_proxy_requests_total", route="chat", model="fake-model", provider="default",
-                         status="200")
+        learned = _value("cot_proxy_requests_total", route="chat", model="fake-model", provider="default", status="200")
         assert _chat(server.url, "fake-model").status_code == 200
         random_name = f"rand-{uuid.uuid4().hex}"
         assert _chat(server.url, random_name).status_code == 200
         text = requests.get(server.url + "/metrics", timeout=10).text
     finally:
         server.stop()
-    assert _value("cot_proxy_requests_total", route="chat", model="fake-model", provider="default",
-                  status="200") == learned + 1
-    assert _value("cot_proxy_requests_total", route="chat", model="other", provider="default",
-                  status="200") == other + 2
+    assert (
+        _value("cot_proxy_requests_total", route="chat", model="fake-model", provider="default", status="200")
+        == learned + 1
+    )
+    assert (
+        _value("cot_proxy_requests_total", route="chat", model="other", provider="default", status="200") == other + 2
+    )
     assert random_name not in text
 
 
@@ -92,9 +98,12 @@ def test_text_log_format_and_debug_bodies_mask_secrets(upstream: FakeUpstream, c
     server = LiveServer(create_app(config))
     try:
         rid = f"text-{uuid.uuid4().hex}"
-        r = requests.post(server.url + "/v1/chat/completions", timeout=10,
-                          json={"model": "m", "messages": MSG, "user": "u1", "api_key": "sk-body-secret-99887766"},
-                          headers={"Authorization": "Bearer sk-header-secret-11223344", "X-Request-ID": rid})
+        r = requests.post(
+            server.url + "/v1/chat/completions",
+            timeout=10,
+            json={"model": "m", "messages": MSG, "user": "u1", "api_key": "sk-body-secret-99887766"},
+            headers={"Authorization": "Bearer sk-header-secret-11223344", "X-Request-ID": rid},
+        )
         assert r.status_code == 200
         requests.get(server.url + "/healthz", timeout=10)
     finally:
@@ -131,8 +140,9 @@ def test_errors_are_counted_by_kind(upstream: FakeUpstream):
     try:
         before = _value("cot_proxy_request_errors_total", route="chat", model="none", kind="invalid_json")
         up5 = _value("cot_proxy_upstream_errors_total", provider="default", kind="5xx")
-        r = requests.post(server.url + "/v1/chat/completions", data=b"{", timeout=10,
-                          headers={"Content-Type": "application/json"})
+        r = requests.post(
+            server.url + "/v1/chat/completions", data=b"{", timeout=10, headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 400
         from tests.fakes.openai_upstream import json_reply
 
@@ -145,15 +155,18 @@ def test_errors_are_counted_by_kind(upstream: FakeUpstream):
     assert _value("cot_proxy_backend_up", provider="default", backend=upstream.root) == 0
 
 
-@pytest.mark.parametrize(("env", "variable"), [
-    ({"OBSERVABILITY_PORT": "eighty"}, "OBSERVABILITY_PORT"),
-    ({"OBSERVABILITY_PORT": "70000"}, "OBSERVABILITY_PORT"),
-    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
-    ({"COMPLETION_WEBHOOK_URL": "ftp://x"}, "COMPLETION_WEBHOOK_URL"),
-    ({"COMPLETION_QUEUE_SIZE": "0"}, "COMPLETION_QUEUE_SIZE"),
-    ({"COMPLETION_SINKS": "not a path"}, "COMPLETION_SINKS"),
-    ({"METRICS_ON_MAIN_PORT": "maybe"}, "METRICS_ON_MAIN_PORT"),
-])
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"OBSERVABILITY_PORT": "eighty"}, "OBSERVABILITY_PORT"),
+        ({"OBSERVABILITY_PORT": "70000"}, "OBSERVABILITY_PORT"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"COMPLETION_WEBHOOK_URL": "ftp://x"}, "COMPLETION_WEBHOOK_URL"),
+        ({"COMPLETION_QUEUE_SIZE": "0"}, "COMPLETION_QUEUE_SIZE"),
+        ({"COMPLETION_SINKS": "not a path"}, "COMPLETION_SINKS"),
+        ({"METRICS_ON_MAIN_PORT": "maybe"}, "METRICS_ON_MAIN_PORT"),
+    ],
+)
 def test_bad_settings_name_the_variable(env, variable):
     with pytest.raises(ConfigError, match=variable):
         Config.from_env(env)

@@ -25,14 +25,33 @@ def test_json_only_when_asked():
 def test_completions_stream_and_several_choices():
     r = StreamReassembler()
     base = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m"}
-    r.feed({**base, "choices": [{"index": 1, "text": "B", "finish_reason": None},
-                                {"index": 0, "text": "A", "finish_reason": None}]})
-    r.feed({**base, "choices": [{"index": 0, "text": "a", "finish_reason": "stop"},
-                                {"index": 1, "text": "b", "finish_reason": "length"}]})
+    r.feed(
+        {
+            **base,
+            "choices": [
+                {"index": 1, "text": "B", "finish_reason": None},
+                {"index": 0, "text": "A", "finish_reason": None},
+            ],
+        }
+    )
+    r.feed(
+        {
+            **base,
+            "choices": [
+                {"index": 0, "text": "a", "finish_reason": "stop"},
+                {"index": 1, "text": "b", "finish_reason": "length"},
+            ],
+        }
+    )
     assert r.result("completions", {"total_tokens": 2}) == {
-        "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
-        "choices": [{"index": 0, "text": "Aa", "finish_reason": "stop"},
-                    {"index": 1, "text": "Bb", "finish_reason": "length"}],
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "text": "Aa", "finish_reason": "stop"},
+            {"index": 1, "text": "Bb", "finish_reason": "length"},
+        ],
         "usage": {"total_tokens": 2},
     }
 
@@ -59,9 +78,19 @@ def test_jsonl_rotation_keeps_whole_lines(tmp_path):
 
 
 def test_masking():
-    body = {"model": "m", "max_tokens": 5, "api_key": "sk-abcdefghijklmnop", "nested": [{"Authorization": "Bearer "
-            "tok-1234567890abcd"}], "text": "Bearer sk-zzzzzzzzzzzz9876"}
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "api_key": "sk-abcdefghijklmnop",
+        "nested": [{"Authorization": "Bearer tok-1234567890abcd"}],
+        "text": "Bearer sk-zzzzzzzzzzzz9876",
+    }
     masked = mask_secrets(body)
-    assert masked == {"model": "m", "max_tokens": 5, "api_key": "…mnop", "nested": [{"Authorization": "…abcd"}],
-                      "text": "Bearer …9876"}
+    assert masked == {
+        "model": "m",
+        "max_tokens": 5,
+        "api_key": "…mnop",
+        "nested": [{"Authorization": "…abcd"}],
+        "text": "Bearer …9876",
+    }
     assert hint("short") == "****" and hint(None) is None

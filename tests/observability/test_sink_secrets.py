@@ -86,11 +86,15 @@ def test_every_sink_gets_the_record_without_secrets(upstream: FakeUpstream, webh
     sink_fixture.RECORDS.clear()
     sink_fixture.ARRIVED.clear()
     jsonl = tmp_path / "completions.jsonl"
-    settings = ObservabilitySettings(completion_log_file=str(jsonl), webhook_url=webhook.url,
-                                     sinks=("tests.observability.sink_fixture:ListSink",))
+    settings = ObservabilitySettings(
+        completion_log_file=str(jsonl), webhook_url=webhook.url, sinks=("tests.observability.sink_fixture:ListSink",)
+    )
     answer = chat_completion("Hello from upstream", "m")
-    answer["choices"][0]["logprobs"] = {"content": [{"token": "Hello", "logprob": -0.1, "bytes": [72],
-                                                     "top_logprobs": [{"token": "Hi", "logprob": -2.0}]}]}
+    answer["choices"][0]["logprobs"] = {
+        "content": [
+            {"token": "Hello", "logprob": -0.1, "bytes": [72], "top_logprobs": [{"token": "Hi", "logprob": -2.0}]}
+        ]
+    }
     answer["debug"] = {"echoed_headers": {"authorization": f"Bearer {SECRETS['answer']}"}}
     upstream.enqueue(json_reply(answer))
     body = {
@@ -99,17 +103,33 @@ def test_every_sink_gets_the_record_without_secrets(upstream: FakeUpstream, webh
         "max_tokens": 20,
         "api_key": SECRETS["body"],
         "user": "u-42",
-        "tools": [{"type": "function", "function": {"name": "login", "parameters": {
-            "type": "object", "properties": {"token": {"type": "string"}, "password": {"type": "string"}},
-            "required": ["token", "password"]}}}],
-        "extra": {"Provider-Config": [{"Access_Token": SECRETS["token"], "region": "eu"}],
-                  "deep": {"a": {"b": {"X-API-KEY": SECRETS["nested"], "clientSecret": SECRETS["password"]}}}},
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "login",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"token": {"type": "string"}, "password": {"type": "string"}},
+                        "required": ["token", "password"],
+                    },
+                },
+            }
+        ],
+        "extra": {
+            "Provider-Config": [{"Access_Token": SECRETS["token"], "region": "eu"}],
+            "deep": {"a": {"b": {"X-API-KEY": SECRETS["nested"], "clientSecret": SECRETS["password"]}}},
+        },
     }
     rid = "sink-secrets-1"
     server = LiveServer(create_app(proxy_config(upstream, observability=settings)))
     try:
-        r = requests.post(server.url + "/v1/chat/completions", json=body, timeout=10,
-                          headers={"Authorization": f"Bearer {SECRETS['header']}", "X-Request-ID": rid})
+        r = requests.post(
+            server.url + "/v1/chat/completions",
+            json=body,
+            timeout=10,
+            headers={"Authorization": f"Bearer {SECRETS['header']}", "X-Request-ID": rid},
+        )
         assert r.status_code == 200
         assert sink_fixture.ARRIVED.wait(10) and webhook.arrived.wait(10)
         from_file = _record_in(jsonl, rid)
@@ -137,23 +157,64 @@ def test_every_sink_gets_the_record_without_secrets(upstream: FakeUpstream, webh
         assert record["client"]["key"] == "…" + SECRETS["header"][-4:]  # the proxy's own hint stays
 
 
-@pytest.mark.parametrize("name", ["api_key", "apikey", "API-KEY", "x-api-key", "apiKey", "key", "Token",
-                                  "access_token", "refresh-token", "id_token", "secret", "client_secret",
-                                  "password", "db_password", "Authorization", "proxy-authorization",
-                                  "openai_api_key", "aws_secret_access_key", "private_key", "Cookie", "auth"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "api_key",
+        "apikey",
+        "API-KEY",
+        "x-api-key",
+        "apiKey",
+        "key",
+        "Token",
+        "access_token",
+        "refresh-token",
+        "id_token",
+        "secret",
+        "client_secret",
+        "password",
+        "db_password",
+        "Authorization",
+        "proxy-authorization",
+        "openai_api_key",
+        "aws_secret_access_key",
+        "private_key",
+        "Cookie",
+        "auth",
+    ],
+)
 def test_secret_names(name):
     assert secret_name(name)
 
 
-@pytest.mark.parametrize("name", ["max_tokens", "prompt_tokens", "total_tokens", "keys", "monkey", "prompt_cache_key",
-                                  "model", "messages", "tokenizer", "keyword", "author", "stop_token_ids"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "max_tokens",
+        "prompt_tokens",
+        "total_tokens",
+        "keys",
+        "monkey",
+        "prompt_cache_key",
+        "model",
+        "messages",
+        "tokenizer",
+        "keyword",
+        "author",
+        "stop_token_ids",
+    ],
+)
 def test_names_that_are_not_secrets(name):
     assert not secret_name(name)
 
 
 def test_redact_keeps_shapes_and_plain_values():
     assert redact({"key": None, "token": True, "api_key": 7, "secret": ["a", "b"]}) == {
-        "key": None, "token": True, "api_key": REDACTED, "secret": REDACTED}
+        "key": None,
+        "token": True,
+        "api_key": REDACTED,
+        "secret": REDACTED,
+    }
     assert redact({"auth": {"user": "u", "password": "p"}}) == {"auth": {"user": "u", "password": REDACTED}}
     assert redact("Bearer abc") == REDACTED
     assert redact("a bearer bond") == "a bearer bond"
@@ -163,6 +224,8 @@ def test_redact_keeps_shapes_and_plain_values():
     text = json.dumps(redact(deep))
     assert '"x"' not in text and REDACTED in text  # too deep to check: not kept
     record = {"request": {"api_key": "sk-1"}, "client": {"address": "127.0.0.1", "key": "team-a"}}
-    assert redact_record(record) == {"request": {"api_key": REDACTED},
-                                     "client": {"address": "127.0.0.1", "key": "team-a"}}
+    assert redact_record(record) == {
+        "request": {"api_key": REDACTED},
+        "client": {"address": "127.0.0.1", "key": "team-a"},
+    }
     assert record["request"]["api_key"] == "sk-1"  # the original is not changed

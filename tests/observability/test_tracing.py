@@ -56,12 +56,23 @@ def receiver() -> Iterator[Receiver]:
 
 def test_spans_carry_request_id_and_model(receiver: Receiver, tmp_path):
     upstream = FakeUpstream().start()
-    g = Gunicorn({"TARGET_BASE_URL": upstream.base_url, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-                  "OTEL_BSP_SCHEDULE_DELAY": "100"}, tmp_path / "gunicorn.log", workers=1)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": upstream.base_url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+        tmp_path / "gunicorn.log",
+        workers=1,
+    )
     try:
         rid = f"trace-{uuid.uuid4().hex}"
-        r = requests.post(g.url + "/v1/chat/completions", json={"model": "trace-model", "messages": [
-            {"role": "user", "content": "hi"}]}, headers={"X-Request-ID": rid}, timeout=10)
+        r = requests.post(
+            g.url + "/v1/chat/completions",
+            json={"model": "trace-model", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"X-Request-ID": rid},
+            timeout=10,
+        )
         assert r.status_code == 200
         assert "traceparent" in upstream.last.headers  # the upstream call is a child span
         deadline_hit = not receiver.arrived.wait(10)

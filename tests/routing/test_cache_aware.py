@@ -38,8 +38,8 @@ def test_block_ids_are_chained_over_the_whole_prompt():
     a = ca.blocks(ex(("system", system), ("user", "one question " * 80)).body)
     b = ca.blocks(ex(("system", system), ("user", "another one " * 80)).body)
     shared = len(system) // ca.BLOCK_CHARS
-    assert a.ids[:shared - 1] == b.ids[:shared - 1]
-    assert a.ids[shared + 1:] != b.ids[shared + 1:]
+    assert a.ids[: shared - 1] == b.ids[: shared - 1]
+    assert a.ids[shared + 1 :] != b.ids[shared + 1 :]
     # A change early on changes every later id (each id stands for the whole prefix).
     c = ca.blocks(ex(("system", "X" + system[1:]), ("user", "one question " * 80)).body)
     assert not set(c.ids) & set(a.ids)
@@ -94,8 +94,9 @@ def test_independent_routers_agree_on_a_new_prefix_and_a_conversation():
 
 
 def _feed(strategy: ca.CacheAware, e: Exchange, backend: Backend, cached: int) -> None:
-    strategy.feedback(e.state[ca.STATE], backend, {"prompt_tokens": 1000,
-                                                   "prompt_tokens_details": {"cached_tokens": cached}})
+    strategy.feedback(
+        e.state[ca.STATE], backend, {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": cached}}
+    )
 
 
 def test_the_share_cap_bounds_each_router_and_so_the_fleet():
@@ -238,8 +239,9 @@ def test_decision_cost_is_small():
 def test_feedback_counts_hits_per_backend_and_weighs_the_index():
     from app.observability import metrics
 
-    spec = ProviderSpec("p", backends=(BackendSpec("http://h0.test/v1/"), BackendSpec("http://h1.test/v1/")),
-                        balance="cache_aware")
+    spec = ProviderSpec(
+        "p", backends=(BackendSpec("http://h0.test/v1/"), BackendSpec("http://h1.test/v1/")), balance="cache_aware"
+    )
     provider = Provider(spec, connect_timeout=1, read_timeout=1)
     rng = random.Random(8)
     request = ex(("system", text(rng, 4000)), ("user", "q"))
@@ -270,32 +272,46 @@ def test_feedback_counts_hits_per_backend_and_weighs_the_index():
     assert order[0] is backend
     last = ex(*((m["role"], m["content"]) for m in request.body["messages"]))
     strategy(provider.backends, last)
-    strategy.feedback(last.state[ca.STATE], backend, {"prompt_tokens": 1000,
-                                                       "prompt_tokens_details": {"cached_tokens": 0}})
+    strategy.feedback(
+        last.state[ca.STATE], backend, {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 0}}
+    )
     assert strategy._trust[last.state[ca.STATE].position] < 1.0
 
 
 def test_cached_tokens_parsing():
     assert ca.cached_tokens({"prompt_tokens_details": {"cached_tokens": 12}}) == 12
-    for bad in (None, {}, {"prompt_tokens_details": None}, {"prompt_tokens_details": {"cached_tokens": True}},
-                {"prompt_tokens_details": {"cached_tokens": -1}}, {"prompt_tokens_details": {"cached_tokens": "3"}}):
+    for bad in (
+        None,
+        {},
+        {"prompt_tokens_details": None},
+        {"prompt_tokens_details": {"cached_tokens": True}},
+        {"prompt_tokens_details": {"cached_tokens": -1}},
+        {"prompt_tokens_details": {"cached_tokens": "3"}},
+    ):
         assert ca.cached_tokens(bad) is None
 
 
 def _settings(tmp_path: Path, body: str):
     path = tmp_path / "c.yaml"
     path.write_text(body)
-    return load({"COT_PROXY_CONFIG": str(path)}, target_base_url=None, upstream_api_key=None,
-                connect_timeout=1, read_timeout=1)
+    return load(
+        {"COT_PROXY_CONFIG": str(path)}, target_base_url=None, upstream_api_key=None, connect_timeout=1, read_timeout=1
+    )
 
 
 def test_cache_aware_is_the_default_for_several_backends(tmp_path):
-    s = _settings(tmp_path, "providers:\n  a: {backends: [{base_url: 'http://x/v1'}, {base_url: 'http://y/v1'}]}\n"
-                            "  b: {base_url: 'http://z/v1'}\n"
-                            "  c: {backends: [{base_url: 'http://x/v1'}, {base_url: 'http://y/v1'}],"
-                            " balance: prefix_affinity}\n")
+    s = _settings(
+        tmp_path,
+        "providers:\n  a: {backends: [{base_url: 'http://x/v1'}, {base_url: 'http://y/v1'}]}\n"
+        "  b: {base_url: 'http://z/v1'}\n"
+        "  c: {backends: [{base_url: 'http://x/v1'}, {base_url: 'http://y/v1'}],"
+        " balance: prefix_affinity}\n",
+    )
     assert (s.providers["a"].balance, s.providers["b"].balance, s.providers["c"].balance) == (
-        "cache_aware", "round_robin", "prefix_affinity")
+        "cache_aware",
+        "round_robin",
+        "prefix_affinity",
+    )
     with pytest.raises(RoutingConfigError, match="cache_aware"):
         _settings(tmp_path, "providers:\n  a: {base_url: 'http://x/v1', balance: nope}\n")
 

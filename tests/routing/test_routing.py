@@ -45,8 +45,9 @@ def dead_url() -> str:
 def make(tmp_path: Path, yaml_text: str, **env: str) -> Config:
     path = tmp_path / "config.yaml"
     path.write_text(yaml_text)
-    return Config.from_env({"COT_PROXY_CONFIG": str(path), "CONNECT_TIMEOUT_SECONDS": "1",
-                            "REQUEST_TIMEOUT_SECONDS": "5", **env})
+    return Config.from_env(
+        {"COT_PROXY_CONFIG": str(path), "CONNECT_TIMEOUT_SECONDS": "1", "REQUEST_TIMEOUT_SECONDS": "5", **env}
+    )
 
 
 def chat(client, model: str, **extra):
@@ -87,10 +88,16 @@ def test_unknown_provider_is_404_and_sends_nothing(tmp_path, ups):
 
 
 def test_alias_with_upstream_model_and_params(tmp_path, ups):
-    cfg = make(tmp_path, two_providers(ups, """
+    cfg = make(
+        tmp_path,
+        two_providers(
+            ups,
+            """
 models:
   qwen3: {provider: b, upstream_model: Qwen3-32B, params: {temperature: 0.6}}
-"""))
+""",
+        ),
+    )
     live = LiveServer(create_app(cfg))
     try:
         out = live.sdk().chat.completions.create(model="qwen3", messages=MSG, temperature=1.0)
@@ -290,7 +297,8 @@ models:
 def test_whole_id_listed_by_provider_is_not_split(tmp_path, ups):
     ups[0].responder = lambda rec: (
         json_reply({"object": "list", "data": [{"id": "b/weird-id", "object": "model"}]})
-        if rec.path.endswith("/models") else None
+        if rec.path.endswith("/models")
+        else None
     )
     cfg = make(tmp_path, two_providers(ups))
     app = create_app(cfg)

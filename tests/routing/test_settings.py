@@ -13,13 +13,23 @@ ROOT = Path(__file__).resolve().parents[2]
 def read(text: str, tmp_path: Path, **env: str):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    return load({"COT_PROXY_CONFIG": str(path), **env}, target_base_url=None, upstream_api_key=None,
-                connect_timeout=10, read_timeout=600)
+    return load(
+        {"COT_PROXY_CONFIG": str(path), **env},
+        target_base_url=None,
+        upstream_api_key=None,
+        connect_timeout=10,
+        read_timeout=600,
+    )
 
 
 def test_example_file_is_valid():
-    s = load({"COT_PROXY_CONFIG": str(ROOT / "config.example.yaml"), "OPENAI_API_KEY": "k"},
-             target_base_url=None, upstream_api_key=None, connect_timeout=10, read_timeout=600)
+    s = load(
+        {"COT_PROXY_CONFIG": str(ROOT / "config.example.yaml"), "OPENAI_API_KEY": "k"},
+        target_base_url=None,
+        upstream_api_key=None,
+        connect_timeout=10,
+        read_timeout=600,
+    )
     assert s.providers["openai"].api_key == "k"
     assert s.providers["ollama"].backends[0].base_url == "http://ollama:11434/v1/"
     assert s.providers["local"].backends[0].weight == 2
@@ -31,16 +41,22 @@ def test_substitution_with_default(tmp_path):
     assert s.providers["a"].backends[0].base_url == "http://localhost:8000/v1/"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("providers:\n  openai: {base_url: nope}\n", "providers.openai.base_url: not a URL"),
-    ("providers:\n  a: {base_url: 'http://x/v1', api_key: '${MISSING_KEY}'}\n", "providers.a.api_key: ${MISSING_KEY}"),
-    ("providers:\n  a: {base_url: 'http://x/v1', colour: red}\n", "providers.a.colour: unknown key"),
-    ("providers:\n  a: {base_url: 'http://x/v1', balance: random}\n", "providers.a.balance"),
-    ("providers:\n  a: {backends: [{base_url: 'http://x', weight: 0}]}\n", "providers.a.backends[0].weight"),
-    ("providers:\n  a: {base_url: 'http://x/v1'}\nmodels:\n  f: {route: [b/m]}\n", "models.f.route[0]"),
-    ("providers:\n  a: {base_url: 'http://x/v1'}\ndefault_provider: z\n", "default_provider"),
-    ("providers: [1, 2]\n", "providers: must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("providers:\n  openai: {base_url: nope}\n", "providers.openai.base_url: not a URL"),
+        (
+            "providers:\n  a: {base_url: 'http://x/v1', api_key: '${MISSING_KEY}'}\n",
+            "providers.a.api_key: ${MISSING_KEY}",
+        ),
+        ("providers:\n  a: {base_url: 'http://x/v1', colour: red}\n", "providers.a.colour: unknown key"),
+        ("providers:\n  a: {base_url: 'http://x/v1', balance: random}\n", "providers.a.balance"),
+        ("providers:\n  a: {backends: [{base_url: 'http://x', weight: 0}]}\n", "providers.a.backends[0].weight"),
+        ("providers:\n  a: {base_url: 'http://x/v1'}\nmodels:\n  f: {route: [b/m]}\n", "models.f.route[0]"),
+        ("providers:\n  a: {base_url: 'http://x/v1'}\ndefault_provider: z\n", "default_provider"),
+        ("providers: [1, 2]\n", "providers: must be a mapping"),
+    ],
+)
 def test_errors_name_the_key_path(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)

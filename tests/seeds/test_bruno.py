@@ -56,15 +56,31 @@ def bru() -> Path:
         found = _installed(prefix)
         if found is not None:
             return found
-        done = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save",
-                               "--loglevel=error", BRUNO_CLI], capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--loglevel=error",
+                BRUNO_CLI,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         found = _installed(prefix)
         if done.returncode == 0 and found is not None:
             return found
         ping = subprocess.run([npm, "ping"], capture_output=True, text=True, timeout=60)
         if ping.returncode != 0:
-            tools.unavailable(f"the npm registry is unavailable, so {BRUNO_CLI} cannot be installed: "
-                              f"{(ping.stderr or ping.stdout).strip().splitlines()[-1:]}")
+            tools.unavailable(
+                f"the npm registry is unavailable, so {BRUNO_CLI} cannot be installed: "
+                f"{(ping.stderr or ping.stdout).strip().splitlines()[-1:]}"
+            )
         pytest.fail(f"npm install {BRUNO_CLI} failed:\n{done.stdout}\n{done.stderr}")
 
 
@@ -116,9 +132,24 @@ def run_collection(bru: Path, base_url: str, excluded_tag: str, tmp_path: Path) 
     copy = tmp_path / "bruno"
     shutil.copytree(COLLECTION, copy)
     report = tmp_path / "results.json"
-    done = subprocess.run([str(bru), "run", "-r", "--env", "local", "--env-var", f"base_url={base_url}",
-                           f"--exclude-tags={excluded_tag}", "--reporter-json", str(report)],
-                          cwd=copy, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            str(bru),
+            "run",
+            "-r",
+            "--env",
+            "local",
+            "--env-var",
+            f"base_url={base_url}",
+            f"--exclude-tags={excluded_tag}",
+            "--reporter-json",
+            str(report),
+        ],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     (iteration,) = json.loads(report.read_text())
     summary = iteration["summary"]
@@ -133,8 +164,11 @@ def ran(results: list[dict]) -> set[str]:
 
 def test_local_environment_is_the_default_listen_address():
     assert "base_url: http://localhost:5000" in (COLLECTION / "environments" / "local.bru").read_text()
-    assert sorted(p.name for p in COLLECTION.iterdir() if p.is_dir()) == ["GET endpoints", "POST endpoints",
-                                                                          "environments"]
+    assert sorted(p.name for p in COLLECTION.iterdir() if p.is_dir()) == [
+        "GET endpoints",
+        "POST endpoints",
+        "environments",
+    ]
 
 
 def test_checks_are_tests_blocks():
@@ -158,8 +192,9 @@ def test_collection_in_front_of_a_backend(bru, backend_proxy, backend, tmp_path)
     assert ran(results) == requests_in_collection("echo")
     assert "POST endpoints/backend success.bru" in ran(results)
     # Every chat the proxy accepted was relayed, not answered locally; the 400s never left it.
-    accepted = [r for r in results if r["request"]["url"].endswith("/v1/chat/completions")
-                and r["response"]["status"] == 200]
+    accepted = [
+        r for r in results if r["request"]["url"].endswith("/v1/chat/completions") and r["response"]["status"] == 200
+    ]
     relayed = [r for r in backend.requests if r.path == "/v1/chat/completions"]
     assert accepted and len(relayed) == len(accepted)
     assert "gpt-4o-mini" in {r.json().get("model") for r in relayed}

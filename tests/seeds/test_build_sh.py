@@ -35,8 +35,11 @@ def fake(tmp_path: Path):
     docker.chmod(0o755)
     log = tmp_path / "docker.log"
 
-    def run(env: dict[str, str] | None = None, cwd: Path = ROOT, argv: list[str] | None = None,
-            ) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    def run(
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        argv: list[str] | None = None,
+    ) -> tuple[subprocess.CompletedProcess, list[dict]]:
         full = {k: v for k, v in os.environ.items() if k not in ("TAG", "REGISTRY", "PUSH", "IMAGE_NAME", "DOCKER")}
         full.update({"PATH": f"{bin_dir}{os.pathsep}{full.get('PATH', '')}", "FAKE_DOCKER_LOG": str(log)})
         full.update(env or {})
@@ -83,8 +86,9 @@ def test_failed_build_is_not_pushed(fake):
     assert [c["args"][0] for c in calls] == ["build"]
 
 
-@pytest.mark.parametrize("env, words", [({"PUSH": "yes"}, "PUSH=yes"), ({"TAG": "v1 0"}, "TAG=v1 0"),
-                                        ({"TAG": "-x"}, "TAG=-x")])
+@pytest.mark.parametrize(
+    "env, words", [({"PUSH": "yes"}, "PUSH=yes"), ({"TAG": "v1 0"}, "TAG=v1 0"), ({"TAG": "-x"}, "TAG=-x")]
+)
 def test_bad_values_stop_before_docker_runs(fake, env, words):
     proc, calls = fake(env)
     assert proc.returncode == 2 and words in proc.stderr and calls == []

@@ -26,14 +26,17 @@ def test_lists_of_cidrs_and_single_addresses():
     assert networks_from_env({"X": "  "}, "X") is None and networks_from_env({}, "X") is None
 
 
-@pytest.mark.parametrize("raw, words", [
-    ("10.0.0.1/8", "host bits set (did you mean 10.0.0.0/8?)"),
-    ("localhost", "not an IP address or CIDR"),
-    ("10.0.0.0/33", "not an IP address or CIDR"),
-    ("10.0.0.0/8,,::1", "entry 2 is empty"),
-    ("10.0.0.0/8,", "entry 2 is empty"),
-    (",", "no address in it"),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ("10.0.0.1/8", "host bits set (did you mean 10.0.0.0/8?)"),
+        ("localhost", "not an IP address or CIDR"),
+        ("10.0.0.0/33", "not an IP address or CIDR"),
+        ("10.0.0.0/8,,::1", "entry 2 is empty"),
+        ("10.0.0.0/8,", "entry 2 is empty"),
+        (",", "no address in it"),
+    ],
+)
 def test_malformed_lists_stop_startup_naming_the_variable(raw, words):
     for name in ("TRUSTED_PROXIES", "METRICS_ALLOWED_IPS", "ADMIN_ALLOWED_IPS"):
         with pytest.raises(ConfigError) as info:

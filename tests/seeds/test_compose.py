@@ -110,8 +110,11 @@ def test_container_environment_runs_the_proxy(tmp_path, module_upstream):
     g = Gunicorn(env, workers=1)
     try:
         module_upstream.enqueue(json_reply(chat_completion("<think>plan the joke</think>Why did the chicken...")))
-        r = tools.http("POST", g.url + "/v1/chat/completions", json={
-            "model": NO_THINK_MODEL, "messages": [{"role": "user", "content": "tell me a joke"}]})
+        r = tools.http(
+            "POST",
+            g.url + "/v1/chat/completions",
+            json={"model": NO_THINK_MODEL, "messages": [{"role": "user", "content": "tell me a joke"}]},
+        )
         assert r.status_code == 200, r.text
         sent = module_upstream.last
         assert sent.path == "/v1/chat/completions"  # the server root keeps the client's /v1/ path

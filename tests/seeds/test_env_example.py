@@ -134,8 +134,19 @@ def test_copying_it_changes_nothing_in_the_app():
     assert Config.from_env(example_values()).echo_mode
 
 
-GUNICORN_SETTINGS = ["bind", "workers", "worker_class", "worker_connections", "threads", "timeout",
-                     "graceful_timeout", "keepalive", "backlog", "accesslog", "loglevel"]
+GUNICORN_SETTINGS = [
+    "bind",
+    "workers",
+    "worker_class",
+    "worker_connections",
+    "threads",
+    "timeout",
+    "graceful_timeout",
+    "keepalive",
+    "backlog",
+    "accesslog",
+    "loglevel",
+]
 READ_GUNICORN = f"""
 import json, runpy
 ns = runpy.run_path("gunicorn.conf.py")
@@ -146,8 +157,9 @@ print(json.dumps({{k: ns[k] for k in {GUNICORN_SETTINGS!r}}}))
 def gunicorn_settings(extra: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ISOLATED and k not in example_values()}
     env.update(extra)
-    proc = subprocess.run([sys.executable, "-c", READ_GUNICORN], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", READ_GUNICORN], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

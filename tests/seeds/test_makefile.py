@@ -29,10 +29,12 @@ def make_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def make(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
-         timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", *args], cwd=cwd, env=env or make_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def make(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", *args], cwd=cwd, env=env or make_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,14 @@ class MakeRun:
         self.log = config.with_suffix(".log")
         self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         env = make_env(HOST="127.0.0.1", PORT=str(self.port), WEB_CONCURRENCY="1")
-        self.proc = subprocess.Popen(["make", "run", *flags, f"CONFIG={config}"], cwd=ROOT, env=env,
-                                     stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["make", "run", *flags, f"CONFIG={config}"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -97,8 +105,9 @@ class MakeRun:
 
 
 def script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ROOT / "examples" / name), *args], env=make_env(**env), capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [str(ROOT / "examples" / name), *args], env=make_env(**env), capture_output=True, text=True, timeout=30
+    )
 
 
 def test_make_run_with_config_yaml_and_the_example_scripts(venv, upstream, tmp_path):
@@ -150,8 +159,15 @@ def test_make_test(venv):
 
 def test_make_clean(tmp_path):
     tree = tmp_path / "tree"
-    for d in ("app/__pycache__", "tests/unit/__pycache__", ".pytest_cache", ".ruff_cache", ".cache/bruno-cli",
-              "data", ".venv/lib/site/__pycache__"):
+    for d in (
+        "app/__pycache__",
+        "tests/unit/__pycache__",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".cache/bruno-cli",
+        "data",
+        ".venv/lib/site/__pycache__",
+    ):
         (tree / d).mkdir(parents=True)
     shutil.copy(ROOT / "Makefile", tree / "Makefile")
     (tree / "app/__pycache__/x.pyc").write_bytes(b"")

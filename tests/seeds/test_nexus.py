@@ -92,8 +92,9 @@ def test_trusted_proxies_decide_when_forwarded_for_counts():
 def test_usage_allow_list_comes_before_the_token():
     app = create_app(Config.from_env({"ADMIN_TOKEN": ADMIN, "ADMIN_ALLOWED_IPS": "192.168.0.0/16"}))
     c = app.test_client()
-    outside = c.get("/v1/usage", environ_base={"REMOTE_ADDR": "127.0.0.1"},
-                    headers={"Authorization": f"Bearer {ADMIN}"})
+    outside = c.get(
+        "/v1/usage", environ_base={"REMOTE_ADDR": "127.0.0.1"}, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
     assert outside.status_code == 403 and error_of(outside)["code"] == "ip_not_allowed"
     inside = {"REMOTE_ADDR": "192.168.4.2"}
     assert c.get("/v1/usage", environ_base=inside).status_code == 401
@@ -121,8 +122,14 @@ def test_allow_list_is_reusable_for_a_blueprint():
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ISOLATED}
     full.update(env)
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "cot_proxy", "keys", *args], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "cot_proxy", "keys", *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def logged(g: Gunicorn, request_id: str, within: float = 10.0) -> dict:
@@ -145,9 +152,16 @@ def port_open(port: int) -> bool:
 @pytest.fixture(scope="module")
 def nexus(tmp_path_factory) -> Iterator[tuple[Gunicorn, dict[str, str], str]]:
     db = tmp_path_factory.mktemp("nexus") / "data" / "users.sqlite"
-    env = {"VIRTUAL_KEYS": "true", "USER_DB_PATH": str(db), "ADMIN_TOKEN": ADMIN, "METRICS_ENABLED": "false",
-           "OBSERVABILITY_PORT": str(free_port()), "ADMIN_ALLOWED_IPS": "127.0.0.1", "TRUSTED_PROXIES": "127.0.0.1",
-           "USAGE_FLUSH_SECONDS": "0.2"}
+    env = {
+        "VIRTUAL_KEYS": "true",
+        "USER_DB_PATH": str(db),
+        "ADMIN_TOKEN": ADMIN,
+        "METRICS_ENABLED": "false",
+        "OBSERVABILITY_PORT": str(free_port()),
+        "ADMIN_ALLOWED_IPS": "127.0.0.1",
+        "TRUSTED_PROXIES": "127.0.0.1",
+        "USAGE_FLUSH_SECONDS": "0.2",
+    }
     made = cli(env, "create", "--name", "nexus-team")
     assert made.returncode == 0, made.stderr
     assert db.is_file()  # the CLI wrote the key store where USER_DB_PATH says
@@ -165,10 +179,16 @@ def test_gunicorn_metrics_disabled_everywhere(nexus):
 
 def test_gunicorn_user_db_path_keys_and_admin_allow_list(nexus):
     g, env, key = nexus
-    assert requests.post(g.url + "/v1/chat/completions", json={"model": "m", "messages": MSG},
-                         timeout=10).status_code == 401
-    ok = requests.post(g.url + "/v1/chat/completions", json={"model": "m", "messages": MSG},
-                       headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert (
+        requests.post(g.url + "/v1/chat/completions", json={"model": "m", "messages": MSG}, timeout=10).status_code
+        == 401
+    )
+    ok = requests.post(
+        g.url + "/v1/chat/completions",
+        json={"model": "m", "messages": MSG},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "Echo: hello"
     admin = {"Authorization": f"Bearer {ADMIN}"}
     usage = requests.get(g.url + "/v1/usage", headers=admin, timeout=10)  # peer 127.0.0.1, no header
@@ -176,8 +196,11 @@ def test_gunicorn_user_db_path_keys_and_admin_allow_list(nexus):
     listed = cli(env, "list")
     assert listed.returncode == 0 and "nexus-team" in listed.stdout
     # Behind the trusted proxy (127.0.0.1) the client it names is the one checked, and logged.
-    refused = requests.get(g.url + "/v1/usage", headers={**admin, "X-Forwarded-For": "203.0.113.9",
-                                                         "X-Request-ID": "nexus-refused"}, timeout=10)
+    refused = requests.get(
+        g.url + "/v1/usage",
+        headers={**admin, "X-Forwarded-For": "203.0.113.9", "X-Request-ID": "nexus-refused"},
+        timeout=10,
+    )
     assert refused.status_code == 403 and error_of(refused)["code"] == "ip_not_allowed"
     line = logged(g, "nexus-refused")  # written when the response closes: wait for it, bounded
     assert line["status"] == 403 and line["client"] == "203.0.113.9"
@@ -191,8 +214,7 @@ def test_gunicorn_metrics_allow_list_behind_a_trusted_proxy():
         assert scraped.status_code == 200 and "cot_proxy_" in scraped.text
         spoofed = http("GET", g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3, 198.51.100.7"})
         assert spoofed.status_code == 403 and "198.51.100.7" in error_of(spoofed)["message"]
-        as_json = http("GET", g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3",
-                                                           "Accept": "application/json"})
+        as_json = http("GET", g.url + "/metrics", headers={"X-Forwarded-For": "10.1.2.3", "Accept": "application/json"})
         assert "request_count" in json.loads(as_json.text)
     finally:
         g.stop()
@@ -200,8 +222,15 @@ def test_gunicorn_metrics_allow_list_behind_a_trusted_proxy():
 
 def test_gunicorn_metrics_port_listener_follows_the_allow_list():
     port = free_port()
-    g = Gunicorn({"OBSERVABILITY_PORT": str(port), "OBSERVABILITY_HOST": "127.0.0.1",
-                  "METRICS_ALLOWED_IPS": "10.0.0.0/8", "TRUSTED_PROXIES": "127.0.0.1"}, workers=1)
+    g = Gunicorn(
+        {
+            "OBSERVABILITY_PORT": str(port),
+            "OBSERVABILITY_HOST": "127.0.0.1",
+            "METRICS_ALLOWED_IPS": "10.0.0.0/8",
+            "TRUSTED_PROXIES": "127.0.0.1",
+        },
+        workers=1,
+    )
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         refused = http("GET", url)

@@ -27,6 +27,7 @@ def test_executable_and_parses(script):
 
 def test_shellcheck_clean():
     shellcheck = tools.command("shellcheck", "shellcheck")
-    done = subprocess.run([shellcheck, "--severity=style", *SCRIPTS], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [shellcheck, "--severity=style", *SCRIPTS], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -17,16 +17,19 @@ from tests.support import Gunicorn
 MSG = [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.parametrize("given, base", [
-    ("http://your-model-server:8080/", "http://your-model-server:8080/v1/"),  # cot_proxy's compose default
-    ("http://your-model-server:8080", "http://your-model-server:8080/v1/"),
-    ("http://h:8080//", "http://h:8080/v1/"),
-    ("https://api.openai.com/v1/", "https://api.openai.com/v1/"),  # cot_proxy's code default
-    ("https://api.openai.com/v1", "https://api.openai.com/v1/"),
-    ("http://h/tenant-a/v1/", "http://h/tenant-a/v1/"),
-    ("https://openrouter.ai/api/v1", "https://openrouter.ai/api/v1/"),
-    ("https://api.groq.com/openai/v1/", "https://api.groq.com/openai/v1/"),
-])
+@pytest.mark.parametrize(
+    "given, base",
+    [
+        ("http://your-model-server:8080/", "http://your-model-server:8080/v1/"),  # cot_proxy's compose default
+        ("http://your-model-server:8080", "http://your-model-server:8080/v1/"),
+        ("http://h:8080//", "http://h:8080/v1/"),
+        ("https://api.openai.com/v1/", "https://api.openai.com/v1/"),  # cot_proxy's code default
+        ("https://api.openai.com/v1", "https://api.openai.com/v1/"),
+        ("http://h/tenant-a/v1/", "http://h/tenant-a/v1/"),
+        ("https://openrouter.ai/api/v1", "https://openrouter.ai/api/v1/"),
+        ("https://api.groq.com/openai/v1/", "https://api.groq.com/openai/v1/"),
+    ],
+)
 def test_root_or_prefix(given, base):
     assert api_base(given) == base
     assert Config.from_env({"TARGET_BASE_URL": given}).target_base_url == base
@@ -52,8 +55,11 @@ def test_every_view_of_the_target(given):
 
 
 def test_in_process_root_relay_health_and_models(upstream):
-    app = create_app(Config.from_env({"TARGET_BASE_URL": upstream.root + "/", "CONNECT_TIMEOUT_SECONDS": "2",
-                                      "REQUEST_TIMEOUT_SECONDS": "5"}))
+    app = create_app(
+        Config.from_env(
+            {"TARGET_BASE_URL": upstream.root + "/", "CONNECT_TIMEOUT_SECONDS": "2", "REQUEST_TIMEOUT_SECONDS": "5"}
+        )
+    )
     c = app.test_client()
     r = c.post("/v1/chat/completions", json={"model": "m", "messages": MSG})
     assert r.status_code == 200, r.data

@@ -26,9 +26,11 @@ def _apt_install(package: str) -> None:
     if not (IN_CI and shutil.which("apt-get") and os.geteuid() == 0):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for args in (["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-                 ["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]):
+    for args in (
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+    ):
         try:
             done = subprocess.run(args, env=env, capture_output=True, timeout=600)
         except subprocess.TimeoutExpired:
@@ -59,8 +61,9 @@ def compose() -> list[str]:
         _apt_install("docker-compose")
         found = shutil.which("docker-compose")
     if found is None:
-        unavailable("neither docker-compose nor the docker compose plugin is installed "
-                    "(apt-get install -y docker-compose)")
+        unavailable(
+            "neither docker-compose nor the docker compose plugin is installed (apt-get install -y docker-compose)"
+        )
     return [found]
 
 

@@ -27,13 +27,15 @@ def chat_only(_chat_only_server: ChatOnlyUpstream) -> ChatOnlyUpstream:
 
 def config_for(upstream: ChatOnlyUpstream, **env: str) -> Config:
     """A config as the environment would give it (no .env, no config.yaml)."""
-    return Config.from_env({"TARGET_BASE_URL": upstream.base_url, "REQUEST_TIMEOUT_SECONDS": "10",
-                            "CONNECT_TIMEOUT_SECONDS": "2", **env})
+    return Config.from_env(
+        {"TARGET_BASE_URL": upstream.base_url, "REQUEST_TIMEOUT_SECONDS": "10", "CONNECT_TIMEOUT_SECONDS": "2", **env}
+    )
 
 
 @pytest.fixture
 def make_client(chat_only: ChatOnlyUpstream) -> Callable[..., object]:
     """`make_client(RESPONSES_API="translate", ...)`: a Flask test client in front of the chat-only fake."""
+
     def make(**env: str):
         return create_app(config_for(chat_only, **env)).test_client()
 
@@ -49,8 +51,9 @@ def fake() -> Iterator[ChatOnlyUpstream]:
 
 
 @pytest.fixture(scope="module")
-def keys(request: pytest.FixtureRequest,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeyStore, str, str]]:
+def keys(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[KeyStore, str, str]]:
     """A virtual-key store (SQLite) holding one key named by the module's `KEY_NAME`: (store, key, url)."""
     name = getattr(request.module, "KEY_NAME", "client")
     url = f"sqlite:///{tmp_path_factory.mktemp(name) / 'keys.db'}"

@@ -24,9 +24,17 @@ def request(**changes: Any) -> dict[str, Any]:
 
 
 def test_system_blocks_and_sampling_params():
-    body = request(system=[{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Be kind.",
-                                                                      "cache_control": {"type": "ephemeral"}}],
-                   temperature=0.2, top_p=0.9, top_k=40, stop_sequences=["END"], metadata={"user_id": "u1"})
+    body = request(
+        system=[
+            {"type": "text", "text": "Be brief."},
+            {"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}},
+        ],
+        temperature=0.2,
+        top_p=0.9,
+        top_k=40,
+        stop_sequences=["END"],
+        metadata={"user_id": "u1"},
+    )
     chat = m.to_chat(body)
     assert chat["messages"][0] == {"role": "system", "content": "Be brief.\nBe kind."}
     assert chat["messages"][1] == {"role": "user", "content": "hi"}
@@ -41,11 +49,18 @@ def test_stream_asks_for_usage():
 
 
 def test_images_base64_and_url():
-    body = request(messages=[{"role": "user", "content": [
-        {"type": "text", "text": "What is this?"},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
-        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
-    ]}])
+    body = request(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+                ],
+            }
+        ]
+    )
     content = m.to_chat(body)["messages"][0]["content"]
     assert content == [
         {"type": "text", "text": "What is this?"},
@@ -56,39 +71,73 @@ def test_images_base64_and_url():
 
 def test_tool_use_round_trip_becomes_tool_calls_and_tool_messages():
     body = request(
-        tools=[{"name": "get_weather", "description": "Weather by city",
-                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
-               {"type": "web_search_20250305", "name": "web_search"}],
+        tools=[
+            {
+                "name": "get_weather",
+                "description": "Weather by city",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+            {"type": "web_search_20250305", "name": "web_search"},
+        ],
         tool_choice={"type": "any", "disable_parallel_tool_use": True},
         messages=[
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": [
-                {"type": "thinking", "thinking": "call the tool", "signature": "sig"},
-                {"type": "text", "text": "Let me check."},
-                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "18C"}]},
-                {"type": "text", "text": "And tomorrow?"}]},
-        ])
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "call the tool", "signature": "sig"},
+                    {"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "18C"}]},
+                    {"type": "text", "text": "And tomorrow?"},
+                ],
+            },
+        ],
+    )
     chat = m.to_chat(body)
-    assert chat["tools"] == [{"type": "function", "function": {
-        "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-        "description": "Weather by city"}}]  # the server tool cannot run on a chat server
+    assert chat["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                "description": "Weather by city",
+            },
+        }
+    ]  # the server tool cannot run on a chat server
     assert chat["tool_choice"] == "required" and chat["parallel_tool_calls"] is False
     assert chat["messages"] == [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "Let me check.", "tool_calls": [
-            {"id": "toolu_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
         {"role": "user", "content": "And tomorrow?"},
     ]
 
 
-@pytest.mark.parametrize("choice, chat", [
-    ({"type": "auto"}, "auto"), ({"type": "any"}, "required"), ({"type": "none"}, "none"),
-    ({"type": "tool", "name": "f"}, {"type": "function", "function": {"name": "f"}}),
-])
+@pytest.mark.parametrize(
+    "choice, chat",
+    [
+        ({"type": "auto"}, "auto"),
+        ({"type": "any"}, "required"),
+        ({"type": "none"}, "none"),
+        ({"type": "tool", "name": "f"}, {"type": "function", "function": {"name": "f"}}),
+    ],
+)
 def test_tool_choice(choice, chat):
     body = request(tools=[{"name": "f", "input_schema": {"type": "object"}}], tool_choice=choice)
     assert m.to_chat(body)["tool_choice"] == chat
@@ -100,35 +149,74 @@ def test_tool_choice_without_tools_is_dropped():
 
 def test_two_tool_results_with_images_keep_the_tool_messages_together():
     image = {"type": "image", "source": {"type": "url", "url": "https://x/1.png"}}
-    body = request(messages=[
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "shot", "input": {}},
-                                          {"type": "tool_use", "id": "b", "name": "shot", "input": {}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a", "content": [image]},
-                                     {"type": "tool_result", "tool_use_id": "b", "content": [image]},
-                                     {"type": "text", "text": "Compare them."}]}])
+    body = request(
+        messages=[
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "a", "name": "shot", "input": {}},
+                    {"type": "tool_use", "id": "b", "name": "shot", "input": {}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "a", "content": [image]},
+                    {"type": "tool_result", "tool_use_id": "b", "content": [image]},
+                    {"type": "text", "text": "Compare them."},
+                ],
+            },
+        ]
+    )
     msgs = m.to_chat(body)["messages"]
     assert [x["role"] for x in msgs] == ["assistant", "tool", "tool", "user"]
     assert [p["type"] for p in msgs[3]["content"]] == ["image_url", "image_url", "text"]
 
 
 def test_tool_result_images_follow_in_a_user_message():
-    body = request(messages=[
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
-            {"type": "text", "text": "here"},
-            {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "AAA"}}]}]}])
+    body = request(
+        messages=[
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [
+                            {"type": "text", "text": "here"},
+                            {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "AAA"}},
+                        ],
+                    }
+                ],
+            },
+        ]
+    )
     msgs = m.to_chat(body)["messages"]
-    assert msgs[0] == {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "t1", "type": "function", "function": {"name": "shot", "arguments": "{}"}}]}
+    assert msgs[0] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "shot", "arguments": "{}"}}],
+    }
     assert msgs[1] == {"role": "tool", "tool_call_id": "t1", "content": "here"}
-    assert msgs[2] == {"role": "user",
-                       "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAA"}}]}
+    assert msgs[2] == {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAA"}}],
+    }
     assert len(msgs) == 3
 
 
 def test_unsupported_blocks_are_400_naming_the_block():
-    body = request(messages=[{"role": "user", "content": [
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}]}])
+    body = request(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}
+                ],
+            }
+        ]
+    )
     with pytest.raises(InvalidRequest) as exc:
         m.to_chat(body)
     assert exc.value.param == "messages.0.content.0"
@@ -139,39 +227,65 @@ def test_unsupported_blocks_are_400_naming_the_block():
 
 
 def test_plain_text_document_is_text():
-    body = request(messages=[{"role": "user", "content": [
-        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "The doc."}}]}])
+    body = request(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "The doc."}}
+                ],
+            }
+        ]
+    )
     assert m.to_chat(body)["messages"][0]["content"] == "The doc."
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, "model"),
-    ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
-    ({"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
-    (request(messages=[]), "messages"),
-    (request(messages=["hi"]), "messages.0"),
-    (request(messages=[{"role": "system", "content": "x"}]), "messages.0.role"),
-    (request(messages=[{"role": "user", "content": 5}]), "messages.0.content"),
-    (request(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages.0.content.0.text"),
-    (request(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]),
-     "messages.0.content.0.source.type"),
-    (request(messages=[{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "f", "input": {}}]}]),
-     "messages.0.content.0"),
-    (request(messages=[{"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "f",
-                                                          "input": "x"}]}]), "messages.0.content.0.input"),
-    (request(messages=[{"role": "user", "content": [{"type": "tool_result"}]}]), "messages.0.content.0.tool_use_id"),
-    (request(system=5), "system"),
-    (request(system=[{"type": "image"}]), "system.0"),
-    (request(temperature="hot"), "temperature"),
-    (request(top_k=1.5), "top_k"),
-    (request(stream="yes"), "stream"),
-    (request(stop_sequences="END"), "stop_sequences"),
-    (request(tools=[{"description": "no name"}]), "tools.0"),
-    (request(tools=[{"name": "f", "input_schema": "x"}]), "tools.0.input_schema"),
-    (request(tool_choice={"type": "sometimes"}), "tool_choice"),
-    (request(tool_choice={"type": "tool"}), "tool_choice.name"),
-    (request(thinking=True), "thinking"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        ({"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        (request(messages=[]), "messages"),
+        (request(messages=["hi"]), "messages.0"),
+        (request(messages=[{"role": "system", "content": "x"}]), "messages.0.role"),
+        (request(messages=[{"role": "user", "content": 5}]), "messages.0.content"),
+        (request(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages.0.content.0.text"),
+        (
+            request(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]),
+            "messages.0.content.0.source.type",
+        ),
+        (
+            request(
+                messages=[{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "f", "input": {}}]}]
+            ),
+            "messages.0.content.0",
+        ),
+        (
+            request(
+                messages=[
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "f", "input": "x"}]}
+                ]
+            ),
+            "messages.0.content.0.input",
+        ),
+        (
+            request(messages=[{"role": "user", "content": [{"type": "tool_result"}]}]),
+            "messages.0.content.0.tool_use_id",
+        ),
+        (request(system=5), "system"),
+        (request(system=[{"type": "image"}]), "system.0"),
+        (request(temperature="hot"), "temperature"),
+        (request(top_k=1.5), "top_k"),
+        (request(stream="yes"), "stream"),
+        (request(stop_sequences="END"), "stop_sequences"),
+        (request(tools=[{"description": "no name"}]), "tools.0"),
+        (request(tools=[{"name": "f", "input_schema": "x"}]), "tools.0.input_schema"),
+        (request(tool_choice={"type": "sometimes"}), "tool_choice"),
+        (request(tool_choice={"type": "tool"}), "tool_choice.name"),
+        (request(thinking=True), "thinking"),
+    ],
+)
 def test_validate_names_the_param(body, param):
     with pytest.raises(InvalidRequest) as exc:
         m.validate(body)
@@ -179,9 +293,17 @@ def test_validate_names_the_param(body, param):
 
 
 def test_validate_passes_a_full_request():
-    m.validate(request(system="s", stream=True, thinking={"type": "enabled", "budget_tokens": 1024},
-                       tools=[{"name": "f", "input_schema": {"type": "object"}}], tool_choice={"type": "auto"},
-                       metadata={"user_id": "x"}, unknown_field=1))
+    m.validate(
+        request(
+            system="s",
+            stream=True,
+            thinking={"type": "enabled", "budget_tokens": 1024},
+            tools=[{"name": "f", "input_schema": {"type": "object"}}],
+            tool_choice={"type": "auto"},
+            metadata={"user_id": "x"},
+            unknown_field=1,
+        )
+    )
 
 
 def test_count_tokens_counts_system_messages_and_tools():
@@ -194,19 +316,36 @@ def test_count_tokens_counts_system_messages_and_tools():
 # -- response -----------------------------------------------------------------------------------------
 
 
-def chat_completion(message: dict[str, Any], finish: str = "stop", usage: dict[str, Any] | None = None,
-                    **choice: Any) -> dict[str, Any]:
-    return {"id": "chatcmpl-abc", "object": "chat.completion", "model": "upstream-name",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, **choice}],
-            "usage": usage or {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25,
-                               "prompt_tokens_details": {"cached_tokens": 8}}}
+def chat_completion(
+    message: dict[str, Any], finish: str = "stop", usage: dict[str, Any] | None = None, **choice: Any
+) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-abc",
+        "object": "chat.completion",
+        "model": "upstream-name",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, **choice}],
+        "usage": usage
+        or {
+            "prompt_tokens": 20,
+            "completion_tokens": 5,
+            "total_tokens": 25,
+            "prompt_tokens_details": {"cached_tokens": 8},
+        },
+    }
 
 
 def test_from_chat_is_a_typed_sdk_message():
-    data = chat_completion({"role": "assistant", "content": "Sunny.", "reasoning_content": "Think first.",
-                            "tool_calls": [{"id": "call_1", "type": "function",
-                                            "function": {"name": "get", "arguments": '{"city": "Paris"}'}}]},
-                           finish="tool_calls")
+    data = chat_completion(
+        {
+            "role": "assistant",
+            "content": "Sunny.",
+            "reasoning_content": "Think first.",
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get", "arguments": '{"city": "Paris"}'}}
+            ],
+        },
+        finish="tool_calls",
+    )
     out = m.from_chat(data, model="claude-local")
     msg = Message.model_validate(out)
     assert msg.id == "msg_abc" and msg.model == "claude-local" and msg.role == "assistant"
@@ -218,10 +357,16 @@ def test_from_chat_is_a_typed_sdk_message():
     assert (msg.usage.input_tokens, msg.usage.output_tokens, msg.usage.cache_read_input_tokens) == (12, 5, 8)
 
 
-@pytest.mark.parametrize("finish, reason", [
-    ("stop", "end_turn"), ("length", "max_tokens"), ("tool_calls", "tool_use"), ("content_filter", "refusal"),
-    (None, "end_turn"),
-])
+@pytest.mark.parametrize(
+    "finish, reason",
+    [
+        ("stop", "end_turn"),
+        ("length", "max_tokens"),
+        ("tool_calls", "tool_use"),
+        ("content_filter", "refusal"),
+        (None, "end_turn"),
+    ],
+)
 def test_stop_reasons(finish, reason):
     out = m.from_chat(chat_completion({"role": "assistant", "content": "x"}, finish=finish), model="m")
     assert out["stop_reason"] == reason and out["stop_sequence"] is None
@@ -234,8 +379,14 @@ def test_stop_sequence_when_the_server_names_it():
 
 
 def test_malformed_tool_arguments_become_an_empty_object():
-    data = chat_completion({"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}, finish="tool_calls")
+    data = chat_completion(
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}],
+        },
+        finish="tool_calls",
+    )
     assert m.from_chat(data, model="m")["content"] == [{"type": "tool_use", "id": "c", "name": "f", "input": {}}]
 
 
@@ -253,11 +404,16 @@ def test_not_a_chat_completion_is_an_upstream_error():
 # -- errors -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("error, kind", [
-    (InvalidRequest("bad"), "invalid_request_error"), (AuthenticationError("who"), "authentication_error"),
-    (RateLimited("slow down"), "rate_limit_error"), (Overloaded("busy"), "overloaded_error"),
-    (UpstreamTimeout("late"), "api_error"),
-])
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (InvalidRequest("bad"), "invalid_request_error"),
+        (AuthenticationError("who"), "authentication_error"),
+        (RateLimited("slow down"), "rate_limit_error"),
+        (Overloaded("busy"), "overloaded_error"),
+        (UpstreamTimeout("late"), "api_error"),
+    ],
+)
 def test_error_shape(error, kind):
     assert m.ANTHROPIC_ERRORS.body(error) == {"type": "error", "error": {"type": kind, "message": error.message}}
     raw = m.ANTHROPIC_ERRORS.event(error)
@@ -267,7 +423,9 @@ def test_error_shape(error, kind):
 def test_upstream_errors_get_anthropic_shape():
     openai_envelope = {"error": {"message": "model not loaded", "type": "invalid_request_error"}}
     assert m.upstream_error(400, openai_envelope) == {
-        "type": "error", "error": {"type": "invalid_request_error", "message": "model not loaded"}}
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "model not loaded"},
+    }
     assert m.upstream_error(503, {"detail": "busy"})["error"] == {"type": "overloaded_error", "message": "busy"}
     assert m.upstream_error(500, ["?"])["error"]["message"] == "The upstream answered HTTP 500."
     already = {"type": "error", "error": {"type": "api_error", "message": "x"}}
@@ -278,8 +436,12 @@ def test_upstream_errors_get_anthropic_shape():
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "u",
-            "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish, **extra}]}
+    return {
+        "id": "chatcmpl-s",
+        "object": "chat.completion.chunk",
+        "model": "u",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish, **extra}],
+    }
 
 
 def accumulate(events: list[Any]) -> tuple[list[str], Any]:
@@ -302,24 +464,50 @@ def run(chunks: list[dict[str, Any]], chat_usage: Any = None, **kw: Any) -> tupl
 def test_stream_thinking_text_and_tools_accumulate_in_the_sdk():
     chunks = [
         chunk({"role": "assistant", "content": ""}),
-        chunk({"reasoning_content": "Let me "}), chunk({"reasoning_content": "see."}),
-        chunk({"content": "It is "}), chunk({"content": "sunny."}),
-        chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
-                               "function": {"name": "get", "arguments": ""}}]}),
+        chunk({"reasoning_content": "Let me "}),
+        chunk({"reasoning_content": "see."}),
+        chunk({"content": "It is "}),
+        chunk({"content": "sunny."}),
+        chunk(
+            {
+                "tool_calls": [
+                    {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get", "arguments": ""}}
+                ]
+            }
+        ),
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
-        chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
-                               "function": {"name": "time", "arguments": "{}"}}]}),
+        chunk(
+            {
+                "tool_calls": [
+                    {"index": 1, "id": "call_b", "type": "function", "function": {"name": "time", "arguments": "{}"}}
+                ]
+            }
+        ),
         chunk(finish="tool_calls"),
         {"id": "chatcmpl-s", "choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 12}},
     ]
     names, msg = run(chunks[:-1], chunks[-1]["usage"])
-    assert names == ["message_start", "ping",
-                     "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-                     "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-                     "content_block_start", "content_block_delta", "content_block_stop",
-                     "content_block_start", "content_block_delta", "content_block_stop",
-                     "message_delta", "message_stop"]
+    assert names == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     final = Message.model_validate(msg.to_dict())
     assert [b.type for b in final.content] == ["thinking", "text", "tool_use", "tool_use"]
     assert final.content[0].thinking == "Let me see."
@@ -331,8 +519,10 @@ def test_stream_thinking_text_and_tools_accumulate_in_the_sdk():
 
 
 def test_stream_malformed_arguments_still_parse_in_the_sdk():
-    chunks = [chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{oops"}}]}),
-              chunk(finish="tool_calls")]
+    chunks = [
+        chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{oops"}}]}),
+        chunk(finish="tool_calls"),
+    ]
     _, msg = run(chunks)
     assert msg.content[0].input == {}
 
@@ -359,8 +549,10 @@ def test_empty_upstream_stream_is_still_a_whole_message():
 def test_message_start_carries_the_prompt_estimate():
     stream = m.MessageStream(model="m", input_estimate=42)
     start = stream.feed(chunk({"role": "assistant", "content": ""}))[0]
-    assert start.name == "message_start" and start.json()["message"]["usage"] == {"input_tokens": 42,
-                                                                                   "output_tokens": 0}
+    assert start.name == "message_start" and start.json()["message"]["usage"] == {
+        "input_tokens": 42,
+        "output_tokens": 0,
+    }
     _, msg = accumulate([start, *stream.end({"prompt_tokens": 50, "completion_tokens": 1})])
     assert msg.usage.input_tokens == 50  # the real count replaces the estimate
 

@@ -58,27 +58,46 @@ def anthropic_error(resp, status: int, kind: str) -> str:
 def test_translate_sends_chat_and_answers_a_message(make_client, chat_only):
     client = make_client(MESSAGES_API="translate")
     chat_only.answer(ChatAnswer(text="Sunny, 18C.", prompt_tokens=30, completion_tokens=6, cached_tokens=10))
-    resp = client.post("/v1/messages", json={**BODY, "system": "Be brief.", "temperature": 0.5,
-                                             "stop_sequences": ["END"], "metadata": {"user_id": "u"}},
-                       headers={"anthropic-version": "2023-06-01"})
+    resp = client.post(
+        "/v1/messages",
+        json={
+            **BODY,
+            "system": "Be brief.",
+            "temperature": 0.5,
+            "stop_sequences": ["END"],
+            "metadata": {"user_id": "u"},
+        },
+        headers={"anthropic-version": "2023-06-01"},
+    )
     assert resp.status_code == 200
     msg = Message.model_validate(resp.get_json())
     assert msg.content[0].text == "Sunny, 18C." and msg.stop_reason == "end_turn" and msg.model == "claude-local"
     assert (msg.usage.input_tokens, msg.usage.output_tokens, msg.usage.cache_read_input_tokens) == (20, 6, 10)
     assert [r.path for r in chat_only.requests] == ["/v1/chat/completions"]  # translate: no probe
     sent = chat_only.chat_bodies()[0]
-    assert sent["messages"] == [{"role": "system", "content": "Be brief."},
-                                {"role": "user", "content": "Weather in Paris?"}]
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
     assert (sent["max_tokens"], sent["temperature"], sent["stop"]) == (100, 0.5, ["END"])
     assert "anthropic-version" not in chat_only.requests[0].headers
 
 
 def test_stream_event_sequence_and_sdk_accumulation(make_client, chat_only):
     client = make_client(MESSAGES_API="translate")
-    chat_only.answer(ChatAnswer(text="It is sunny.", tool_calls=[ToolCall("get_weather", '{"city": "Paris"}')],
-                                finish="tool_calls", prompt_tokens=40, completion_tokens=9))
-    resp = client.post("/v1/messages", json={**BODY, "stream": True,
-                                             "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]})
+    chat_only.answer(
+        ChatAnswer(
+            text="It is sunny.",
+            tool_calls=[ToolCall("get_weather", '{"city": "Paris"}')],
+            finish="tool_calls",
+            prompt_tokens=40,
+            completion_tokens=9,
+        )
+    )
+    resp = client.post(
+        "/v1/messages",
+        json={**BODY, "stream": True, "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]},
+    )
     assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
     raw = resp.get_data(as_text=True)
     names = [n for n, _ in events_of(raw) if n is not None]
@@ -97,15 +116,24 @@ def test_stream_event_sequence_and_sdk_accumulation(make_client, chat_only):
 def test_tool_result_round_trip(make_client, chat_only):
     client = make_client(MESSAGES_API="translate")
     chat_only.answer(ChatAnswer(text="18C in Paris."))
-    body = {**BODY, "messages": [
-        BODY["messages"][0],
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_0", "name": "get_weather",
-                                           "input": {"city": "Paris"}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0", "content": "18C"}]}]}
+    body = {
+        **BODY,
+        "messages": [
+            BODY["messages"][0],
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "call_0", "name": "get_weather", "input": {"city": "Paris"}}],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0", "content": "18C"}]},
+        ],
+    }
     assert client.post("/v1/messages", json=body).get_json()["content"][0]["text"] == "18C in Paris."
     sent = chat_only.chat_bodies()[0]["messages"]
-    assert sent[1]["tool_calls"][0]["id"] == "call_0" and sent[2] == {"role": "tool", "tool_call_id": "call_0",
-                                                                      "content": "18C"}
+    assert sent[1]["tool_calls"][0]["id"] == "call_0" and sent[2] == {
+        "role": "tool",
+        "tool_call_id": "call_0",
+        "content": "18C",
+    }
 
 
 # -- auto: probe once per backend ------------------------------------------------------------------------
@@ -129,21 +157,27 @@ def test_auto_probes_once_then_remembers(missing):
 # -- passthrough: byte-identical ---------------------------------------------------------------------------
 
 
-ANTHROPIC_ANSWER = (b'{"id":"msg_up","type":"message","role":"assistant","model":"claude-up",  "content":'
-                    b'[{"type":"text","text":"native"}],"stop_reason":"end_turn","stop_sequence":null,'
-                    b'"usage":{"input_tokens":3,"output_tokens":1}}')
-ANTHROPIC_STREAM = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_up","type":"message",'
-                    b'"role":"assistant","model":"claude-up","content":[],"stop_reason":null,"stop_sequence":null,'
-                    b'"usage":{"input_tokens":3,"output_tokens":0}}}\n\n'
-                    b'event: ping\ndata: {"type": "ping"}\n\n'
-                    b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+ANTHROPIC_ANSWER = (
+    b'{"id":"msg_up","type":"message","role":"assistant","model":"claude-up",  "content":'
+    b'[{"type":"text","text":"native"}],"stop_reason":"end_turn","stop_sequence":null,'
+    b'"usage":{"input_tokens":3,"output_tokens":1}}'
+)
+ANTHROPIC_STREAM = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_up","type":"message",'
+    b'"role":"assistant","model":"claude-up","content":[],"stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":3,"output_tokens":0}}}\n\n'
+    b'event: ping\ndata: {"type": "ping"}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
 
 
 @pytest.mark.parametrize("mode", ["auto", "passthrough"])
 def test_passthrough_is_byte_identical(upstream: FakeUpstream, mode):
     client = create_app(Config.from_env({"TARGET_BASE_URL": upstream.base_url, "MESSAGES_API": mode})).test_client()
-    upstream.enqueue(Reply(headers={"Content-Type": "application/json"}, parts=[ANTHROPIC_ANSWER], chunked=False),
-                     Reply(headers={"Content-Type": "text/event-stream"}, parts=[ANTHROPIC_STREAM]))
+    upstream.enqueue(
+        Reply(headers={"Content-Type": "application/json"}, parts=[ANTHROPIC_ANSWER], chunked=False),
+        Reply(headers={"Content-Type": "text/event-stream"}, parts=[ANTHROPIC_STREAM]),
+    )
     resp = client.post("/v1/messages", json=BODY, headers={"x-api-key": "sk-ant-client", "anthropic-version": "v"})
     assert resp.status_code == 200 and resp.get_data() == ANTHROPIC_ANSWER
     resp = client.post("/v1/messages", json={**BODY, "stream": True})
@@ -156,8 +190,9 @@ def test_passthrough_is_byte_identical(upstream: FakeUpstream, mode):
 
 
 def test_passthrough_keeps_the_upstream_error_body(upstream: FakeUpstream):
-    client = create_app(Config.from_env({"TARGET_BASE_URL": upstream.base_url,
-                                         "MESSAGES_API": "passthrough"})).test_client()
+    client = create_app(
+        Config.from_env({"TARGET_BASE_URL": upstream.base_url, "MESSAGES_API": "passthrough"})
+    ).test_client()
     native = {"type": "error", "error": {"type": "not_found_error", "message": "model: claude-x"}}
     upstream.enqueue(json_reply(native, status=404))
     resp = client.post("/v1/messages", json=BODY)
@@ -168,8 +203,7 @@ def test_passthrough_keeps_the_upstream_error_body(upstream: FakeUpstream):
 def test_auto_learns_passthrough_from_a_success(upstream: FakeUpstream):
     client = create_app(Config.from_env({"TARGET_BASE_URL": upstream.base_url})).test_client()
     for _ in range(2):
-        upstream.enqueue(Reply(headers={"Content-Type": "application/json"}, parts=[ANTHROPIC_ANSWER],
-                               chunked=False))
+        upstream.enqueue(Reply(headers={"Content-Type": "application/json"}, parts=[ANTHROPIC_ANSWER], chunked=False))
         assert client.post("/v1/messages", json=BODY).get_data() == ANTHROPIC_ANSWER
     assert [r.path for r in upstream.requests] == ["/v1/messages", "/v1/messages"]
 
@@ -180,12 +214,15 @@ def test_auto_learns_passthrough_from_a_success(upstream: FakeUpstream):
 THINKING = {"type": "enabled", "budget_tokens": 1024}
 
 
-@pytest.mark.parametrize("think_mode, thinking, reasoning_as, shown", [
-    ("strip", THINKING, "field", True),     # asked for: separated although the think mode strips
-    ("strip", THINKING, "think", True),     # <think> text too
-    ("strip", None, "field", False),        # not asked for: the configured mode (strip) holds
-    ("separate", None, "think", True),      # separate: reasoning is shown as thinking blocks
-])
+@pytest.mark.parametrize(
+    "think_mode, thinking, reasoning_as, shown",
+    [
+        ("strip", THINKING, "field", True),  # asked for: separated although the think mode strips
+        ("strip", THINKING, "think", True),  # <think> text too
+        ("strip", None, "field", False),  # not asked for: the configured mode (strip) holds
+        ("separate", None, "think", True),  # separate: reasoning is shown as thinking blocks
+    ],
+)
 @pytest.mark.parametrize("stream", [False, True])
 def test_thinking_blocks(make_client, chat_only, think_mode, thinking, reasoning_as, shown, stream):
     client = make_client(MESSAGES_API="translate", THINK_MODE=think_mode)
@@ -205,11 +242,14 @@ def test_thinking_blocks(make_client, chat_only, think_mode, thinking, reasoning
 # -- errors -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
-    ({**BODY, "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
-    ({**BODY, "tools": "all"}, "tools"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        ({**BODY, "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ({**BODY, "tools": "all"}, "tools"),
+    ],
+)
 def test_bad_input_is_400_invalid_request_error(make_client, chat_only, body, param):
     message = anthropic_error(make_client().post("/v1/messages", json=body), 400, "invalid_request_error")
     assert message.startswith(param)
@@ -224,18 +264,35 @@ def test_not_json_is_400(make_client, chat_only):
 
 
 def test_untranslatable_block_is_400_before_any_chat_call(make_client, chat_only):
-    body = {**BODY, "messages": [{"role": "user", "content": [
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}]}]}
-    anthropic_error(make_client(MESSAGES_API="translate").post("/v1/messages", json=body), 400,
-                    "invalid_request_error")
+    body = {
+        **BODY,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}
+                ],
+            }
+        ],
+    }
+    anthropic_error(make_client(MESSAGES_API="translate").post("/v1/messages", json=body), 400, "invalid_request_error")
     assert chat_only.chat_bodies() == []
 
 
-@pytest.mark.parametrize("status, kind", [(429, "rate_limit_error"), (500, "api_error"), (503, "overloaded_error"),
-                                          (400, "invalid_request_error"), (401, "authentication_error")])
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        (429, "rate_limit_error"),
+        (500, "api_error"),
+        (503, "overloaded_error"),
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+    ],
+)
 def test_upstream_errors_in_anthropic_shape(make_client, chat_only, status, kind):
-    chat_only.answer(ChatAnswer(status=status, error={"error": {"message": f"upstream says {status}",
-                                                                "type": "x", "code": None}}))
+    chat_only.answer(
+        ChatAnswer(status=status, error={"error": {"message": f"upstream says {status}", "type": "x", "code": None}})
+    )
     resp = make_client(MESSAGES_API="translate").post("/v1/messages", json=BODY)
     assert anthropic_error(resp, status, kind) == f"upstream says {status}"
 
@@ -243,16 +300,22 @@ def test_upstream_errors_in_anthropic_shape(make_client, chat_only, status, kind
 def test_unreachable_upstream_is_502_api_error():
     from tests.support import free_port
 
-    config = Config.from_env({"TARGET_BASE_URL": f"http://127.0.0.1:{free_port()}/v1/", "MESSAGES_API": "translate",
-                              "CONNECT_TIMEOUT_SECONDS": "2"})
+    config = Config.from_env(
+        {
+            "TARGET_BASE_URL": f"http://127.0.0.1:{free_port()}/v1/",
+            "MESSAGES_API": "translate",
+            "CONNECT_TIMEOUT_SECONDS": "2",
+        }
+    )
     anthropic_error(create_app(config).test_client().post("/v1/messages", json=BODY), 502, "api_error")
 
 
 def test_stream_broken_off_ends_with_an_error_event(make_client, chat_only):
-    raw = (b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
-           b'"delta":{"content":"Hal"},"finish_reason":null}]}\n\n')
-    chat_only.enqueue(Reply(headers={"Content-Type": "text/event-stream"}, parts=[raw, raw],
-                            drop_after=1))
+    raw = (
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+        b'"delta":{"content":"Hal"},"finish_reason":null}]}\n\n'
+    )
+    chat_only.enqueue(Reply(headers={"Content-Type": "text/event-stream"}, parts=[raw, raw], drop_after=1))
     resp = make_client(MESSAGES_API="translate").post("/v1/messages", json={**BODY, "stream": True})
     events = events_of(resp.get_data(as_text=True))
     names = [n for n, _ in events]
@@ -272,8 +335,9 @@ def test_count_tokens_is_answered_locally(make_client, chat_only):
     client = make_client()
     small = client.post("/v1/messages/count_tokens", json={"model": "m", "messages": BODY["messages"]})
     assert small.status_code == 200 and set(small.get_json()) == {"input_tokens"}
-    big = client.post("/v1/messages/count_tokens", json={"model": "m", "messages": BODY["messages"],
-                                                          "system": "x" * 4000})
+    big = client.post(
+        "/v1/messages/count_tokens", json={"model": "m", "messages": BODY["messages"], "system": "x" * 4000}
+    )
     assert big.get_json()["input_tokens"] == small.get_json()["input_tokens"] + 1000
     anthropic_error(client.post("/v1/messages/count_tokens", json={"model": "m"}), 400, "invalid_request_error")
     assert chat_only.requests == []
@@ -282,15 +346,19 @@ def test_count_tokens_is_answered_locally(make_client, chat_only):
 # -- credentials -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers, status", [
-    ({"x-api-key": TOKEN}, 200),
-    ({"x-api-key": "tok-wrong-000000000000"}, 401),
-    ({}, 401),
-    ({"authorization": f"Bearer {TOKEN}", "x-api-key": "tok-wrong-000000000000"}, 200),  # Bearer counts
-    ({"authorization": "Bearer tok-wrong-000000000000", "x-api-key": TOKEN}, 401),
-])
-@pytest.mark.parametrize("path, body", [("/v1/messages", BODY),
-                                        ("/v1/chat/completions", {"model": "m", "messages": BODY["messages"]})])
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"x-api-key": TOKEN}, 200),
+        ({"x-api-key": "tok-wrong-000000000000"}, 401),
+        ({}, 401),
+        ({"authorization": f"Bearer {TOKEN}", "x-api-key": "tok-wrong-000000000000"}, 200),  # Bearer counts
+        ({"authorization": "Bearer tok-wrong-000000000000", "x-api-key": TOKEN}, 401),
+    ],
+)
+@pytest.mark.parametrize(
+    "path, body", [("/v1/messages", BODY), ("/v1/chat/completions", {"model": "m", "messages": BODY["messages"]})]
+)
 def test_x_api_key_is_a_credential_and_never_forwarded(make_client, chat_only, headers, status, path, body):
     client = make_client(GATEWAY_BEARER_TOKEN=TOKEN, MESSAGES_API="translate")
     resp = client.post(path, json=body, headers=headers)
@@ -306,11 +374,14 @@ def test_x_api_key_is_a_credential_and_never_forwarded(make_client, chat_only, h
 
 
 def test_upstream_in_band_error_becomes_an_error_event(make_client, chat_only):
-    chunk = (b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
-             b'"delta":{"content":"Hal"},"finish_reason":null}]}\n\n')
+    chunk = (
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+        b'"delta":{"content":"Hal"},"finish_reason":null}]}\n\n'
+    )
     error = b'data: {"error": {"message": "KV cache full", "type": "server_error"}}\n\n'
-    chat_only.enqueue(Reply(headers={"Content-Type": "text/event-stream"}, parts=[chunk, error, chunk,
-                                                                                   b"data: [DONE]\n\n"]))
+    chat_only.enqueue(
+        Reply(headers={"Content-Type": "text/event-stream"}, parts=[chunk, error, chunk, b"data: [DONE]\n\n"])
+    )
     resp = make_client(MESSAGES_API="translate").post("/v1/messages", json={**BODY, "stream": True})
     events = [(n, d) for n, d in events_of(resp.get_data(as_text=True)) if n is not None]
     assert events[-1] == ("error", {"type": "error", "error": {"type": "api_error", "message": "KV cache full"}})
@@ -355,12 +426,15 @@ def test_fallback_from_a_messages_server_to_a_translated_chat_server(tmp_path, u
     """An alias routed to a native Messages server first (503) and a chat-only one next (auto: probe, translate):
     each attempt starts again from the client's request."""
     path = tmp_path / "config.yaml"
-    path.write_text(f"providers:\n"
-                    f"  native: {{base_url: {upstream.base_url}, messages: passthrough, retries: 0}}\n"
-                    f"  local: {{base_url: {chat_only.base_url}, retries: 0}}\n"
-                    f"models:\n  claude: {{route: [native/claude-x, local/qwen3]}}\n")
-    upstream.enqueue(json_reply({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
-                                status=503))
+    path.write_text(
+        f"providers:\n"
+        f"  native: {{base_url: {upstream.base_url}, messages: passthrough, retries: 0}}\n"
+        f"  local: {{base_url: {chat_only.base_url}, retries: 0}}\n"
+        f"models:\n  claude: {{route: [native/claude-x, local/qwen3]}}\n"
+    )
+    upstream.enqueue(
+        json_reply({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, status=503)
+    )
     client = create_app(Config.from_env({"COT_PROXY_CONFIG": str(path)})).test_client()
     resp = client.post("/v1/messages", json={**BODY, "model": "claude"}, headers={"x-api-key": "sk-ant-x"})
     assert resp.status_code == 200, resp.get_data()

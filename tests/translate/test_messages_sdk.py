@@ -24,16 +24,28 @@ WORKERS = 2
 KEY_NAME = "claude-code"
 """The virtual key the `keys` fixture (conftest.py) creates."""
 TOKEN = "tok-anthropic-0123456789"
-WEATHER = {"name": "get_weather", "description": "Weather of a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather of a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
 def proxy(fake: ChatOnlyUpstream, keys) -> Iterator[Gunicorn]:
-    g = Gunicorn({"TARGET_BASE_URL": fake.base_url, "GATEWAY_BEARER_TOKEN": TOKEN, "THINK_PREFILLED": "false",
-                  "REQUEST_TIMEOUT_SECONDS": "20", "VIRTUAL_KEYS": "true", "DATABASE_URL": keys[2],
-                  "USAGE_FLUSH_SECONDS": "0.2"}, workers=WORKERS)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": fake.base_url,
+            "GATEWAY_BEARER_TOKEN": TOKEN,
+            "THINK_PREFILLED": "false",
+            "REQUEST_TIMEOUT_SECONDS": "20",
+            "VIRTUAL_KEYS": "true",
+            "DATABASE_URL": keys[2],
+            "USAGE_FLUSH_SECONDS": "0.2",
+        },
+        workers=WORKERS,
+    )
     yield g
     g.stop()
 
@@ -46,8 +58,15 @@ def sdk(proxy: Gunicorn, fake: ChatOnlyUpstream) -> anthropic.Anthropic:
 
 def test_create(sdk, fake):
     fake.answer(ChatAnswer(text="Sunny, 18C.", prompt_tokens=30, completion_tokens=6, cached_tokens=10))
-    msg = sdk.messages.create(model="qwen3", max_tokens=64, system="Be brief.", messages=ASK, temperature=0.2,
-                              top_k=20, metadata={"user_id": "u-1"})
+    msg = sdk.messages.create(
+        model="qwen3",
+        max_tokens=64,
+        system="Be brief.",
+        messages=ASK,
+        temperature=0.2,
+        top_k=20,
+        metadata={"user_id": "u-1"},
+    )
     assert isinstance(msg, Message) and msg.model == "qwen3" and msg.role == "assistant"
     assert isinstance(msg.content[0], TextBlock) and msg.content[0].text == "Sunny, 18C."
     assert msg.stop_reason == "end_turn"
@@ -72,9 +91,12 @@ def test_stream_accumulates_to_the_typed_message(sdk, fake):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_use_round_trip(sdk, fake, stream):
-    fake.answer(ChatAnswer(text=None, tool_calls=[ToolCall("get_weather", '{"city": "Paris"}', id="call_w")],
-                           finish="tool_calls"),
-                ChatAnswer(text="It is 18C in Paris."))
+    fake.answer(
+        ChatAnswer(
+            text=None, tool_calls=[ToolCall("get_weather", '{"city": "Paris"}', id="call_w")], finish="tool_calls"
+        ),
+        ChatAnswer(text="It is 18C in Paris."),
+    )
     kw = {"model": "m", "max_tokens": 128, "tools": [WEATHER], "tool_choice": {"type": "auto"}}
     if stream:
         with sdk.messages.stream(messages=ASK, **kw) as s:
@@ -83,10 +105,16 @@ def test_tool_use_round_trip(sdk, fake, stream):
         first = sdk.messages.create(messages=ASK, **kw)
     assert first.stop_reason == "tool_use"
     call = first.content[-1]
-    assert isinstance(call, ToolUseBlock) and (call.id, call.name, call.input) == ("call_w", "get_weather",
-                                                                                   {"city": "Paris"})
-    history = [*ASK, {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18C"}]}]
+    assert isinstance(call, ToolUseBlock) and (call.id, call.name, call.input) == (
+        "call_w",
+        "get_weather",
+        {"city": "Paris"},
+    )
+    history = [
+        *ASK,
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18C"}]},
+    ]
     second = sdk.messages.create(messages=history, **kw)
     assert second.content[0].text == "It is 18C in Paris." and second.stop_reason == "end_turn"
     sent = fake.chat_bodies()[-1]["messages"]
@@ -125,7 +153,8 @@ def test_count_tokens(sdk, fake):
 def test_errors_are_the_sdk_exceptions(proxy, sdk, fake):
     with pytest.raises(anthropic.AuthenticationError) as exc:
         anthropic.Anthropic(base_url=proxy.url, api_key="tok-wrong-000000000000", max_retries=0).messages.create(
-            model="m", max_tokens=10, messages=ASK)
+            model="m", max_tokens=10, messages=ASK
+        )
     assert exc.value.body["error"]["type"] == "authentication_error" and TOKEN not in str(exc.value.body)
     with pytest.raises(anthropic.BadRequestError) as exc:
         sdk.messages.create(model="m", max_tokens=10, messages=[])
@@ -178,8 +207,11 @@ def test_usage_is_accounted_for_a_virtual_key(proxy, fake, keys, stream):
 
 def _messages_count(proxy: Gunicorn) -> float:
     text = requests.get(proxy.url + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("cot_proxy_requests_total{") and 'route="messages"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("cot_proxy_requests_total{") and 'route="messages"' in line
+    )
 
 
 def test_metrics_count_the_messages_route(sdk, proxy):
@@ -193,18 +225,20 @@ def test_metrics_count_the_messages_route(sdk, proxy):
     assert _messages_count(proxy) == before + 2
 
 
-NATIVE_STREAM = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_native","type":"message",'
-                 b'"role":"assistant","model":"claude-native","content":[],"stop_reason":null,"stop_sequence":null,'
-                 b'"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
-                 b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
-                 b'"content_block":{"type":"text","text":""}}\n\n'
-                 b'event: ping\ndata: {"type": "ping"}\n\n'
-                 b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-                 b'"delta":{"type":"text_delta","text":"native  bytes"}}\n\n'
-                 b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
-                 b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
-                 b'"stop_sequence":null},"usage":{"output_tokens":3}}\n\n'
-                 b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+NATIVE_STREAM = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_native","type":"message",'
+    b'"role":"assistant","model":"claude-native","content":[],"stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+    b'event: ping\ndata: {"type": "ping"}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"native  bytes"}}\n\n'
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+    b'"stop_sequence":null},"usage":{"output_tokens":3}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
 
 
 def test_passthrough_through_gunicorn_is_byte_identical():
@@ -217,8 +251,11 @@ def test_passthrough_through_gunicorn_is_byte_identical():
     try:
         split = len(NATIVE_STREAM) // 3  # upstream chunks that do not line up with events
         for _ in range(2):
-            native.enqueue(Reply(headers={"Content-Type": "text/event-stream"},
-                                 parts=[NATIVE_STREAM[:split], NATIVE_STREAM[split:]]))
+            native.enqueue(
+                Reply(
+                    headers={"Content-Type": "text/event-stream"}, parts=[NATIVE_STREAM[:split], NATIVE_STREAM[split:]]
+                )
+            )
         body = {"model": "claude-native", "max_tokens": 16, "messages": ASK, "stream": True}
         with requests.post(g.url + "/v1/messages", json=body, stream=True, timeout=30) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

@@ -17,15 +17,27 @@ from tests.fuzz.strategies import json_values
 from tests.translate.conftest import config_for
 
 VALID: dict[str, Any] = {
-    "model": "m", "instructions": "Be brief.", "max_output_tokens": 20, "temperature": 0.5, "top_p": 1,
-    "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}], "tool_choice": "auto",
+    "model": "m",
+    "instructions": "Be brief.",
+    "max_output_tokens": 20,
+    "temperature": 0.5,
+    "top_p": 1,
+    "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+    "tool_choice": "auto",
     "input": [
-        {"role": "user", "content": [{"type": "input_text", "text": "hi"},
-                                     {"type": "input_image", "image_url": "data:image/png;base64,AA"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "hi"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AA"},
+            ],
+        },
         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c1", "output": "ok"},
     ],
-    "text": {"format": {"type": "text"}}, "reasoning": {"effort": "low"}, "store": False,
+    "text": {"format": {"type": "text"}},
+    "reasoning": {"effort": "low"},
+    "store": False,
 }
 FIELDS = [*VALID, "previous_response_id", "stream", "parallel_tool_calls", "user", "metadata", "background"]
 

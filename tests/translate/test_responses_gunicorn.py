@@ -30,15 +30,28 @@ from tests.support import Gunicorn
 WORKERS = 2
 KEY_NAME = "codex"
 """The virtual key the `keys` fixture (conftest.py) creates."""
-WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city", "strict": False,
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather of a city",
+    "strict": False,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 @pytest.fixture(scope="module")
 def proxy(fake: ChatOnlyUpstream, keys) -> Iterator[Gunicorn]:
-    g = Gunicorn({"TARGET_BASE_URL": fake.base_url, "THINK_MODE": "separate",
-                  "REQUEST_TIMEOUT_SECONDS": "20", "VIRTUAL_KEYS": "true", "DATABASE_URL": keys[2],
-                  "USAGE_FLUSH_SECONDS": "0.2"}, workers=WORKERS)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": fake.base_url,
+            "THINK_MODE": "separate",
+            "REQUEST_TIMEOUT_SECONDS": "20",
+            "VIRTUAL_KEYS": "true",
+            "DATABASE_URL": keys[2],
+            "USAGE_FLUSH_SECONDS": "0.2",
+        },
+        workers=WORKERS,
+    )
     yield g
     g.stop()
 
@@ -50,10 +63,21 @@ def sdk(proxy: Gunicorn, fake: ChatOnlyUpstream, keys) -> openai.OpenAI:
 
 
 def test_create_non_streamed(sdk, fake):
-    fake.default = ChatAnswer(text="Paris.", reasoning="The capital of France.", reasoning_as="think",
-                              prompt_tokens=30, completion_tokens=9, cached_tokens=12)
-    r = sdk.responses.create(model="qwen3", input="Capital of France?", instructions="Answer in one word.",
-                             max_output_tokens=64, temperature=0.1)
+    fake.default = ChatAnswer(
+        text="Paris.",
+        reasoning="The capital of France.",
+        reasoning_as="think",
+        prompt_tokens=30,
+        completion_tokens=9,
+        cached_tokens=12,
+    )
+    r = sdk.responses.create(
+        model="qwen3",
+        input="Capital of France?",
+        instructions="Answer in one word.",
+        max_output_tokens=64,
+        temperature=0.1,
+    )
     assert isinstance(r, Response) and r.status == "completed" and r.model == "qwen3"
     assert r.output_text == "Paris."
     reasoning, message = r.output
@@ -94,9 +118,12 @@ def test_stream_accumulator(sdk, fake):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_function_tool_round_trip(sdk, fake, stream):
-    fake.answer(ChatAnswer(text=None, tool_calls=[ToolCall("get_weather", '{"city": "Oslo"}', id="call_oslo")],
-                           finish="tool_calls"),
-                ChatAnswer(text="It is snowing in Oslo."))
+    fake.answer(
+        ChatAnswer(
+            text=None, tool_calls=[ToolCall("get_weather", '{"city": "Oslo"}', id="call_oslo")], finish="tool_calls"
+        ),
+        ChatAnswer(text="It is snowing in Oslo."),
+    )
     if stream:
         with sdk.responses.stream(model="m", input="Weather in Oslo?", tools=[WEATHER]) as s:
             first = s.get_final_response()
@@ -105,15 +132,27 @@ def test_function_tool_round_trip(sdk, fake, stream):
     [call] = first.output
     assert isinstance(call, ResponseFunctionToolCall) and call.name == "get_weather" and call.call_id == "call_oslo"
     assert json.loads(call.arguments) == {"city": "Oslo"}
-    second = sdk.responses.create(model="m", previous_response_id=first.id, tools=[WEATHER], input=[
-        {"type": "function_call_output", "call_id": call.call_id, "output": '{"weather": "snow"}'}])
+    second = sdk.responses.create(
+        model="m",
+        previous_response_id=first.id,
+        tools=[WEATHER],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"weather": "snow"}'}],
+    )
     assert second.output_text == "It is snowing in Oslo." and second.previous_response_id == first.id
     messages = fake.chat_bodies()[-1]["messages"]
     assert messages == [
         {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_oslo", "type": "function", "function": {"name": "get_weather",
-                                                                 "arguments": '{"city": "Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_oslo",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_oslo", "content": '{"weather": "snow"}'},
     ]
 
@@ -128,8 +167,10 @@ def test_previous_response_and_retrieve_across_workers(sdk, fake):
         assert got.id == first.id and got.output_text == "Noted."
         follow = fresh.responses.create(model="m", input=f"Question {i}", previous_response_id=first.id)
         assert follow.status == "completed"
-        assert fake.chat_bodies()[-1]["messages"][:2] == [{"role": "user", "content": "My number is 7."},
-                                                         {"role": "assistant", "content": "Noted."}]
+        assert fake.chat_bodies()[-1]["messages"][:2] == [
+            {"role": "user", "content": "My number is 7."},
+            {"role": "assistant", "content": "Noted."},
+        ]
     with pytest.raises(openai.BadRequestError) as info:
         sdk.responses.create(model="m", input="x", previous_response_id="resp_unknown")
     assert info.value.code == "previous_response_not_found"
@@ -181,8 +222,11 @@ def test_usage_is_accounted(sdk, fake, keys, stream):
 
 def _responses_count(proxy: Gunicorn) -> float:
     text = requests.get(proxy.url + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("cot_proxy_requests_total{") and 'route="responses"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("cot_proxy_requests_total{") and 'route="responses"' in line
+    )
 
 
 def test_metrics_count_the_responses_route(sdk, fake, proxy):
@@ -209,14 +253,19 @@ def test_custom_tool_round_trip_in_the_sdk(sdk, fake):
     """Codex's freeform apply_patch: streamed as a custom tool call, continued with its output."""
     patch = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"
     tool = {"type": "custom", "name": "apply_patch", "description": "Edit files."}
-    fake.answer(ChatAnswer(text=None, tool_calls=[ToolCall("apply_patch", json.dumps({"input": patch}))],
-                           finish="tool_calls"),
-                ChatAnswer(text="Patched."))
+    fake.answer(
+        ChatAnswer(text=None, tool_calls=[ToolCall("apply_patch", json.dumps({"input": patch}))], finish="tool_calls"),
+        ChatAnswer(text="Patched."),
+    )
     with sdk.responses.stream(model="m", input="Add a.txt", tools=[tool]) as stream:
         first = stream.get_final_response()
     [call] = first.output
     assert isinstance(call, ResponseCustomToolCall) and call.input == patch and call.name == "apply_patch"
-    second = sdk.responses.create(model="m", previous_response_id=first.id, tools=[tool], input=[
-        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done"}])
+    second = sdk.responses.create(
+        model="m",
+        previous_response_id=first.id,
+        tools=[tool],
+        input=[{"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done"}],
+    )
     assert second.output_text == "Patched."
     assert fake.chat_bodies()[-1]["messages"][-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "Done"}

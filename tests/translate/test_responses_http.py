@@ -10,8 +10,12 @@ import pytest
 from tests.fakes.chat_only_upstream import ChatAnswer, ChatOnlyUpstream, ToolCall
 from tests.fakes.openai_upstream import chat_chunk, json_reply, sse_reply
 
-WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 def events_of(body: bytes) -> list[dict[str, Any]]:
@@ -37,8 +41,9 @@ def create(client, **body: Any):
 def test_string_input_non_streamed(make_client, chat_only: ChatOnlyUpstream):
     chat_only.answer(ChatAnswer(text="Bonjour!", prompt_tokens=20, completion_tokens=5, cached_tokens=8))
     client = make_client(RESPONSES_API="translate")
-    r = create(client, input="Say hi in French", instructions="Be brief.", max_output_tokens=50, temperature=0.2,
-               top_p=0.9)
+    r = create(
+        client, input="Say hi in French", instructions="Be brief.", max_output_tokens=50, temperature=0.2, top_p=0.9
+    )
     assert r.status_code == 200, r.get_data()
     data = r.get_json()
     assert data["object"] == "response" and data["status"] == "completed" and data["id"].startswith("resp_")
@@ -46,52 +51,99 @@ def test_string_input_non_streamed(make_client, chat_only: ChatOnlyUpstream):
     [message] = data["output"]
     assert message["type"] == "message" and message["role"] == "assistant"
     assert message["content"][0] == {"type": "output_text", "text": "Bonjour!", "annotations": [], "logprobs": []}
-    assert data["usage"] == {"input_tokens": 20, "input_tokens_details": {"cached_tokens": 8}, "output_tokens": 5,
-                             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 25}
+    assert data["usage"] == {
+        "input_tokens": 20,
+        "input_tokens_details": {"cached_tokens": 8},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 25,
+    }
     [sent] = chat_only.chat_bodies()
-    assert sent == {"model": "m", "max_tokens": 50, "temperature": 0.2, "top_p": 0.9,
-                    "messages": [{"role": "system", "content": "Be brief."},
-                                 {"role": "user", "content": "Say hi in French"}]}
+    assert sent == {
+        "model": "m",
+        "max_tokens": 50,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi in French"}],
+    }
     assert not chat_only.missing_hits()
 
 
 def test_items_become_chat_messages(make_client, chat_only):
     client = make_client(RESPONSES_API="translate")
-    r = create(client, input=[
-        {"role": "developer", "content": "Use tools."},
-        {"type": "message", "role": "user", "content": [
-            {"type": "input_text", "text": "What is here? "},
-            {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"}]},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
-        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
-        {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": '{"city":"Rome"}'},
-        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
-        {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "rain"}]},
-        {"type": "reasoning", "id": "rs_1", "summary": []},
-    ], tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}, parallel_tool_calls=True)
+    r = create(
+        client,
+        input=[
+            {"role": "developer", "content": "Use tools."},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is here? "},
+                    {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+                ],
+            },
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+            {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": '{"city":"Rome"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "rain"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+        ],
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=True,
+    )
     assert r.status_code == 200, r.get_data()
     [sent] = chat_only.chat_bodies()
     assert sent["messages"] == [
         {"role": "system", "content": "Use tools."},
-        {"role": "user", "content": [{"type": "text", "text": "What is here? "},
-                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA",
-                                                                         "detail": "low"}}]},
-        {"role": "assistant", "content": "Checking.", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is here? "},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                },
+                {
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "call_2", "content": "rain"},
     ]
-    assert sent["tools"] == [{"type": "function", "function": {
-        "name": "get_weather", "description": "Weather of a city", "parameters": WEATHER["parameters"]}}]
+    assert sent["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather of a city",
+                "parameters": WEATHER["parameters"],
+            },
+        }
+    ]
     assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert sent["parallel_tool_calls"] is True
 
 
 def test_tool_call_answer(make_client, chat_only):
-    chat_only.answer(ChatAnswer(text=None, tool_calls=[ToolCall("get_weather", '{"city": "Paris"}', id="call_9")],
-                                finish="tool_calls"))
+    chat_only.answer(
+        ChatAnswer(
+            text=None, tool_calls=[ToolCall("get_weather", '{"city": "Paris"}', id="call_9")], finish="tool_calls"
+        )
+    )
     client = make_client(RESPONSES_API="translate")
     data = create(client, input="Weather in Paris?", tools=[WEATHER]).get_json()
     [call] = data["output"]
@@ -121,8 +173,15 @@ def test_length_is_incomplete(make_client, chat_only):
 
 
 def test_stream_event_sequence(make_client, chat_only):
-    chat_only.answer(ChatAnswer(text="Hello there", reasoning="Greet.", cached_tokens=3,
-                                tool_calls=[ToolCall("get_weather", '{"city": "Oslo"}')], finish="tool_calls"))
+    chat_only.answer(
+        ChatAnswer(
+            text="Hello there",
+            reasoning="Greet.",
+            cached_tokens=3,
+            tool_calls=[ToolCall("get_weather", '{"city": "Oslo"}')],
+            finish="tool_calls",
+        )
+    )
     client = make_client(RESPONSES_API="translate", THINK_MODE="separate")
     r = create(client, input="hi", tools=[WEATHER], stream=True)
     assert r.status_code == 200 and r.mimetype == "text/event-stream"
@@ -134,12 +193,22 @@ def test_stream_event_sequence(make_client, chat_only):
     # Each item: added, its deltas (runs collapsed here), done; in output order.
     runs = [t for i, t in enumerate(types) if i == 0 or t != types[i - 1] or not t.endswith(".delta")]
     assert runs[2:] == [
-        "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
-        "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
-        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
-        "response.output_text.done", "response.content_part.done", "response.output_item.done",
-        "response.output_item.added", "response.function_call_arguments.delta",
-        "response.function_call_arguments.done", "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
         "response.completed",
     ]
     final = events[-1]["response"]
@@ -158,9 +227,11 @@ def test_store_previous_response_and_retrieve(make_client, chat_only):
     second = create(client, input="What did I ask?", previous_response_id=first["id"]).get_json()
     assert second["previous_response_id"] == first["id"]
     sent = chat_only.chat_bodies()[1]["messages"]
-    assert sent == [{"role": "user", "content": "What is your name?"},
-                    {"role": "assistant", "content": "My name is Bot."},
-                    {"role": "user", "content": "What did I ask?"}]  # instructions do not carry over
+    assert sent == [
+        {"role": "user", "content": "What is your name?"},
+        {"role": "assistant", "content": "My name is Bot."},
+        {"role": "user", "content": "What did I ask?"},
+    ]  # instructions do not carry over
     got = client.get(f"/v1/responses/{first['id']}")
     assert got.status_code == 200 and got.get_json() == first
     gone = client.delete(f"/v1/responses/{first['id']}")
@@ -215,10 +286,16 @@ def test_passthrough_is_byte_identical(make_client, chat_only, mode):
     assert r.get_data() == json.dumps(native).encode()
     sent = chat_only.last
     assert sent.path == "/v1/responses"
-    assert sent.json() == {"model": "m", "input": "hi", "tools": [{"type": "web_search"}],
-                           "include": ["reasoning.encrypted_content"]}
-    raw_events = [b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\n",
-                  b"event: response.completed\ndata: {\"type\":\"response.completed\",  \"sequence_number\":1}\n\n"]
+    assert sent.json() == {
+        "model": "m",
+        "input": "hi",
+        "tools": [{"type": "web_search"}],
+        "include": ["reasoning.encrypted_content"],
+    }
+    raw_events = [
+        b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n',
+        b'event: response.completed\ndata: {"type":"response.completed",  "sequence_number":1}\n\n',
+    ]
     chat_only.enqueue(sse_reply(raw_events, done=False))
     r = create(client, input="hi", stream=True)
     assert r.get_data() == b"".join(raw_events)
@@ -251,8 +328,10 @@ TRANSLATION_ONLY = [
     ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice"),
     ({"input": [{"type": "message", "role": "robot", "content": "x"}]}, "input[0].role"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0].type"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
-     "input[0].content[0].image_url"),
+    (
+        {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+        "input[0].content[0].image_url",
+    ),
     ({"input": [{"role": "user", "content": 5}]}, "input[0].content"),
     ({"input": [{"role": "user", "content": ["x"]}]}, "input[0].content[0]"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": {}}]}, "input[0].call_id"),
@@ -322,8 +401,14 @@ def test_upstream_error_chunk_in_stream(make_client, chat_only):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_error_status_passes_in_openai_shape(make_client, chat_only, stream):
-    chat_only.answer(ChatAnswer(status=400, error={"error": {"message": "context too long", "type":
-                                                             "invalid_request_error", "param": None, "code": None}}))
+    chat_only.answer(
+        ChatAnswer(
+            status=400,
+            error={
+                "error": {"message": "context too long", "type": "invalid_request_error", "param": None, "code": None}
+            },
+        )
+    )
     r = create(make_client(RESPONSES_API="translate"), input="hi", stream=stream)
     assert r.status_code == 400 and r.get_json()["error"]["message"] == "context too long"
 
@@ -345,9 +430,20 @@ def test_odd_upstream_answers_are_not_a_500(make_client, chat_only, stream):
     if stream:
         chat_only.enqueue(sse_reply(ODD_CHUNKS))
     else:
-        chat_only.enqueue(json_reply({"choices": [{"index": 0, "message": {"content": "kept", "tool_calls": 5,
-                                                                         "reasoning_content": 3},
-                                                   "finish_reason": None}], "usage": "lots"}))
+        chat_only.enqueue(
+            json_reply(
+                {
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"content": "kept", "tool_calls": 5, "reasoning_content": 3},
+                            "finish_reason": None,
+                        }
+                    ],
+                    "usage": "lots",
+                }
+            )
+        )
     r = create(make_client(RESPONSES_API="translate"), input="hi", stream=stream)
     assert r.status_code == 200
     if stream:
@@ -359,20 +455,33 @@ def test_odd_upstream_answers_are_not_a_500(make_client, chat_only, stream):
         assert data["output"][0]["content"][0]["text"] == "kept" and data["usage"] is None
 
 
-PATCH_TOOL = {"type": "custom", "name": "apply_patch", "description": "Edit files.",
-              "format": {"type": "grammar", "syntax": "lark", "definition": "start: \"*** Begin Patch\" ..."}}
+PATCH_TOOL = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch" ...'},
+}
 PATCH = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_custom_tool_round_trip(make_client, chat_only, stream):
     """Codex's freeform tools: a function taking one string over chat, `custom_tool_call` items back."""
-    chat_only.answer(ChatAnswer(text=None, tool_calls=[ToolCall("apply_patch", json.dumps({"input": PATCH}),
-                                                                id="call_p")], finish="tool_calls"))
+    chat_only.answer(
+        ChatAnswer(
+            text=None,
+            tool_calls=[ToolCall("apply_patch", json.dumps({"input": PATCH}), id="call_p")],
+            finish="tool_calls",
+        )
+    )
     client = make_client(RESPONSES_API="translate")
-    r = create(client, input="Add a.txt", tools=[PATCH_TOOL, WEATHER], tool_choice={"type": "custom",
-                                                                                   "name": "apply_patch"},
-               stream=stream)
+    r = create(
+        client,
+        input="Add a.txt",
+        tools=[PATCH_TOOL, WEATHER],
+        tool_choice={"type": "custom", "name": "apply_patch"},
+        stream=stream,
+    )
     sent = chat_only.chat_bodies()[0]
     function = sent["tools"][0]["function"]
     assert function["name"] == "apply_patch" and function["parameters"]["required"] == ["input"]
@@ -387,18 +496,30 @@ def test_custom_tool_round_trip(make_client, chat_only, stream):
     else:
         data = r.get_json()
     [call] = data["output"]
-    assert call == {"type": "custom_tool_call", "id": call["id"], "call_id": "call_p", "name": "apply_patch",
-                    "input": PATCH, "status": "completed"}
+    assert call == {
+        "type": "custom_tool_call",
+        "id": call["id"],
+        "call_id": "call_p",
+        "name": "apply_patch",
+        "input": PATCH,
+        "status": "completed",
+    }
     # The client runs it and sends the output back, with the call itself (no previous_response_id).
-    r = create(client, input=[{"role": "user", "content": "Add a.txt"},
-                              {"type": "custom_tool_call", "call_id": "call_p", "name": "apply_patch", "input": PATCH},
-                              {"type": "custom_tool_call_output", "call_id": "call_p", "output": "Done!"}],
-               tools=[PATCH_TOOL])
+    r = create(
+        client,
+        input=[
+            {"role": "user", "content": "Add a.txt"},
+            {"type": "custom_tool_call", "call_id": "call_p", "name": "apply_patch", "input": PATCH},
+            {"type": "custom_tool_call_output", "call_id": "call_p", "output": "Done!"},
+        ],
+        tools=[PATCH_TOOL],
+    )
     assert r.status_code == 200
     messages = chat_only.chat_bodies()[1]["messages"]
-    assert messages[1]["tool_calls"][0]["function"] == {"name": "apply_patch",
-                                                        "arguments": json.dumps({"input": PATCH},
-                                                                                separators=(",", ":"))}
+    assert messages[1]["tool_calls"][0]["function"] == {
+        "name": "apply_patch",
+        "arguments": json.dumps({"input": PATCH}, separators=(",", ":")),
+    }
     assert messages[2] == {"role": "tool", "tool_call_id": "call_p", "content": "Done!"}
 
 
@@ -432,10 +553,19 @@ def test_a_key_with_a_model_list_reads_its_stored_responses(make_client, chat_on
 
 def test_text_after_a_tool_call_keeps_output_order(make_client, chat_only):
     call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
-    chat_only.enqueue(sse_reply([chat_chunk(role="assistant", content=""), chat_chunk(tool_calls=[call]),
-                                 chat_chunk("and some text"), chat_chunk(finish="tool_calls")]))
-    events = events_of(create(make_client(RESPONSES_API="translate"), input="x", tools=[WEATHER],
-                              stream=True).get_data())
+    chat_only.enqueue(
+        sse_reply(
+            [
+                chat_chunk(role="assistant", content=""),
+                chat_chunk(tool_calls=[call]),
+                chat_chunk("and some text"),
+                chat_chunk(finish="tool_calls"),
+            ]
+        )
+    )
+    events = events_of(
+        create(make_client(RESPONSES_API="translate"), input="x", tools=[WEATHER], stream=True).get_data()
+    )
     added = [(e["output_index"], e["item"]["type"]) for e in events if e["type"] == "response.output_item.added"]
     assert added == [(0, "function_call"), (1, "message")]
     assert [o["type"] for o in events[-1]["response"]["output"]] == ["function_call", "message"]

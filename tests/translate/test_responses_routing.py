@@ -36,7 +36,9 @@ def test_bad_switch_names_the_key(tmp_path):
 
 
 def test_switch_per_provider(tmp_path, chat_only, second):
-    app = app_with(tmp_path, f"""
+    app = app_with(
+        tmp_path,
+        f"""
 providers:
   local:
     base_url: {chat_only.base_url}
@@ -44,7 +46,8 @@ providers:
   native:
     base_url: {second.base_url}
     responses: passthrough
-""")
+""",
+    )
     client = app.test_client()
     r = client.post("/v1/responses", json={"model": "local/llama", "input": "hi"})
     assert r.status_code == 200 and r.get_json()["model"] == "local/llama"
@@ -57,7 +60,9 @@ providers:
 def test_fallback_to_the_next_provider_translated(tmp_path, chat_only, second):
     chat_only.answer(ChatAnswer(status=503))
     second.default = ChatAnswer(text="from the fallback")
-    app = app_with(tmp_path, f"""
+    app = app_with(
+        tmp_path,
+        f"""
 providers:
   first:
     base_url: {chat_only.base_url}
@@ -68,7 +73,8 @@ providers:
 models:
   smart:
     route: [first/big, spare/small]
-""")
+""",
+    )
     r = app.test_client().post("/v1/responses", json={"model": "smart", "input": "hi"})
     assert r.status_code == 200, r.get_data()
     data = r.get_json()

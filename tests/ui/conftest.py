@@ -21,8 +21,14 @@ CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def ui_config(upstream: FakeUpstream | None, db: Path, **access: object):
-    fields = {"admin_token": ADMIN, "virtual_keys": True, "usage_accounting": True, "usage_flush_seconds": 0.1,
-              "database_url": f"sqlite:///{db}", **access}
+    fields = {
+        "admin_token": ADMIN,
+        "virtual_keys": True,
+        "usage_accounting": True,
+        "usage_flush_seconds": 0.1,
+        "database_url": f"sqlite:///{db}",
+        **access,
+    }
     settings = AccessSettings(**fields)
     if upstream is None:
         from app.config import Config

@@ -48,9 +48,17 @@ def _missing() -> str | None:
 @pytest.fixture(scope="module")
 def proxy(module_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
     db = tmp_path_factory.mktemp("ui") / "keys.db"
-    g = Gunicorn({"TARGET_BASE_URL": module_upstream.base_url, "ADMIN_TOKEN": ADMIN, "VIRTUAL_KEYS": "true",
-                  "DATABASE_URL": f"sqlite:///{db}", "USAGE_FLUSH_SECONDS": "0.2", "REQUEST_TIMEOUT_SECONDS": "30"},
-                 workers=2)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": module_upstream.base_url,
+            "ADMIN_TOKEN": ADMIN,
+            "VIRTUAL_KEYS": "true",
+            "DATABASE_URL": f"sqlite:///{db}",
+            "USAGE_FLUSH_SECONDS": "0.2",
+            "REQUEST_TIMEOUT_SECONDS": "30",
+        },
+        workers=2,
+    )
     yield g
     g.stop()
 
@@ -66,8 +74,15 @@ def browser() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1360,1000", "--force-device-scale-factor=1", "--lang=en-US"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1360,1000",
+        "--force-device-scale-factor=1",
+        "--lang=en-US",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT)
@@ -109,6 +124,7 @@ def _text_in(selector: str, text: str) -> Any:
     def check(d: Any) -> bool:
         els = d.find_elements(By.CSS_SELECTOR, selector)
         return bool(els) and text in els[0].text
+
     return check
 
 
@@ -120,13 +136,15 @@ def _shot(driver: Any, name: str) -> None:
 
 
 def _admin_api(proxy: Gunicorn, method: str, path: str, body: Any = None) -> requests.Response:
-    return requests.request(method, proxy.url + "/ui/api/" + path, json=body, timeout=10,
-                            headers={"Authorization": f"Bearer {ADMIN}"})
+    return requests.request(
+        method, proxy.url + "/ui/api/" + path, json=body, timeout=10, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
 
 
 def _chat(proxy: Gunicorn, key: str) -> int:
-    return requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=10,
-                         headers={"Authorization": f"Bearer {key}"}).status_code
+    return requests.post(
+        proxy.url + "/v1/chat/completions", json=CHAT, timeout=10, headers={"Authorization": f"Bearer {key}"}
+    ).status_code
 
 
 def _poll(check: Any, timeout: float = WAIT) -> Any:
@@ -208,13 +226,19 @@ def test_walk_through(proxy: Gunicorn, browser: Any, module_upstream: FakeUpstre
 
     # Live: a slow stream appears; Cancel closes the upstream within 1 s.
     module_upstream.reset()
-    module_upstream.enqueue(sse_reply([chat_chunk(role="assistant"), chat_chunk("tick ")], done=False,
-                                      delay=0.1, endless=True))
+    module_upstream.enqueue(
+        sse_reply([chat_chunk(role="assistant"), chat_chunk("tick ")], done=False, delay=0.1, endless=True)
+    )
     got: dict[str, Any] = {}
 
     def stream() -> None:
-        with requests.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}, stream=True,
-                           timeout=30, headers={"Authorization": f"Bearer {traffic}"}) as r:
+        with requests.post(
+            proxy.url + "/v1/chat/completions",
+            json={**CHAT, "stream": True},
+            stream=True,
+            timeout=30,
+            headers={"Authorization": f"Bearer {traffic}"},
+        ) as r:
             got["status"] = r.status_code
             got["body"] = b"".join(r.iter_content(None))
 
@@ -222,8 +246,13 @@ def test_walk_through(proxy: Gunicorn, browser: Any, module_upstream: FakeUpstre
     t.start()
     browser.get(proxy.url + "/ui/live")
     _css(browser, "#live-table button[data-cancel]")
-    _until(browser, lambda d: int(d.find_element(By.CSS_SELECTOR, "#live-table tbody td.num:nth-of-type(7)").text
-                                  .replace(",", "") or 0) > 0)
+    _until(
+        browser,
+        lambda d: (
+            int(d.find_element(By.CSS_SELECTOR, "#live-table tbody td.num:nth-of-type(7)").text.replace(",", "") or 0)
+            > 0
+        ),
+    )
     _shot(browser, "live")
     row_text = _text(browser, "#live-table tbody tr")
     assert "fake-model" in row_text and "traffic" in row_text
@@ -236,8 +265,7 @@ def test_walk_through(proxy: Gunicorn, browser: Any, module_upstream: FakeUpstre
     assert closed_after < 1.0
     t.join(10)
     assert got["status"] == 200
-    events = [json.loads(line[6:]) for line in got["body"].decode().splitlines()
-              if line.startswith("data: {")]
+    events = [json.loads(line[6:]) for line in got["body"].decode().splitlines() if line.startswith("data: {")]
     assert events[-1]["error"]["code"] == "cancelled"
     _until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#live-table button[data-cancel]"))
 

@@ -139,8 +139,11 @@ def test_overview_series(admin) -> None:
 def test_backends_lists_the_upstream(admin, upstream: FakeUpstream) -> None:
     client, csrf = admin
     key = client.post("/ui/api/keys", json={"name": "b"}, headers={"X-CSRF-Token": csrf}).get_json()["key"]
-    r = client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                    headers={"Authorization": f"Bearer {key}"})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {key}"},
+    )
     assert r.status_code == 200
     r.close()  # the relay's done hooks run when the answer is closed
     d = client.get("/ui/api/backends").get_json()
@@ -205,8 +208,11 @@ def test_config_masks_secrets(upstream: FakeUpstream, tmp_path: Path) -> None:
     from dataclasses import replace
 
     config = ui_config(upstream, tmp_path / "k.db")
-    config = replace(config, upstream_api_key="sk-upstream-secret-0123456789",
-                     target_base_url="http://user:pw-secret-123@127.0.0.1:9/v1/?token=qs-secret-456")
+    config = replace(
+        config,
+        upstream_api_key="sk-upstream-secret-0123456789",
+        target_base_url="http://user:pw-secret-123@127.0.0.1:9/v1/?token=qs-secret-456",
+    )
     app = create_app(config)
     client = app.test_client()
     assert login(client)[0] == 303
@@ -226,8 +232,9 @@ def test_config_masks_secrets(upstream: FakeUpstream, tmp_path: Path) -> None:
 def test_admin_allowed_ips_cover_the_console(upstream: FakeUpstream, tmp_path: Path) -> None:
     from app.clientip import parse_networks
 
-    app = create_app(ui_config(upstream, tmp_path / "k.db",
-                               admin_allowed_ips=parse_networks("10.0.0.0/8", "ADMIN_ALLOWED_IPS")))
+    app = create_app(
+        ui_config(upstream, tmp_path / "k.db", admin_allowed_ips=parse_networks("10.0.0.0/8", "ADMIN_ALLOWED_IPS"))
+    )
     client = app.test_client()
     for path in ("/ui/login", "/ui/", "/ui/api/keys", "/ui/static/ui.js"):
         r = client.get(path)
@@ -268,8 +275,11 @@ def test_echo_mode_with_embedded_state_only(tmp_path: Path) -> None:
     client = app.test_client()
     _, csrf = login(client)
     key = client.post("/ui/api/keys", json={"name": "echo"}, headers={"X-CSRF-Token": csrf}).get_json()["key"]
-    r = client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                    headers={"Authorization": f"Bearer {key}"})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {key}"},
+    )
     assert r.status_code == 200
     r.close()
     for page in ("/ui/", "/ui/backends", "/ui/keys", "/ui/live", "/ui/config"):
@@ -292,7 +302,9 @@ def test_cookies_are_secure_over_https_or_behind_a_trusted_proxy(upstream: FakeU
     tls = client.get("/ui/login", base_url="https://localhost").headers["Set-Cookie"]
     assert "Secure" not in plain and "Secure" in forwarded and "Secure" in tls
     untrusted = create_app(ui_config(upstream, tmp_path / "k2.db"))  # no TRUSTED_PROXIES: the header is not believed
-    assert "Secure" not in untrusted.test_client().get("/ui/login", headers={"X-Forwarded-Proto": "https"}).headers[
-        "Set-Cookie"]
+    assert (
+        "Secure"
+        not in untrusted.test_client().get("/ui/login", headers={"X-Forwarded-Proto": "https"}).headers["Set-Cookie"]
+    )
     for a in (app, untrusted):
         a.extensions["cot_proxy.ui.sampler"].stop()

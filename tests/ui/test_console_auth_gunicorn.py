@@ -24,10 +24,22 @@ CREDENTIALS = {
     "forged cookie": {"Cookie": "cot_ui_session=v1.1900000000.nonce.0000"},
     "admin bearer": {"Authorization": f"Bearer {ADMIN}"},
 }
-OPEN = {("GET", "/ui/login"), ("HEAD", "/ui/login"), ("POST", "/ui/login"), ("GET", "/ui/static/ui.js"),
-        ("HEAD", "/ui/static/ui.js")}
-EXTRA = ("/ui", "/ui/api/", "/ui/api/nothing", "/ui/static/../views.py", "/ui/static/%2e%2e/views.py",
-         "/ui//api/keys", "/ui/api/keys/1/revoke/")
+OPEN = {
+    ("GET", "/ui/login"),
+    ("HEAD", "/ui/login"),
+    ("POST", "/ui/login"),
+    ("GET", "/ui/static/ui.js"),
+    ("HEAD", "/ui/static/ui.js"),
+}
+EXTRA = (
+    "/ui",
+    "/ui/api/",
+    "/ui/api/nothing",
+    "/ui/static/../views.py",
+    "/ui/static/%2e%2e/views.py",
+    "/ui//api/keys",
+    "/ui/api/keys/1/revoke/",
+)
 
 
 def _paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
@@ -37,22 +49,31 @@ def _paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     for rule in app.url_map.iter_rules():
         path = str(rule)
         if path.startswith("/ui"):
-            out.append(path.replace("<int:key_id>", "1").replace("<live_id>", "1-1")
-                       .replace("<path:filename>", "ui.js"))
+            out.append(
+                path.replace("<int:key_id>", "1").replace("<live_id>", "1-1").replace("<path:filename>", "ui.js")
+            )
     return sorted(set(out)) + list(EXTRA)
 
 
 @pytest.fixture(scope="module")
 def proxy(module_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
     db = tmp_path_factory.mktemp("ui-auth") / "keys.db"
-    g = Gunicorn({"TARGET_BASE_URL": module_upstream.base_url, "ADMIN_TOKEN": ADMIN, "GATEWAY_BEARER_TOKEN": GATEWAY,
-                  "DATABASE_URL": f"sqlite:///{db}"}, workers=1)
+    g = Gunicorn(
+        {
+            "TARGET_BASE_URL": module_upstream.base_url,
+            "ADMIN_TOKEN": ADMIN,
+            "GATEWAY_BEARER_TOKEN": GATEWAY,
+            "DATABASE_URL": f"sqlite:///{db}",
+        },
+        workers=1,
+    )
     yield g
     g.stop()
 
 
-def test_every_ui_route_method_and_credential(proxy: Gunicorn, module_upstream: FakeUpstream,
-                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_every_ui_route_method_and_credential(
+    proxy: Gunicorn, module_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     paths = _paths(tmp_path_factory)
     assert "/ui/api/keys" in paths and "/ui/" in paths
     module_upstream.reset()

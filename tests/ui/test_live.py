@@ -19,8 +19,7 @@ from tests.support import TEST_REDIS_URL, redis_or_skip
 
 
 @pytest.fixture(params=["dir", "redis"])
-def make_worker(request: pytest.FixtureRequest, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def make_worker(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Builds registries standing for workers (several in one process) on one shared channel."""
     made: list[LiveRequests] = []
     if request.param == "dir":
@@ -29,6 +28,7 @@ def make_worker(request: pytest.FixtureRequest, tmp_path: Path,
         def worker() -> LiveRequests:
             made.append(LiveRequests())
             return made[-1]
+
         yield worker
     else:
         client = redis_or_skip()
@@ -37,6 +37,7 @@ def make_worker(request: pytest.FixtureRequest, tmp_path: Path,
         def worker() -> LiveRequests:
             made.append(LiveRequests(TEST_REDIS_URL, prefix, 2.0))
             return made[-1]
+
         yield worker
         for key in client.scan_iter(match=prefix + "*"):
             client.delete(key)
@@ -46,9 +47,15 @@ def make_worker(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 def _exchange(rid: str) -> Exchange:
-    return Exchange(request_id=rid, family="chat", method="POST", path="chat/completions",
-                    headers={"authorization": "Bearer sk-cp-abcdefghijklmnop1234"},
-                    body={"model": "m", "stream": True}, client_model="m")
+    return Exchange(
+        request_id=rid,
+        family="chat",
+        method="POST",
+        path="chat/completions",
+        headers={"authorization": "Bearer sk-cp-abcdefghijklmnop1234"},
+        body={"model": "m", "stream": True},
+        client_model="m",
+    )
 
 
 def _poll(check: Any, timeout: float = 10.0) -> Any:
@@ -66,7 +73,8 @@ def test_a_cancel_reaches_the_worker_that_owns_the_request(make_worker: Any) -> 
     owner._publish(owner.snapshot())
     entries = [e for s in ui_worker.snapshots() for e in s["live"]]
     assert [(e["request_id"], e["key"], e["model"], e["worker"]) for e in entries] == [
-        ("req-1", "…1234", "m", owner.worker)]
+        ("req-1", "…1234", "m", owner.worker)
+    ]
     assert "sk-cp-abcdefghijklmnop1234" not in json.dumps(ui_worker.snapshots())
     assert ui_worker.cancel(entries[0]["id"])
     owner.take_cancels()
@@ -94,8 +102,11 @@ def test_stale_snapshots_of_dead_workers_are_dropped(tmp_path: Path, monkeypatch
     shared = tmp_path / live.SUBDIR
     ui_worker.snapshots()  # makes the directory
     dead = shared / "w-deadbeef.json"
-    dead.write_text(json.dumps({"pid": 999999999, "worker": "deadbeef", "written_at": time.time() - 60,
-                                "live": [{"id": "deadbeef-1"}]}))
+    dead.write_text(
+        json.dumps(
+            {"pid": 999999999, "worker": "deadbeef", "written_at": time.time() - 60, "live": [{"id": "deadbeef-1"}]}
+        )
+    )
     (shared / "w-junk.json").write_text("{")
     assert [s["worker"] for s in ui_worker.snapshots()] == [ui_worker.worker]
     assert not dead.exists()

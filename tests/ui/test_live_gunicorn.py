@@ -23,10 +23,15 @@ ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis"])
-def proxy(request: pytest.FixtureRequest, module_upstream: FakeUpstream,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
-    env = {"TARGET_BASE_URL": module_upstream.base_url, "ADMIN_TOKEN": ADMIN,
-           "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('live') / 'k.db'}", "REQUEST_TIMEOUT_SECONDS": "30"}
+def proxy(
+    request: pytest.FixtureRequest, module_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
+    env = {
+        "TARGET_BASE_URL": module_upstream.base_url,
+        "ADMIN_TOKEN": ADMIN,
+        "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('live') / 'k.db'}",
+        "REQUEST_TIMEOUT_SECONDS": "30",
+    }
     client = None
     if request.param == "redis":
         client = redis_or_skip()
@@ -57,20 +62,26 @@ def _poll(check: Any, timeout: float = 20.0) -> Any:
 def test_streams_of_both_workers_listed_and_cancelled(proxy: Gunicorn, module_upstream: FakeUpstream) -> None:
     module_upstream.reset()
     for _ in range(STREAMS):
-        module_upstream.enqueue(sse_reply([chat_chunk(role="assistant"), chat_chunk("tick ")], done=False,
-                                          delay=0.05, endless=True))
+        module_upstream.enqueue(
+            sse_reply([chat_chunk(role="assistant"), chat_chunk("tick ")], done=False, delay=0.05, endless=True)
+        )
     bodies: dict[int, bytes] = {}
 
     def stream(i: int) -> None:
         # A new connection each: Gunicorn's workers share them out.
-        with requests.post(proxy.url + "/v1/chat/completions", stream=True, timeout=30,
-                           json={"model": "m", "stream": True, "messages": [{"role": "user", "content": str(i)}]},
-                           headers={"X-Request-Id": f"live-{i}"}) as r:
+        with requests.post(
+            proxy.url + "/v1/chat/completions",
+            stream=True,
+            timeout=30,
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": str(i)}]},
+            headers={"X-Request-Id": f"live-{i}"},
+        ) as r:
             bodies[i] = b"".join(r.iter_content(None))
 
     threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(STREAMS)]
     for t in threads:
         t.start()
+
     def all_listed() -> list[dict[str, Any]] | None:
         entries = _live(proxy)
         return entries if len(entries) == STREAMS else None
@@ -99,6 +110,9 @@ def test_streams_of_both_workers_listed_and_cancelled(proxy: Gunicorn, module_up
         events = [json.loads(line[6:]) for line in bodies[i].decode().splitlines() if line.startswith("data: {")]
         assert events[-1]["error"]["code"] == "cancelled", i
     assert max(closed) < 1.0
-    lines = [line for line in proxy.lines() if line.get("logger") == "cot_proxy.ui"
-             and "cancelled by an operator" in line.get("message", "")]
+    lines = [
+        line
+        for line in proxy.lines()
+        if line.get("logger") == "cot_proxy.ui" and "cancelled by an operator" in line.get("message", "")
+    ]
     print(f"{len(lines)} of {STREAMS} cancels crossed to the other worker")

@@ -19,10 +19,24 @@ def test_quantile_interpolates_like_prometheus() -> None:
 
 
 def test_point_between_snapshots() -> None:
-    old = Snapshot(at=100.0, requests=10, errors=1, prompt_tokens=100, completion_tokens=50,
-                   duration={0.1: 5, 1.0: 10, INF: 10}, ttfb={0.1: 2, INF: 2})
-    new = Snapshot(at=110.0, requests=30, errors=3, prompt_tokens=400, completion_tokens=250,
-                   duration={0.1: 15, 1.0: 30, INF: 30}, ttfb={0.1: 12, INF: 12})
+    old = Snapshot(
+        at=100.0,
+        requests=10,
+        errors=1,
+        prompt_tokens=100,
+        completion_tokens=50,
+        duration={0.1: 5, 1.0: 10, INF: 10},
+        ttfb={0.1: 2, INF: 2},
+    )
+    new = Snapshot(
+        at=110.0,
+        requests=30,
+        errors=3,
+        prompt_tokens=400,
+        completion_tokens=250,
+        duration={0.1: 15, 1.0: 30, INF: 30},
+        ttfb={0.1: 12, INF: 12},
+    )
     p = point(old, new)
     assert p["rps"] == 2.0 and p["requests"] == 20 and p["error_rate"] == 0.1
     assert p["tokens_in"] == 300 and p["tokens_out"] == 200
@@ -107,8 +121,11 @@ def test_redis_down_falls_back_to_this_instance() -> None:
     from app.ui.timeseries import SharedSeries
 
     clock = [2_000_000.0]
-    sampler = Sampler(CollectorRegistry().collect, clock=lambda: clock[0],
-                      shared=SharedSeries("redis://127.0.0.1:1/0", "p:", 0.2, "x"))
+    sampler = Sampler(
+        CollectorRegistry().collect,
+        clock=lambda: clock[0],
+        shared=SharedSeries("redis://127.0.0.1:1/0", "p:", 0.2, "x"),
+    )
     sampler.tick()
     clock[0] += HOUR_STEP
     sampler.tick()

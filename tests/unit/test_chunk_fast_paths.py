@@ -21,8 +21,9 @@ START, END = "<think>", "</think>"
 
 
 def _ex(body: dict[str, Any], client_model: str | None = None) -> Exchange:
-    return Exchange(request_id="t", family="chat", method="POST", path="chat/completions", body=body,
-                    client_model=client_model)
+    return Exchange(
+        request_id="t", family="chat", method="POST", path="chat/completions", body=body, client_model=client_model
+    )
 
 
 # -- Event ---------------------------------------------------------------------------------------
@@ -32,7 +33,7 @@ def test_json_is_parsed_from_bytes_and_invalid_utf8_reads_as_before():
     assert Event(b'data: {"a": "\xc3\xa9"}\n\n').json() == {"a": "é"}
     # Not UTF-8: the data is read with replacement characters, as `Event.data` reads it.
     assert Event(b'data: {"a": "\xff"}\n\n').json() == {"a": "\ufffd"}
-    assert Event(b"data: {\"a\": 1}\r\ndata: }\r\n\r\n").json() is None  # two lines, not JSON
+    assert Event(b'data: {"a": 1}\r\ndata: }\r\n\r\n').json() is None  # two lines, not JSON
 
 
 def test_data_bytes_done_and_comments():
@@ -42,7 +43,7 @@ def test_data_bytes_done_and_comments():
     assert not Event(b"data: [DON\n\n").is_done
 
 
-lines = st.sampled_from([b"data: {\"a\":1}", b"data: x", b": c", b"event: e", b"", b"id: 1", b"data:"])
+lines = st.sampled_from([b'data: {"a":1}', b"data: x", b": c", b"event: e", b"", b"id: 1", b"data:"])
 ends = st.sampled_from([b"\n", b"\r\n", b"\r"])
 streams = st.lists(st.tuples(st.lists(st.tuples(lines, ends), max_size=3), ends), max_size=6)
 
@@ -50,8 +51,11 @@ streams = st.lists(st.tuples(st.lists(st.tuples(lines, ends), max_size=3), ends)
 def _decode(parts: list[bytes]) -> list[tuple[Any, ...]]:
     """Each event's fields, and its bytes where no `\\r` makes them depend on where a chunk ended."""
     decoder = SSEDecoder()
-    return [(e.data, e.name, e.is_comment, e.raw if b"\r" not in e.raw else None)
-            for part in parts for e in decoder.feed(part)]
+    return [
+        (e.data, e.name, e.is_comment, e.raw if b"\r" not in e.raw else None)
+        for part in parts
+        for e in decoder.feed(part)
+    ]
 
 
 @settings(max_examples=300)
@@ -60,7 +64,7 @@ def test_decoder_fast_path_finds_what_the_scan_finds(stream, cuts, whole):
     """Chunks that are one whole event each (the fast path) or cut anywhere: the events byte by byte."""
     events = [b"".join(line + end for line, end in ev) + blank for ev, blank in stream]
     raw = b"".join(events)
-    expected = _decode([raw[i:i + 1] for i in range(len(raw))])
+    expected = _decode([raw[i : i + 1] for i in range(len(raw))])
     assert _decode(events) == expected
     points = sorted({min(c, len(raw)) for c in cuts} | {0, len(raw)})
     parts = [raw[a:b] for a, b in zip(points, points[1:], strict=False)] if not whole else [raw]
@@ -68,9 +72,11 @@ def test_decoder_fast_path_finds_what_the_scan_finds(stream, cuts, whole):
 
 
 keys = st.sampled_from(["usage", "model", "choices", "u", "usagex", "xusage", "mode", "data"])
-values = st.recursive(st.none() | st.integers(-5, 5) | st.text(max_size=8) | keys,
-                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-                      max_leaves=8)
+values = st.recursive(
+    st.none() | st.integers(-5, 5) | st.text(max_size=8) | keys,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def _has_key(obj: Any, key: str) -> bool:
@@ -121,8 +127,12 @@ def test_model_name_renames_an_escaped_key_and_leaves_chunks_without_one():
 def test_sse_filter_still_judges_every_event():
     step = SSEFilter()
     ex = _ex({"model": "m", "stream": True, "messages": []})
-    kept = [Event(b"data: [DONE]\n\n"), Event(b": ping\n\n"), Event(b'data: {"choices":[]}\n\n'),
-            Event(b'data: {"error":{"message":"x"}}\n\n')]
+    kept = [
+        Event(b"data: [DONE]\n\n"),
+        Event(b": ping\n\n"),
+        Event(b'data: {"choices":[]}\n\n'),
+        Event(b'data: {"error":{"message":"x"}}\n\n'),
+    ]
     for event in kept:
         assert list(step.stream_event(ex, event)) == [event]
     for raw in (b"event: ping\n\n", b"data: ping\n\n", b'data: {"balance":1}\n\n', b"data: {bad\n\n"):
@@ -139,15 +149,36 @@ def _slow(s: ThinkSettings) -> ThinkSettings:
     return slow
 
 
-STATE = ("inside", "pending", "skip_ws", "seen_tag", "released", "holding", "held", "first_tag", "saw_text",
-         "late", "late_len")
-pieces = st.lists(st.sampled_from(["a", "b c", " ", "\n", "<", "<th", "ink>", "</th", "think>", "<think>",
-                                   "</think>", "x<y", "é", "  \n "]), max_size=14)
+STATE = (
+    "inside",
+    "pending",
+    "skip_ws",
+    "seen_tag",
+    "released",
+    "holding",
+    "held",
+    "first_tag",
+    "saw_text",
+    "late",
+    "late_len",
+)
+pieces = st.lists(
+    st.sampled_from(
+        ["a", "b c", " ", "\n", "<", "<th", "ink>", "</th", "think>", "<think>", "</think>", "x<y", "é", "  \n "]
+    ),
+    max_size=14,
+)
 
 
 @settings(max_examples=400)
-@given(chunks=pieces, mode=st.sampled_from(["strip", "separate"]), inside=st.booleans(), hold=st.booleans(),
-       late=st.booleans(), hold_chars=st.integers(0, 6))
+@given(
+    chunks=pieces,
+    mode=st.sampled_from(["strip", "separate"]),
+    inside=st.booleans(),
+    hold=st.booleans(),
+    late=st.booleans(),
+    hold_chars=st.integers(0, 6),
+)
 def test_fast_path_gives_what_the_loop_gives_chunk_by_chunk(chunks, mode, inside, hold, late, hold_chars):
     s = ThinkSettings(mode, START, END)
     plan = Plan(inside=inside, hold=hold, soft=late, hold_chars=hold_chars, hold_seconds=60.0, clock=lambda: 0.0)

@@ -30,21 +30,26 @@ def test_timeout_alias_and_empty_is_unset():
 
 def test_proxy_addr_is_listen_address_unless_host_port_given():
     assert (Config.from_env({"PROXY_ADDR": ":8090"}).host, Config.from_env({"PROXY_ADDR": ":8090"}).port) == (
-        "0.0.0.0", 8090)
+        "0.0.0.0",
+        8090,
+    )
     assert Config.from_env({"PROXY_ADDR": ":8090", "PORT": "7000"}).port == 7000
 
 
-@pytest.mark.parametrize("env, name", [
-    ({"TARGET_BASE_URL": "localhost:8080"}, "TARGET_BASE_URL"),
-    ({"BACKEND_URL": "ftp://x"}, "BACKEND_URL"),
-    ({"CONNECT_TIMEOUT_SECONDS": "ten"}, "CONNECT_TIMEOUT_SECONDS"),
-    ({"API_REQUEST_TIMEOUT": "abc"}, "API_REQUEST_TIMEOUT"),
-    ({"MAX_REQUEST_BYTES": "1.5"}, "MAX_REQUEST_BYTES"),
-    ({"PORT": "-1"}, "PORT"),
-    ({"DEBUG": "maybe"}, "DEBUG"),
-    ({"GATEWAY_URL": "gw:9935"}, "GATEWAY_URL"),
-    ({"PROXY_ADDR": "8090"}, "PROXY_ADDR"),
-])
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"TARGET_BASE_URL": "localhost:8080"}, "TARGET_BASE_URL"),
+        ({"BACKEND_URL": "ftp://x"}, "BACKEND_URL"),
+        ({"CONNECT_TIMEOUT_SECONDS": "ten"}, "CONNECT_TIMEOUT_SECONDS"),
+        ({"API_REQUEST_TIMEOUT": "abc"}, "API_REQUEST_TIMEOUT"),
+        ({"MAX_REQUEST_BYTES": "1.5"}, "MAX_REQUEST_BYTES"),
+        ({"PORT": "-1"}, "PORT"),
+        ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"GATEWAY_URL": "gw:9935"}, "GATEWAY_URL"),
+        ({"PROXY_ADDR": "8090"}, "PROXY_ADDR"),
+    ],
+)
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(ConfigError) as info:
         Config.from_env(env)

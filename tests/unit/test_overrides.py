@@ -12,10 +12,12 @@ from app.sse import Event
 from app.transforms.model_name import ModelName
 from app.transforms.overrides import Overrides, append_to_last_user_message
 
-PARAMS = ("model=r1,upstream_model_name=deepseek-r1:14b,temperature=0.6,default.max_tokens=100,"
-          "append_to_last_user_message=\\n/no_think;"
-          "model=*,top_k=20;"
-          "model=embed,upstream_model_name=nomic,dimensions=8")
+PARAMS = (
+    "model=r1,upstream_model_name=deepseek-r1:14b,temperature=0.6,default.max_tokens=100,"
+    "append_to_last_user_message=\\n/no_think;"
+    "model=*,top_k=20;"
+    "model=embed,upstream_model_name=nomic,dimensions=8"
+)
 
 
 def _ex(body: dict[str, Any] | None, family: str = "chat", method: str = "POST", path: str = "chat/completions"):
@@ -37,8 +39,11 @@ def _request(step: Overrides, ex: Exchange) -> dict[str, Any] | None:
 def test_strong_overrides_weak_defaults_alias_and_append(step):
     body = {"model": "r1", "temperature": 1.5, "messages": [{"role": "user", "content": "hi"}]}
     assert _request(step, _ex(body)) == {
-        "model": "deepseek-r1:14b", "temperature": 0.6, "max_tokens": 100,
-        "messages": [{"role": "user", "content": "hi\n/no_think"}]}
+        "model": "deepseek-r1:14b",
+        "temperature": 0.6,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi\n/no_think"}],
+    }
     body = {"model": "r1", "max_tokens": 7, "messages": [{"role": "user", "content": "hi"}]}
     assert _request(step, _ex(body))["max_tokens"] == 7, "a default never replaces the client's value"
 
@@ -49,7 +54,10 @@ def test_fallback_group_for_generation_only(step):
     body = {"model": "other", "input": "x"}
     assert _request(step, _ex(body, "embeddings", path="embeddings")) == {"model": "other", "input": "x"}
     assert _request(step, _ex({"model": "embed", "input": "x"}, "embeddings", path="embeddings")) == {
-        "model": "nomic", "input": "x", "dimensions": 8}
+        "model": "nomic",
+        "input": "x",
+        "dimensions": 8,
+    }
 
 
 def test_config_values_are_not_shared_between_requests():
@@ -59,17 +67,26 @@ def test_config_values_are_not_shared_between_requests():
     assert _request(step, _ex({"model": "a"}))["stop"] == ["x"]
 
 
-@pytest.mark.parametrize("messages, expected", [
-    ([{"role": "user", "content": "q"}], [{"role": "user", "content": "q!"}]),
-    ([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}]}],
-     [{"role": "user", "content": [{"type": "text", "text": "a!"}, {"type": "image_url", "image_url": {}}]}]),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
-     [{"role": "user", "content": [{"type": "image_url", "image_url": {}}, {"type": "text", "text": "!"}]}]),
-    ([{"role": "user", "content": None}], [{"role": "user", "content": "!"}]),
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-     [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "!"}]),
-    ([], [{"role": "user", "content": "!"}]),
-])
+@pytest.mark.parametrize(
+    "messages, expected",
+    [
+        ([{"role": "user", "content": "q"}], [{"role": "user", "content": "q!"}]),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}]}],
+            [{"role": "user", "content": [{"type": "text", "text": "a!"}, {"type": "image_url", "image_url": {}}]}],
+        ),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {}}, {"type": "text", "text": "!"}]}],
+        ),
+        ([{"role": "user", "content": None}], [{"role": "user", "content": "!"}]),
+        (
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "!"}],
+        ),
+        ([], [{"role": "user", "content": "!"}]),
+    ],
+)
 def test_append_to_last_user_message(messages, expected):
     body = {"messages": messages}
     append_to_last_user_message(body, "!")

@@ -106,8 +106,9 @@ def test_cancel_closes_the_upstream_and_ends_the_request(upstream, stream):
         result: dict[str, Any] = {}
 
         def call() -> None:
-            r = requests.post(live.url + "/v1/chat/completions", json={**CHAT, "stream": stream}, timeout=20,
-                              stream=True)
+            r = requests.post(
+                live.url + "/v1/chat/completions", json={**CHAT, "stream": stream}, timeout=20, stream=True
+            )
             result["status"] = r.status_code
             result["body"] = r.content
 
@@ -154,6 +155,10 @@ class OwnEnd(Transform):
 
 def test_done_passes_the_stream_steps_after_stream_end(upstream):
     upstream.enqueue(sse_reply([chat_chunk("hi", finish="stop")]))
-    body = app_with(upstream, OwnEnd(), last=True).test_client().post(
-        "/v1/chat/completions", json={**CHAT, "stream": True}).get_data()
+    body = (
+        app_with(upstream, OwnEnd(), last=True)
+        .test_client()
+        .post("/v1/chat/completions", json={**CHAT, "stream": True})
+        .get_data()
+    )
     assert body.endswith(b'data: {"the":"end"}\n\n') and b"[DONE]" not in body

@@ -38,8 +38,13 @@ def test_a_stream_relayed_with_no_request_context(upstream):
     relay = Relay(config, Router(config), Upstream(), build_pipeline(config))
     upstream.enqueue(sse_reply([chat_chunk("<think>hm</think>"), chat_chunk("Hello", finish="stop")]))
     body = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
-    ex = Exchange(request_id="r1", family="chat", method="POST", path="chat/completions",
-                  headers={"content-type": "application/json", "x-request-id": "r1"})
+    ex = Exchange(
+        request_id="r1",
+        family="chat",
+        method="POST",
+        path="chat/completions",
+        headers={"content-type": "application/json", "x-request-id": "r1"},
+    )
     reply = relay.handle(FAMILY, ex, lambda: HandMadeClient(body, config.bounds))
     assert reply.status == 200 and reply.streamed
     out = b"".join(reply.body)

@@ -69,7 +69,7 @@ def test_event_released_as_soon_as_complete():
 
 
 def test_set_json_reserialises():
-    e = Event(b"data: {\"a\": 1}\n\n")
+    e = Event(b'data: {"a": 1}\n\n')
     obj = e.json()
     obj["a"] = 2
     e.set_json(obj)

@@ -37,16 +37,19 @@ def run(chunks: list[str], s: ThinkSettings = SEPARATE) -> tuple[str, str]:
 # -- the splitter ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunks, expected", [
-    (["plain answer"], ("plain answer", "")),
-    (["<think>why</think>\n\nanswer"], ("answer", "why")),
-    (["<th", "ink>why</th", "ink>answer"], ("answer", "why")),
-    (["A<think>1</think>B<think>2</think>C"], ("ABC", "12")),
-    (["<think>unclosed"], ("", "unclosed")),
-    (["<think>r</think>", " \n", "  ", "x  y"], ("x  y", "r")),
-    (["a<think>b<think>c</think>d"], ("ad", "bc")),   # no nesting: an inner start tag is dropped
-    (["<think>r</think>a</think> b"], ("ab", "r")),    # a stray end tag later is dropped
-])
+@pytest.mark.parametrize(
+    "chunks, expected",
+    [
+        (["plain answer"], ("plain answer", "")),
+        (["<think>why</think>\n\nanswer"], ("answer", "why")),
+        (["<th", "ink>why</th", "ink>answer"], ("answer", "why")),
+        (["A<think>1</think>B<think>2</think>C"], ("ABC", "12")),
+        (["<think>unclosed"], ("", "unclosed")),
+        (["<think>r</think>", " \n", "  ", "x  y"], ("x  y", "r")),
+        (["a<think>b<think>c</think>d"], ("ad", "bc")),  # no nesting: an inner start tag is dropped
+        (["<think>r</think>a</think> b"], ("ab", "r")),  # a stray end tag later is dropped
+    ],
+)
 def test_splitter_examples(chunks, expected):
     assert run(chunks) == expected
 
@@ -116,8 +119,12 @@ def _head_is_orphan(text: str) -> bool:
 
 
 @settings(max_examples=150, deadline=None)
-@given(text=texts, points=st.lists(st.integers(0, 80), max_size=12),
-       mode=st.sampled_from(["strip", "separate"]), prefilled=st.booleans())
+@given(
+    text=texts,
+    points=st.lists(st.integers(0, 80), max_size=12),
+    mode=st.sampled_from(["strip", "separate"]),
+    prefilled=st.booleans(),
+)
 def test_any_chunking_gives_the_unsplit_result(text, points, mode, prefilled):
     assume(prefilled or not _head_is_orphan(text))
     s = ThinkSettings(mode, START, END, prefilled=prefilled)
@@ -128,13 +135,20 @@ def test_any_chunking_gives_the_unsplit_result(text, points, mode, prefilled):
     assert run(list(text), s) == whole, "one character at a time"
 
 
-plain = st.lists(st.sampled_from(["a", "b", " ", "\n", "<", "<th", "<thx", "</thi", "think>", ">", "é"]),
-                 max_size=5).map("".join).filter(lambda t: START not in t and END not in t)
+plain = (
+    st.lists(st.sampled_from(["a", "b", " ", "\n", "<", "<th", "<thx", "</thi", "think>", ">", "é"]), max_size=5)
+    .map("".join)
+    .filter(lambda t: START not in t and END not in t)
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(parts=st.lists(st.tuples(plain, plain), max_size=4), tail=plain, unclosed=st.booleans(),
-       points=st.lists(st.integers(0, 80), max_size=8))
+@given(
+    parts=st.lists(st.tuples(plain, plain), max_size=4),
+    tail=plain,
+    unclosed=st.booleans(),
+    points=st.lists(st.integers(0, 80), max_size=8),
+)
 def test_well_formed_blocks_match_a_regex_reference(parts, tail, unclosed, points):
     """answer<think>why</think>answer... : strip/separate agree with a regex over the whole text."""
     text = "".join(f"{a}{START}{r}{END}" for a, r in parts) + tail + (f"{START}{tail}" if unclosed else "")
@@ -151,8 +165,9 @@ def test_well_formed_blocks_match_a_regex_reference(parts, tail, unclosed, point
 
 def _exchange(family: str = "chat", model: str | None = "m", stream: bool = True) -> Exchange:
     body: dict[str, Any] = {"model": model, "stream": stream}
-    return Exchange("req-1", family, "POST", f"{family.replace('chat', 'chat/completions')}", body=body,
-                    client_model=model)
+    return Exchange(
+        "req-1", family, "POST", f"{family.replace('chat', 'chat/completions')}", body=body, client_model=model
+    )
 
 
 def _bound(config: Config, ex: Exchange) -> Think:
@@ -173,8 +188,15 @@ def _text(out: list[dict[str, Any]], key: str = "content", index: int = 0) -> st
     return "".join(c["delta"].get(key) or "" for o in out for c in o["choices"] if c["index"] == index)
 
 
-THINKING = [chat_chunk(role="assistant", content=""), chat_chunk("<th"), chat_chunk("ink>plan"),
-            chat_chunk(" more</thi"), chat_chunk("nk>\n\n"), chat_chunk("Answer"), chat_chunk(finish="stop")]
+THINKING = [
+    chat_chunk(role="assistant", content=""),
+    chat_chunk("<th"),
+    chat_chunk("ink>plan"),
+    chat_chunk(" more</thi"),
+    chat_chunk("nk>\n\n"),
+    chat_chunk("Answer"),
+    chat_chunk(finish="stop"),
+]
 
 
 def test_stream_strip_drops_emptied_chunks_and_keeps_role_and_finish():
@@ -187,8 +209,14 @@ def test_stream_strip_drops_emptied_chunks_and_keeps_role_and_finish():
     assert all(o["object"] == "chat.completion.chunk" and o["model"] == "fake-model" for o in out)
 
 
-@pytest.mark.parametrize("field, keys", [("reasoning_content", ["reasoning_content"]), ("reasoning", ["reasoning"]),
-                                         ("both", ["reasoning_content", "reasoning"])])
+@pytest.mark.parametrize(
+    "field, keys",
+    [
+        ("reasoning_content", ["reasoning_content"]),
+        ("reasoning", ["reasoning"]),
+        ("both", ["reasoning_content", "reasoning"]),
+    ],
+)
 def test_stream_separate_puts_reasoning_in_the_configured_field(field, keys):
     ex = _exchange()
     out = _stream(_bound(Config(think_mode="separate", reasoning_field=field), ex), ex, THINKING)
@@ -196,7 +224,8 @@ def test_stream_separate_puts_reasoning_in_the_configured_field(field, keys):
     for key in keys:
         assert _text(out, key) == "plan more"
     assert {"reasoning", "reasoning_content"} - set(keys) == {
-        k for k in ("reasoning", "reasoning_content") if not _text(out, k)}
+        k for k in ("reasoning", "reasoning_content") if not _text(out, k)
+    }
 
 
 def test_untouched_events_pass_byte_for_byte():
@@ -213,19 +242,27 @@ def test_untouched_events_pass_byte_for_byte():
 def test_tool_call_deltas_are_untouched():
     ex = _exchange()
     think = _bound(Config(), ex)
-    call = chat_chunk(tool_calls=[{"index": 0, "id": "c1", "type": "function",
-                                   "function": {"name": "f", "arguments": "{\"x\":\"<think>\"}"}}])
+    call = chat_chunk(
+        tool_calls=[
+            {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x":"<think>"}'}}
+        ]
+    )
     event = Event.from_json(call)
     assert list(think.stream_event(ex, event)) == [event]
-    assert event.json()["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == "{\"x\":\"<think>\"}"
+    assert event.json()["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == '{"x":"<think>"}'
 
 
 def test_n_greater_than_one_keeps_state_per_choice():
     ex = _exchange()
     think = _bound(Config(think_mode="separate"), ex)
-    chunks = [chat_chunk("<think>zero", index=0), chat_chunk("one <th", index=1), chat_chunk("</think>A0", index=0),
-              chat_chunk("ink>r1</think>A1", index=1), chat_chunk(finish="stop", index=0),
-              chat_chunk(finish="stop", index=1)]
+    chunks = [
+        chat_chunk("<think>zero", index=0),
+        chat_chunk("one <th", index=1),
+        chat_chunk("</think>A0", index=0),
+        chat_chunk("ink>r1</think>A1", index=1),
+        chat_chunk(finish="stop", index=0),
+        chat_chunk(finish="stop", index=1),
+    ]
     out = _stream(think, ex, chunks)
     assert (_text(out, index=0), _text(out, "reasoning_content", 0)) == ("A0", "zero")
     assert (_text(out, index=1), _text(out, "reasoning_content", 1)) == ("one A1", "r1")
@@ -251,8 +288,12 @@ def test_unclosed_block_at_the_end_strip_drops_separate_flushes():
 
 
 def test_upstream_reasoning_fields_strip_drops_separate_normalises():
-    chunks = [chat_chunk(role="assistant", content="", reasoning="why"), chat_chunk(content=None, reasoning=" so"),
-              chat_chunk("A", reasoning_content=None), chat_chunk(finish="stop")]
+    chunks = [
+        chat_chunk(role="assistant", content="", reasoning="why"),
+        chat_chunk(content=None, reasoning=" so"),
+        chat_chunk("A", reasoning_content=None),
+        chat_chunk(finish="stop"),
+    ]
     ex = _exchange()
     out = _stream(_bound(Config(), ex), ex, chunks)
     assert _text(out) == "A" and not any("reasoning" in c["delta"] for o in out for c in o["choices"])
@@ -264,8 +305,10 @@ def test_upstream_reasoning_fields_strip_drops_separate_normalises():
 
 
 def test_keep_does_not_apply_and_per_model_settings_win():
-    table = parse_llm_params("model=r1,think_mode=separate,think_prefilled=true;model=raw,think_mode=keep;"
-                             "model=kimi,think_tag_start=◁think▷,think_tag_end=◁/think▷")
+    table = parse_llm_params(
+        "model=r1,think_mode=separate,think_prefilled=true;model=raw,think_mode=keep;"
+        "model=kimi,think_tag_start=◁think▷,think_tag_end=◁/think▷"
+    )
     config = Config(think_mode="strip", llm_params=table)
     think = Think(config)
     assert not think.applies(_exchange(model="raw"))
@@ -282,8 +325,11 @@ def test_non_streamed_chat_and_completions():
     body = chat_completion("<think>why</think>\n\nbecause", reasoning="upstream ")
     ex = _exchange(stream=False)
     out = _bound(Config(think_mode="separate"), ex).response_json(ex, body)
-    assert out["choices"][0]["message"] == {"role": "assistant", "content": "because",
-                                            "reasoning_content": "upstream why"}
+    assert out["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "because",
+        "reasoning_content": "upstream why",
+    }
     ex = _exchange(stream=False)
     out = _bound(Config(), ex).response_json(ex, chat_completion("<think>why</think>because", reasoning="x"))
     assert out["choices"][0]["message"] == {"role": "assistant", "content": "because"}
@@ -296,7 +342,9 @@ def test_non_streamed_chat_and_completions():
 def test_streamed_completions_keep_text_and_drop_emptied_chunks():
     ex = _exchange(family="completions")
     base = {"id": "cmpl", "object": "text_completion", "created": 1, "model": "m"}
-    chunks = [{**base, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": f}]}
-              for t, f in [("<think>r", None), ("</think>", None), ("Hi", None), ("", "stop")]]
+    chunks = [
+        {**base, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": f}]}
+        for t, f in [("<think>r", None), ("</think>", None), ("Hi", None), ("", "stop")]
+    ]
     out = _stream(_bound(Config(), ex), ex, chunks)
     assert [c["choices"][0]["text"] for c in out] == ["Hi", ""]

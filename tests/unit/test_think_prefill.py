@@ -46,8 +46,14 @@ def exchange(model: str | None = MODEL, stream: bool = True, family: str = "chat
     payload: dict[str, Any] = {"model": model, "stream": stream, **body}
     if family == "chat":
         payload.setdefault("messages", [{"role": "user", "content": "2+2?"}])
-    return Exchange("req", family, "POST", "chat/completions" if family == "chat" else "completions",
-                    body=payload, client_model=model)
+    return Exchange(
+        "req",
+        family,
+        "POST",
+        "chat/completions" if family == "chat" else "completions",
+        body=payload,
+        client_model=model,
+    )
 
 
 def begin(think: Think, ex: Exchange) -> None:
@@ -113,34 +119,48 @@ def test_config_file_think_prefilled(tmp_path):
     from app.routing.settings import RoutingConfigError, load
 
     path = tmp_path / "config.yaml"
-    path.write_text("providers: {p: {base_url: 'http://127.0.0.1:9/v1'}}\n"
-                    "models:\n  r1: {provider: p, think_prefilled: true}\n  q: {provider: p, think_prefilled: auto}\n"
-                    "  n: {provider: p, think_prefilled: false, think_mode: separate}\n")
-    routing = load({"COT_PROXY_CONFIG": str(path)}, target_base_url=None, upstream_api_key=None,
-                   connect_timeout=1, read_timeout=1)
+    path.write_text(
+        "providers: {p: {base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "models:\n  r1: {provider: p, think_prefilled: true}\n  q: {provider: p, think_prefilled: auto}\n"
+        "  n: {provider: p, think_prefilled: false, think_mode: separate}\n"
+    )
+    routing = load(
+        {"COT_PROXY_CONFIG": str(path)}, target_base_url=None, upstream_api_key=None, connect_timeout=1, read_timeout=1
+    )
     assert [routing.models[m].think_prefilled for m in ("r1", "q", "n")] == [True, None, False]
-    think = Think(Config(routing=routing, llm_params=parse_llm_params("model=r1,think_prefilled=false")),
-                  store=PrefillStore())
+    think = Think(
+        Config(routing=routing, llm_params=parse_llm_params("model=r1,think_prefilled=false")), store=PrefillStore()
+    )
     assert think.settings_for("r1").prefilled is False, "LLM_PARAMS wins over the file"
     assert think.settings_for("n").prefilled is False and not think.settings_for("n").auto
     assert think.settings_for("q").auto
     path.write_text("providers: {p: {base_url: 'http://127.0.0.1:9/v1'}}\nmodels:\n  r1: {think_prefilled: 2}\n")
     with pytest.raises(RoutingConfigError, match=r"models\.r1\.think_prefilled: must be auto, true or false"):
-        load({"COT_PROXY_CONFIG": str(path)}, target_base_url=None, upstream_api_key=None, connect_timeout=1,
-             read_timeout=1)
+        load(
+            {"COT_PROXY_CONFIG": str(path)},
+            target_base_url=None,
+            upstream_api_key=None,
+            connect_timeout=1,
+            read_timeout=1,
+        )
 
 
 def test_hold_settings_from_the_environment():
     think = Think(Config(), store=PrefillStore())
     assert (think.hold_chars, think.hold_seconds) == (HOLD_CHARS, HOLD_MS / 1000)
-    think = Think(Config.from_env({"THINK_PREFILL_HOLD_CHARS": "10", "THINK_PREFILL_HOLD_MS": "20",
-                                   "THINK_PREFILL_HOLD_MODELS": "*"}), store=PrefillStore())
+    think = Think(
+        Config.from_env(
+            {"THINK_PREFILL_HOLD_CHARS": "10", "THINK_PREFILL_HOLD_MS": "20", "THINK_PREFILL_HOLD_MODELS": "*"}
+        ),
+        store=PrefillStore(),
+    )
     assert (think.hold_chars, think.hold_seconds, think.hold_models.pattern) == (10, 0.02, ".*")
     assert think.hold_models.search("any-model")
 
 
-@pytest.mark.parametrize("bad", [{"THINK_PREFILL_HOLD_CHARS": "x"}, {"THINK_PREFILL_HOLD_MS": "-1"},
-                                 {"THINK_PREFILL_HOLD_MODELS": "("}])
+@pytest.mark.parametrize(
+    "bad", [{"THINK_PREFILL_HOLD_CHARS": "x"}, {"THINK_PREFILL_HOLD_MS": "-1"}, {"THINK_PREFILL_HOLD_MODELS": "("}]
+)
 def test_a_bad_hold_setting_stops_start_up_naming_it(bad):
     """Read by Config.from_env, which the Gunicorn master runs: one line, before any worker starts."""
     with pytest.raises(ConfigError, match=next(iter(bad))):
@@ -150,23 +170,38 @@ def test_a_bad_hold_setting_stops_start_up_naming_it(bad):
 # -- request signals -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, family, expected", [
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\n"}]}, "chat",
-     "assistant_prefill"),
-    ({"messages": [{"role": "assistant", "content": [{"type": "text", "text": "x"},
-                                                     {"type": "text", "text": "ok <think>"}]}]}, "chat",
-     "assistant_prefill"),
-    ({"messages": [{"role": "assistant", "content": "<think>done</think>"}]}, "chat", None),
-    ({"messages": [{"role": "user", "content": "<think>"}]}, "chat", None),
-    ({"prompt": "User: hi\nAssistant: <think>\n"}, "completions", "assistant_prefill"),
-    ({"prompt": ["a<think>", "b<think>"]}, "completions", "assistant_prefill"),
-    ({"prompt": ["a<think>", "b"]}, "completions", None),
-    ({"messages": [], "chat_template_kwargs": {"enable_thinking": False}}, "chat", "no_thinking"),
-    ({"messages": [], "chat_template_kwargs": {"thinking": False}}, "chat", "no_thinking"),
-    ({"messages": [], "chat_template_kwargs": {"enable_thinking": True}}, "chat", None),
-    ({"messages": [], "enable_thinking": False}, "chat", "no_thinking"),
-    ({"messages": "not a list", "chat_template_kwargs": "nor a dict"}, "chat", None),
-])
+@pytest.mark.parametrize(
+    "body, family, expected",
+    [
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\n"}]},
+            "chat",
+            "assistant_prefill",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "ok <think>"}],
+                    }
+                ]
+            },
+            "chat",
+            "assistant_prefill",
+        ),
+        ({"messages": [{"role": "assistant", "content": "<think>done</think>"}]}, "chat", None),
+        ({"messages": [{"role": "user", "content": "<think>"}]}, "chat", None),
+        ({"prompt": "User: hi\nAssistant: <think>\n"}, "completions", "assistant_prefill"),
+        ({"prompt": ["a<think>", "b<think>"]}, "completions", "assistant_prefill"),
+        ({"prompt": ["a<think>", "b"]}, "completions", None),
+        ({"messages": [], "chat_template_kwargs": {"enable_thinking": False}}, "chat", "no_thinking"),
+        ({"messages": [], "chat_template_kwargs": {"thinking": False}}, "chat", "no_thinking"),
+        ({"messages": [], "chat_template_kwargs": {"enable_thinking": True}}, "chat", None),
+        ({"messages": [], "enable_thinking": False}, "chat", "no_thinking"),
+        ({"messages": "not a list", "chat_template_kwargs": "nor a dict"}, "chat", None),
+    ],
+)
 def test_request_signals(body, family, expected):
     ex = Exchange("r", family, "POST", "x", body=body)
     assert request_signal(ex, START) == expected
@@ -330,8 +365,12 @@ def test_learned_prefill_json_without_end_tag_is_an_answer():
 def test_json_answers_teach_the_store():
     store = PrefillStore()
     think = think_for(store=store)
-    for text, learned in [("why</think>A", True), ("<think>w</think>A", False), ("just text", False),
-                          ("why</think>A", True)]:
+    for text, learned in [
+        ("why</think>A", True),
+        ("<think>w</think>A", False),
+        ("just text", False),
+        ("why</think>A", True),
+    ]:
         ex = exchange(stream=False)
         begin(think, ex)
         think.response_json(ex, chat_completion(text))
@@ -360,12 +399,26 @@ def test_completions_stream_prefilled():
 # -- properties: every split position ------------------------------------------------------------------------
 
 ALPHABET = st.sampled_from(["a", "b", " ", "\n", "<", "</", "<th", "</thi", "think>", ">", "é", "x < y"])
-reasoning_text = st.lists(ALPHABET, min_size=1, max_size=10).map("".join).filter(
-    lambda t: START not in t and END not in t and not t.endswith(("<", "</", "<t", "<th", "<thi", "<thin", "<think",
-                                                                   "</t", "</th", "</thi", "</thin", "</think"))
-    and len(t) <= HOLD and t.strip() != "")
-answer_text = st.lists(ALPHABET, min_size=1, max_size=8).map(lambda parts: "A" + "".join(parts)).filter(
-    lambda t: START not in t and END not in t)
+reasoning_text = (
+    st.lists(ALPHABET, min_size=1, max_size=10)
+    .map("".join)
+    .filter(
+        lambda t: (
+            START not in t
+            and END not in t
+            and not t.endswith(
+                ("<", "</", "<t", "<th", "<thi", "<thin", "<think", "</t", "</th", "</thi", "</thin", "</think")
+            )
+            and len(t) <= HOLD
+            and t.strip() != ""
+        )
+    )
+)
+answer_text = (
+    st.lists(ALPHABET, min_size=1, max_size=8)
+    .map(lambda parts: "A" + "".join(parts))
+    .filter(lambda t: START not in t and END not in t)
+)
 gap = st.sampled_from(["", " ", "\n\n"])
 
 
@@ -408,8 +461,11 @@ def test_explicit_start_tag_at_every_split(r, ws, a, known):
 
 
 @settings(max_examples=60, deadline=None)
-@given(a=st.lists(ALPHABET, min_size=1, max_size=30).map("".join).filter(lambda t: START not in t and END not in t),
-       known=st.sampled_from([None, False]), points=st.lists(st.integers(0, 120), max_size=10))
+@given(
+    a=st.lists(ALPHABET, min_size=1, max_size=30).map("".join).filter(lambda t: START not in t and END not in t),
+    known=st.sampled_from([None, False]),
+    points=st.lists(st.integers(0, 120), max_size=10),
+)
 def test_no_reasoning_at_every_split(a, known, points):
     for pieces in [*splits(a), cuts(a, points), list(a)]:
         store = PrefillStore()
@@ -433,8 +489,13 @@ KINDS = st.sampled_from(["prefilled", "explicit", "plain"])
 
 
 @settings(max_examples=60, deadline=None)
-@given(answers=st.lists(st.tuples(KINDS, reasoning_text, gap, answer_text, st.lists(st.integers(0, 60), max_size=6)),
-                        min_size=1, max_size=6))
+@given(
+    answers=st.lists(
+        st.tuples(KINDS, reasoning_text, gap, answer_text, st.lists(st.integers(0, 60), max_size=6)),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_a_model_that_changes_behaviour(answers):
     """One store across requests: each answer is right, except that a model known not to pre-fill may leak
     once when it starts to (the reasoning text sent before the end tag came); what is known follows each answer."""
@@ -453,13 +514,20 @@ def test_a_model_that_changes_behaviour(answers):
 
 
 @settings(max_examples=40, deadline=None)
-@given(choices=st.lists(st.tuples(KINDS, reasoning_text, gap, answer_text, st.lists(st.integers(0, 60), max_size=5)),
-                        min_size=2, max_size=3),
-       order=st.randoms(use_true_random=False))
+@given(
+    choices=st.lists(
+        st.tuples(KINDS, reasoning_text, gap, answer_text, st.lists(st.integers(0, 60), max_size=5)),
+        min_size=2,
+        max_size=3,
+    ),
+    order=st.randoms(use_true_random=False),
+)
 def test_several_choices_each_with_its_own_state(choices, order):
     """n>1: the chunks of each choice interleaved in any order; each choice's text comes out right."""
-    queues = [[chat_chunk(p, index=i) for p in cuts(text_of(k, r, ws, a), pts)] + [chat_chunk(finish="stop", index=i)]
-              for i, (k, r, ws, a, pts) in enumerate(choices)]
+    queues = [
+        [chat_chunk(p, index=i) for p in cuts(text_of(k, r, ws, a), pts)] + [chat_chunk(finish="stop", index=i)]
+        for i, (k, r, ws, a, pts) in enumerate(choices)
+    ]
     run = Run(think_for(SEPARATE))
     for _ in range(sum(len(q) for q in queues)):
         pending = [q for q in queues if q]
@@ -489,8 +557,9 @@ def test_two_choices_split_at_every_position(r, ws, a):
 def test_splitter_hold_never_exceeds_its_bound():
     from app.transforms.think import Plan
 
-    splitter = TagSplitter(ThinkSettings("strip", START, END, auto=True),
-                           Plan(hold=True, hold_chars=10, hold_seconds=60, clock=Clock()))
+    splitter = TagSplitter(
+        ThinkSettings("strip", START, END, auto=True), Plan(hold=True, hold_chars=10, hold_seconds=60, clock=Clock())
+    )
     for piece in ["abc", "def", "ghij"]:
         assert splitter.feed(piece) == ("", "")
         assert len(splitter.held) <= 10

@@ -196,17 +196,24 @@ def test_metadata_and_metric_show_what_was_learned(upstream):
     meta = c.get("/v1/metadata").get_json()
     from app.model_params import HOLD_CHARS, HOLD_MS
 
-    assert meta["reasoning"]["think_prefill"] == {"store": "memory", "hold_chars": HOLD_CHARS, "hold_ms": HOLD_MS,
-                                                  "hold_models": meta["reasoning"]["think_prefill"]["hold_models"],
-                                                  "models": []}
+    assert meta["reasoning"]["think_prefill"] == {
+        "store": "memory",
+        "hold_chars": HOLD_CHARS,
+        "hold_ms": HOLD_MS,
+        "hold_models": meta["reasoning"]["think_prefill"]["hold_models"],
+        "models": [],
+    }
+
     def learned() -> float:
         labels = {"model": "other", "prefilled": "true"}
         return metrics.REGISTRY.get_sample_value("cot_proxy_think_prefill_learned_total", labels) or 0.0
 
     before = learned()
     upstream.enqueue(sse_reply([chat_chunk("hm"), chat_chunk("</think>"), chat_chunk("4"), chat_chunk(finish="stop")]))
-    body = c.post("/v1/chat/completions", json={"model": "qwq-32b", "stream": True,
-                                                "messages": [{"role": "user", "content": "2+2"}]}).get_data()
+    body = c.post(
+        "/v1/chat/completions",
+        json={"model": "qwq-32b", "stream": True, "messages": [{"role": "user", "content": "2+2"}]},
+    ).get_data()
     assert b"hm" not in body and b'"4"' in body
     models = c.get("/v1/metadata").get_json()["reasoning"]["think_prefill"]["models"]
     assert [(m["model"], m["prefilled"]) for m in models] == [("qwq-32b", True)]
