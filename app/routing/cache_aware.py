@@ -396,8 +396,9 @@ class CacheAware:
             ranking = cache[(key, candidates)] = rendezvous(key, seeds, weights)
         return ranking
 
-    def _decide(self, backends: list[Any], prompt: Prompt) -> tuple[list[Any], Decision | None]:
-        self.decisions += 1
+    def _split(self, backends: list[Any]) -> tuple[list[Any], list[Any], list[int], int]:
+        """(healthy, down, the healthy ones' positions, their bit set); a backend that goes down
+        loses its index entries (its cache is not to be trusted when it returns)."""
         healthy: list[Any] = []
         down: list[Any] = []
         pos: list[int] = []
@@ -419,7 +420,38 @@ class CacheAware:
                 down.append(b)
                 if p not in self._down:
                     self._down.add(p)
-                    self.index.clear(p)  # its cache is not to be trusted when it returns
+                    self.index.clear(p)
+        return healthy, down, pos, candidates
+
+    def _new_home(
+        self,
+        homes: list[int],
+        pos: list[int],
+        after: list[float],
+        room: list[bool],
+        home_cap: float,
+        weights: list[int],
+    ) -> int:
+        """Where a first message this router has not sent anywhere goes."""
+        open_homes = [i for i in homes if after[i] <= home_cap] or [i for i in homes if room[i]] or homes
+        homed = self._homed
+        if self.alone:  # nobody else needs to agree: balance the new prefixes
+            return min(open_homes, key=lambda i: homed[pos[i]] / weights[i])
+        # The rendezvous winner under its cap (what every router picks), unless it was given
+        # 1 + 4 x peers^2 more new prefixes here than the runner-up.
+        first_home = open_homes[0]
+        if len(open_homes) > 1:
+            runner = open_homes[1]
+            if (
+                homed[pos[first_home]] / weights[first_home] - homed[pos[runner]] / weights[runner]
+                >= 1 + self.spill_margin * self.peers**SPILL_POWER
+            ):
+                return runner
+        return first_home
+
+    def _decide(self, backends: list[Any], prompt: Prompt) -> tuple[list[Any], Decision | None]:
+        self.decisions += 1
+        healthy, down, pos, candidates = self._split(backends)
         if not healthy:
             return list(backends), None
         n = len(healthy)
@@ -453,23 +485,7 @@ class CacheAware:
             depth = min(prompt.first_message, ANCHOR_BLOCKS - 1)
             # Where this router already sent the first message's start stays its home.
             held = [i for i in homes if matched.get(pos[i], 0) > depth] if matched else None
-            if held:
-                first_home = held[0]
-            else:
-                open_homes = [i for i in homes if after[i] <= home_cap] or [i for i in homes if room[i]] or homes
-                homed = self._homed
-                if alone:  # nobody else needs to agree: balance the new prefixes
-                    first_home = min(open_homes, key=lambda i: homed[pos[i]] / weights[i])
-                else:  # the rendezvous winner under its cap (what every router picks), unless
-                    # it was given 1 + 4 x peers^2 more new prefixes here than the runner-up
-                    first_home = open_homes[0]
-                    if len(open_homes) > 1:
-                        runner = open_homes[1]
-                        if (
-                            homed[pos[first_home]] / weights[first_home] - homed[pos[runner]] / weights[runner]
-                            >= 1 + self.spill_margin * self.peers**SPILL_POWER
-                        ):
-                            first_home = runner
+            first_home = held[0] if held else self._new_home(homes, pos, after, room, home_cap, weights)
             winner = homes[0]
             if matched.get(pos[first_home], 0) <= prompt.first_message:
                 predicted[first_home] = ends[prompt.first_message] // CHARS_PER_TOKEN
