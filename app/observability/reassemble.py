@@ -53,22 +53,25 @@ class StreamReassembler:
         if not isinstance(choices, list):
             return
         for raw in choices:
-            if not isinstance(raw, dict):
-                continue
-            index = raw.get("index", 0)
-            index = index if isinstance(index, int) else 0
-            choice = self.choices.get(index)
-            if choice is None:
-                choice = self.choices[index] = _Choice(index)
-            delta = raw.get("delta")
-            if isinstance(delta, dict):
-                choice.is_chat = True
-                self._delta(choice, delta)
-            text = raw.get("text")
-            if isinstance(text, str):
-                choice.text.append(text)
-            if raw.get("finish_reason") is not None:
-                choice.finish_reason = raw["finish_reason"]
+            if isinstance(raw, dict):
+                self._choice(raw)
+
+    def _choice(self, raw: dict[str, Any]) -> None:
+        """One chunk's choice added to the choice of its `index` (made on first sight)."""
+        index = raw.get("index", 0)
+        index = index if isinstance(index, int) else 0
+        choice = self.choices.get(index)
+        if choice is None:
+            choice = self.choices[index] = _Choice(index)
+        delta = raw.get("delta")
+        if isinstance(delta, dict):
+            choice.is_chat = True
+            self._delta(choice, delta)
+        text = raw.get("text")
+        if isinstance(text, str):
+            choice.text.append(text)
+        if raw.get("finish_reason") is not None:
+            choice.finish_reason = raw["finish_reason"]
 
     @staticmethod
     def _delta(choice: _Choice, delta: dict[str, Any]) -> None:
@@ -81,21 +84,7 @@ class StreamReassembler:
                 choice.texts.setdefault(key, []).append(value)
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
-            for position, part in enumerate(calls):
-                if not isinstance(part, dict):
-                    continue
-                index = part.get("index", position)
-                call = choice.tool_calls.setdefault(index, {})
-                for key in ("id", "type"):
-                    if isinstance(part.get(key), str):
-                        call[key] = part[key]
-                function = part.get("function")
-                if isinstance(function, dict):
-                    target = call.setdefault("function", {"name": "", "arguments": ""})
-                    if isinstance(function.get("name"), str):
-                        target["name"] += function["name"]
-                    if isinstance(function.get("arguments"), str):
-                        target["arguments"] += function["arguments"]
+            _add_tool_calls(choice, calls)
         legacy = delta.get("function_call")
         if isinstance(legacy, dict):
             fc = choice.function_call = choice.function_call or {"name": "", "arguments": ""}
@@ -132,3 +121,22 @@ class StreamReassembler:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def _add_tool_calls(choice: _Choice, calls: list[Any]) -> None:
+    """A delta's `tool_calls` pieces joined into the calls so far: one call per `index`, its strings appended."""
+    for position, part in enumerate(calls):
+        if not isinstance(part, dict):
+            continue
+        index = part.get("index", position)
+        call = choice.tool_calls.setdefault(index, {})
+        for key in ("id", "type"):
+            if isinstance(part.get(key), str):
+                call[key] = part[key]
+        function = part.get("function")
+        if isinstance(function, dict):
+            target = call.setdefault("function", {"name": "", "arguments": ""})
+            if isinstance(function.get("name"), str):
+                target["name"] += function["name"]
+            if isinstance(function.get("arguments"), str):
+                target["arguments"] += function["arguments"]
