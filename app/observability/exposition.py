@@ -95,55 +95,61 @@ def _model_entry() -> dict[str, float]:
             "prompt_tokens": 0.0, "completion_tokens": 0.0}
 
 
+# Sample name -> (summary field it adds to, scale): one row per counter the summary sums per model.
+_SUMMED: dict[str, tuple[str, float]] = {
+    REQUESTS + "_total": ("request_count", 1.0),
+    REQUEST_ERRORS + "_total": ("error_count", 1.0),
+    DURATION + "_sum": ("total_latency_ms", 1000.0),
+    DURATION + "_count": ("_timed", 1.0),  # requests timed: the average's divisor
+}
+
+
+def _summed_field(name: str, labels: dict[str, str]) -> tuple[str, float] | None:
+    """The summary field (and scale) a sample adds to, or None: tokens by their `type` label, the rest by name."""
+    if name == TOKENS + "_total":
+        kind = labels.get("type")
+        return (kind + "_tokens", 1.0) if kind in ("prompt", "completion") else None
+    return _SUMMED.get(name)
+
+
+def _finished(e: dict[str, float], count: float) -> dict[str, Any]:
+    """One summed entry as the summary shows it: counts as integers, latency in ms rounded, its average."""
+    latency = e["total_latency_ms"]
+    return {
+        "request_count": int(round(e["request_count"])),
+        "error_count": int(round(e["error_count"])),
+        "total_latency_ms": round(latency, 3),
+        "avg_latency_ms": round(latency / count, 3) if count else 0.0,
+        "prompt_tokens": int(round(e["prompt_tokens"])),
+        "completion_tokens": int(round(e["completion_tokens"])),
+    }
+
+
 def summary(registry: CollectorRegistry) -> dict[str, Any]:
     """The counters a simple dashboard wants, summed over workers (and label values)."""
     total = _model_entry()
     streams = requests_active = 0.0
     by_model: dict[str, dict[str, float]] = {}
-    timed = 0.0
-
-    def entry(labels: dict[str, str]) -> dict[str, float]:
-        return by_model.setdefault(labels.get("model", "other"), _model_entry())
-
     for family in registry.collect():
         for s in family.samples:
             name, labels, value = s.name, s.labels, s.value
-            if name == REQUESTS + "_total":
-                total["request_count"] += value
-                entry(labels)["request_count"] += value
-            elif name == REQUEST_ERRORS + "_total":
-                total["error_count"] += value
-                entry(labels)["error_count"] += value
-            elif name == DURATION + "_sum":
-                total["total_latency_ms"] += value * 1000
-                entry(labels)["total_latency_ms"] += value * 1000
-            elif name == DURATION + "_count":
-                timed += value
-                entry(labels)["_timed"] = entry(labels).get("_timed", 0.0) + value
-            elif name == TOKENS + "_total" and labels.get("type") in ("prompt", "completion"):
-                key = labels["type"] + "_tokens"
-                total[key] += value
-                entry(labels)[key] += value
-            elif name == STREAMS_IN_FLIGHT:
+            if name == STREAMS_IN_FLIGHT:
                 streams += value
-            elif name == REQUESTS_IN_FLIGHT:
+                continue
+            if name == REQUESTS_IN_FLIGHT:
                 requests_active += value
-
-    def finish(e: dict[str, float], count: float) -> dict[str, Any]:
-        latency = e["total_latency_ms"]
-        return {
-            "request_count": int(round(e["request_count"])),
-            "error_count": int(round(e["error_count"])),
-            "total_latency_ms": round(latency, 3),
-            "avg_latency_ms": round(latency / count, 3) if count else 0.0,
-            "prompt_tokens": int(round(e["prompt_tokens"])),
-            "completion_tokens": int(round(e["completion_tokens"])),
-        }
-
-    out = finish(total, timed)
+                continue
+            summed = _summed_field(name, labels)
+            if summed is None:
+                continue
+            key, scale = summed
+            entry = by_model.setdefault(labels.get("model", "other"), _model_entry())
+            for e in (total, entry):
+                e[key] = e.get(key, 0.0) + value * scale
+    out = _finished(total, total.get("_timed", 0.0))
     out["streams_active"] = int(round(streams))
     out["requests_active"] = int(round(requests_active))
-    out["by_model"] = {m: finish(e, e.get("_timed", 0.0)) for m, e in sorted(by_model.items())}
+    out["by_model"] = {m: _finished(e, e.get("_timed", 0.0)) for m, e in sorted(by_model.items())}
     return out
 
 
