@@ -236,44 +236,24 @@ class MemoryLimiter(Limiter):
                 s.requests.popleft()
             for lease in [k for k, (ts, _) in s.tokens.items() if ts <= horizon]:
                 del s.tokens[lease]
+            free = 0  # read only with a budget
             if limits.budget:
-                # Other workers' spending arrives through the key store (flushed usage): never go below it.
-                s.spent = max(s.spent or 0, ticket.spent_at_lookup)
-                for lease in [k for k, (ts, _) in s.reserved.items() if ts <= now - self.lease_ms]:
-                    del s.reserved[lease]
-                free = limits.budget - s.spent - sum(t for _, t in s.reserved.values())
+                free = self._budget_free(s, ticket, limits.budget, now)
                 if ticket.hold > free:
                     return Decision(False, "budget", remaining_budget=max(free, 0))
-            if limits.concurrency and len(s.leases) >= limits.concurrency:
-                return Decision(False, "concurrency", retry_after_ms=1000)
-            if limits.rpm and len(s.requests) >= limits.rpm:
-                retry = int(s.requests[0] + WINDOW_MS - now)
-                return Decision(False, "requests", retry, remaining_requests=0, reset_requests_ms=retry)
             used = sum(t for _, t in s.tokens.values())
-            if limits.tpm:
-                if ticket.estimate > limits.tpm:
-                    return Decision(False, "too_large")
-                if used + ticket.estimate > limits.tpm:
-                    ts = _tokens_to_free(list(s.tokens.values()), used, ticket.estimate, limits.tpm)
-                    retry = int((ts if ts is not None else now) + WINDOW_MS - now)
-                    return Decision(False, "tokens", retry, remaining_tokens=max(limits.tpm - used, 0),
-                                    reset_tokens_ms=retry)
-            decision = Decision(True)
-            if limits.budget:
-                s.reserved[ticket.lease] = (now, ticket.hold)
-                decision.remaining_budget = free - ticket.hold
-            if limits.rpm:
-                s.requests.append(now)
-                decision.remaining_requests = limits.rpm - len(s.requests)
-                decision.reset_requests_ms = int(s.requests[0] + WINDOW_MS - now)
-            if limits.tpm:
-                s.tokens[ticket.lease] = (now, ticket.estimate)
-                decision.remaining_tokens = limits.tpm - used - ticket.estimate
-                first = next(iter(s.tokens.values()))[0]
-                decision.reset_tokens_ms = int(first + WINDOW_MS - now)
-            if limits.concurrency:
-                s.leases.add(ticket.lease)
-            return decision
+            refused = _refusal(s, limits, ticket.estimate, used, now)
+            if refused is not None:
+                return refused
+            return _grant(s, ticket, now, used, free)
+
+    def _budget_free(self, s: _Subject, ticket: Ticket, budget: int, now: float) -> int:
+        """Budget tokens neither spent nor reserved by a live lease (expired reservations dropped first)."""
+        # Other workers' spending arrives through the key store (flushed usage): never go below it.
+        s.spent = max(s.spent or 0, ticket.spent_at_lookup)
+        for lease in [k for k, (ts, _) in s.reserved.items() if ts <= now - self.lease_ms]:
+            del s.reserved[lease]
+        return budget - s.spent - sum(t for _, t in s.reserved.values())
 
     def release(self, ticket: Ticket, actual_tokens: int | None) -> None:
         with self._lock:
@@ -287,6 +267,46 @@ class MemoryLimiter(Limiter):
             held = s.tokens.get(ticket.lease)
             if actual_tokens is not None and held is not None:
                 s.tokens[ticket.lease] = (held[0], actual_tokens)
+
+
+def _refusal(s: _Subject, limits: Limits, estimate: int, used: int, now: float) -> Decision | None:
+    """The first of concurrency, requests per minute, tokens per minute that refuses the request, or None.
+    `used`: tokens counted in the window so far. Reads only: nothing is taken until `_grant`."""
+    if limits.concurrency and len(s.leases) >= limits.concurrency:
+        return Decision(False, "concurrency", retry_after_ms=1000)
+    if limits.rpm and len(s.requests) >= limits.rpm:
+        retry = int(s.requests[0] + WINDOW_MS - now)
+        return Decision(False, "requests", retry, remaining_requests=0, reset_requests_ms=retry)
+    if limits.tpm:
+        if estimate > limits.tpm:
+            return Decision(False, "too_large")
+        if used + estimate > limits.tpm:
+            ts = _tokens_to_free(list(s.tokens.values()), used, estimate, limits.tpm)
+            retry = int((ts if ts is not None else now) + WINDOW_MS - now)
+            return Decision(False, "tokens", retry, remaining_tokens=max(limits.tpm - used, 0),
+                            reset_tokens_ms=retry)
+    return None
+
+
+def _grant(s: _Subject, ticket: Ticket, now: float, used: int, free: int) -> Decision:
+    """Admit: count the request against each limit it has and say what remains (`free`: the budget's)."""
+    limits = ticket.limits
+    decision = Decision(True)
+    if limits.budget:
+        s.reserved[ticket.lease] = (now, ticket.hold)
+        decision.remaining_budget = free - ticket.hold
+    if limits.rpm:
+        s.requests.append(now)
+        decision.remaining_requests = limits.rpm - len(s.requests)
+        decision.reset_requests_ms = int(s.requests[0] + WINDOW_MS - now)
+    if limits.tpm:
+        s.tokens[ticket.lease] = (now, ticket.estimate)
+        decision.remaining_tokens = limits.tpm - used - ticket.estimate
+        first = next(iter(s.tokens.values()))[0]
+        decision.reset_tokens_ms = int(first + WINDOW_MS - now)
+    if limits.concurrency:
+        s.leases.add(ticket.lease)
+    return decision
 
 
 # KEYS: requests zset, tokens zset, concurrency zset, spent counter, budget reservations zset
