@@ -64,44 +64,60 @@ def _content_chars(content: Any) -> int:
     return 0
 
 
+def _chat_prompt_tokens(body: dict[str, Any]) -> int:
+    """Chat: each message's content and its tool calls' arguments, plus a per-message overhead."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    tokens = 3
+    for m in messages:
+        if isinstance(m, dict):
+            chars = _content_chars(m.get("content"))
+            for call in m.get("tool_calls") or ():
+                if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                    chars += len(str(call["function"].get("arguments", "")))
+            tokens += MESSAGE_OVERHEAD + estimate_text_tokens(chars)
+    return tokens
+
+
+def _messages_prompt_tokens(body: dict[str, Any]) -> int:
+    """Anthropic: the system prompt apart, content as blocks."""
+    messages = body.get("messages")
+    tokens = 3 + estimate_text_tokens(_content_chars(body.get("system")))
+    for m in messages if isinstance(messages, list) else ():
+        if isinstance(m, dict):
+            tokens += MESSAGE_OVERHEAD + estimate_text_tokens(_content_chars(m.get("content")))
+    return tokens
+
+
+def _responses_prompt_tokens(body: dict[str, Any]) -> int:
+    """OpenAI Responses: instructions, and input as a string or items."""
+    given = body.get("input")
+    items = given if isinstance(given, list) else [{"content": given}]
+    tokens = 3 + estimate_text_tokens(_content_chars(body.get("instructions")))
+    for item in items:
+        if isinstance(item, dict):
+            chars = sum(_content_chars(item.get(k)) for k in ("content", "output", "arguments"))
+            tokens += MESSAGE_OVERHEAD + estimate_text_tokens(chars)
+    return tokens
+
+
+# API family -> its prompt estimate; a family not here (models, files...) has no prompt to count.
+_PROMPT_TOKENS: dict[str, Callable[[dict[str, Any]], int]] = {
+    "chat": _chat_prompt_tokens,
+    "messages": _messages_prompt_tokens,
+    "responses": _responses_prompt_tokens,
+    "completions": lambda body: estimate_text_tokens(_content_chars(body.get("prompt"))),
+    "embeddings": lambda body: estimate_text_tokens(_content_chars(body.get("input"))),
+}
+
+
 def estimate_prompt_tokens(family: str, body: Any) -> int:
     """A rough prompt size (4 characters a token), for admission against a tokens-per-minute limit."""
-    if not isinstance(body, dict):
+    estimate = _PROMPT_TOKENS.get(family)
+    if estimate is None or not isinstance(body, dict):
         return 0
-    if family == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            return 0
-        tokens = 3
-        for m in messages:
-            if isinstance(m, dict):
-                chars = _content_chars(m.get("content"))
-                for call in m.get("tool_calls") or ():
-                    if isinstance(call, dict) and isinstance(call.get("function"), dict):
-                        chars += len(str(call["function"].get("arguments", "")))
-                tokens += MESSAGE_OVERHEAD + estimate_text_tokens(chars)
-        return tokens
-    if family == "messages":  # Anthropic: the system prompt apart, content as blocks
-        messages = body.get("messages")
-        tokens = 3 + estimate_text_tokens(_content_chars(body.get("system")))
-        for m in messages if isinstance(messages, list) else ():
-            if isinstance(m, dict):
-                tokens += MESSAGE_OVERHEAD + estimate_text_tokens(_content_chars(m.get("content")))
-        return tokens
-    if family == "responses":  # OpenAI Responses: instructions, and input as a string or items
-        given = body.get("input")
-        items = given if isinstance(given, list) else [{"content": given}]
-        tokens = 3 + estimate_text_tokens(_content_chars(body.get("instructions")))
-        for item in items:
-            if isinstance(item, dict):
-                chars = sum(_content_chars(item.get(k)) for k in ("content", "output", "arguments"))
-                tokens += MESSAGE_OVERHEAD + estimate_text_tokens(chars)
-        return tokens
-    if family == "completions":
-        return estimate_text_tokens(_content_chars(body.get("prompt")))
-    if family == "embeddings":
-        return estimate_text_tokens(_content_chars(body.get("input")))
-    return 0
+    return estimate(body)
 
 
 def _count(value: Any) -> int | None:
