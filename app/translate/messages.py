@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,30 +181,39 @@ def _message(message: Any, where: str) -> None:
 def _block(block: Any, where: str, role: str) -> None:
     if not isinstance(block, dict) or not isinstance(block.get("type"), str):
         raise _bad(where, "must be an object with a string 'type'")
-    kind = block["type"]
-    if kind == "text" and not isinstance(block.get("text"), str):
+    check = _BLOCK_CHECKS.get(block["type"])
+    if check is not None:  # other types pass as they are
+        check(block, where, role)
+
+
+def _text_block(block: dict[str, Any], where: str, role: str) -> None:
+    if not isinstance(block.get("text"), str):
         raise _bad(f"{where}.text", "must be a string")
-    if kind == "image":
-        _image(block, where)
-    if kind == "tool_use":
-        if role != "assistant":
-            raise _bad(where, "tool_use blocks belong to assistant messages")
-        for name in ("id", "name"):
-            if not isinstance(block.get(name), str) or not block[name]:
-                raise _bad(f"{where}.{name}", "must be a non-empty string")
-        if not isinstance(block.get("input"), dict):
-            raise _bad(f"{where}.input", "must be an object")
-    if kind == "tool_result":
-        if role != "user":
-            raise _bad(where, "tool_result blocks belong to user messages")
-        if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
-            raise _bad(f"{where}.tool_use_id", "must be a non-empty string")
-        inner = block.get("content")
-        if inner is not None and not isinstance(inner, str):
-            if not isinstance(inner, list):
-                raise _bad(f"{where}.content", "must be a string or a list of text and image blocks")
-            for k, part in enumerate(inner):
-                _block(part, f"{where}.content.{k}", role)
+
+
+def _tool_use_block(block: dict[str, Any], where: str, role: str) -> None:
+    """An assistant's call: its id and name non-empty, its input an object."""
+    if role != "assistant":
+        raise _bad(where, "tool_use blocks belong to assistant messages")
+    for name in ("id", "name"):
+        if not isinstance(block.get(name), str) or not block[name]:
+            raise _bad(f"{where}.{name}", "must be a non-empty string")
+    if not isinstance(block.get("input"), dict):
+        raise _bad(f"{where}.input", "must be an object")
+
+
+def _tool_result_block(block: dict[str, Any], where: str, role: str) -> None:
+    """A user's answer to a call: names the call; its content a string or blocks, checked as blocks."""
+    if role != "user":
+        raise _bad(where, "tool_result blocks belong to user messages")
+    if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
+        raise _bad(f"{where}.tool_use_id", "must be a non-empty string")
+    inner = block.get("content")
+    if inner is not None and not isinstance(inner, str):
+        if not isinstance(inner, list):
+            raise _bad(f"{where}.content", "must be a string or a list of text and image blocks")
+        for k, part in enumerate(inner):
+            _block(part, f"{where}.content.{k}", role)
 
 
 def _image(block: dict[str, Any], where: str) -> None:
@@ -219,6 +228,15 @@ def _image(block: dict[str, Any], where: str) -> None:
             raise _bad(f"{where}.source.url", "must be a string")
     else:
         raise _bad(f"{where}.source.type", f"must be 'base64' or 'url' (got {_show(source.get('type'))})")
+
+
+# Content block type -> its check (block, where, role); types not here are passed on unchecked.
+_BLOCK_CHECKS: dict[str, Callable[[dict[str, Any], str, str], None]] = {
+    "text": _text_block,
+    "image": lambda block, where, role: _image(block, where),
+    "tool_use": _tool_use_block,
+    "tool_result": _tool_result_block,
+}
 
 
 def _tools(tools: Any) -> None:
