@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,13 +78,33 @@ def _type_name(value: Any) -> str:
 # -- request checks ------------------------------------------------------------------------------
 
 
-def validate(body: dict[str, Any]) -> None:
-    """The Family check, run before routing (passthrough too): types the proxy itself reads."""
-    check_model(body)
-    for name in ("stream", "store", "parallel_tool_calls", "background"):
-        if body.get(name) is not None and not isinstance(body[name], bool):
-            raise _bad(f"'{name}' must be a boolean (got {_type_name(body[name])}).", name)
-    given = body.get("input")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# (field, accepts its value, what it must be): checked in this order, the first wrong one refused.
+_TypeChecks = tuple[tuple[str, Callable[[Any], bool], str], ...]
+_BOOLEANS: _TypeChecks = tuple((name, lambda v: isinstance(v, bool), "a boolean")
+                              for name in ("stream", "store", "parallel_tool_calls", "background"))
+_SCALARS: _TypeChecks = (
+    *((name, lambda v: isinstance(v, str), "a string") for name in ("instructions", "previous_response_id", "user")),
+    ("tools", lambda v: isinstance(v, list), "an array"),
+    *((name, _is_number, "a number") for name in ("temperature", "top_p")),
+)
+_OBJECTS: _TypeChecks = tuple((name, lambda v: isinstance(v, dict), "an object")
+                             for name in ("text", "reasoning", "metadata"))
+
+
+def _check_types(body: dict[str, Any], checks: _TypeChecks) -> None:
+    """Refuse the first field of `checks` that is present (not null) with a value of the wrong type."""
+    for name, ok, what in checks:
+        value = body.get(name)
+        if value is not None and not ok(value):
+            raise _bad(f"'{name}' must be {what} (got {_type_name(value)}).", name)
+
+
+def _check_input(given: Any) -> None:
+    """`input`: absent, a string, or at most MAX_ITEMS items that are each an object."""
     if given is not None and not isinstance(given, (str, list)):
         raise _bad(f"'input' must be a string or an array of items (got {_type_name(given)}).", "input")
     if isinstance(given, list):
@@ -92,21 +113,18 @@ def validate(body: dict[str, Any]) -> None:
         for i, item in enumerate(given):
             if not isinstance(item, dict):
                 raise _bad(f"'input[{i}]' must be an object (got {_type_name(item)}).", f"input[{i}]")
-    for name in ("instructions", "previous_response_id", "user"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise _bad(f"'{name}' must be a string (got {_type_name(body[name])}).", name)
-    if body.get("tools") is not None and not isinstance(body["tools"], list):
-        raise _bad(f"'tools' must be an array (got {_type_name(body['tools'])}).", "tools")
-    for name in ("temperature", "top_p"):
-        value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise _bad(f"'{name}' must be a number (got {_type_name(value)}).", name)
+
+
+def validate(body: dict[str, Any]) -> None:
+    """The Family check, run before routing (passthrough too): types the proxy itself reads."""
+    check_model(body)
+    _check_types(body, _BOOLEANS)
+    _check_input(body.get("input"))
+    _check_types(body, _SCALARS)
     limit = body.get("max_output_tokens")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise _bad("'max_output_tokens' must be a positive integer.", "max_output_tokens")
-    for name in ("text", "reasoning", "metadata"):
-        if body.get(name) is not None and not isinstance(body[name], dict):
-            raise _bad(f"'{name}' must be an object (got {_type_name(body[name])}).", name)
+    _check_types(body, _OBJECTS)
 
 
 # -- request: Responses -> chat ------------------------------------------------------------------
@@ -189,47 +207,63 @@ def input_messages(given: Any) -> list[dict[str, Any]]:
         where = f"input[{i}]"
         kind = _kind(item, "message")
         if kind == "message":
-            role = item.get("role")
-            content = item.get("content")
-            if role == "user":
-                messages.append({"role": "user", "content": _user_content(content, f"{where}.content")})
-            elif role in ("system", "developer"):
-                messages.append({"role": "system", "content": _text_of(content, f"{where}.content")})
-            elif role == "assistant":
-                messages.append({"role": "assistant", "content": _text_of(content, f"{where}.content")})
-            else:
-                raise _bad(f"'{where}.role' must be user, assistant, system or developer (got {role!r}).",
-                           f"{where}.role")
+            messages.append(_message_of(item, where))
         elif kind in ("function_call", "custom_tool_call"):
-            name, call_id = item.get("name"), item.get("call_id")
-            if not isinstance(name, str) or not name:
-                raise _bad(f"'{where}.name' must be a non-empty string.", f"{where}.name")
-            if not isinstance(call_id, str) or not call_id:
-                raise _bad(f"'{where}.call_id' must be a non-empty string.", f"{where}.call_id")
-            if kind == "function_call":
-                arguments = _arguments(item.get("arguments"), f"{where}.arguments")
-            else:
-                arguments = wrap_input(_arguments(item.get("input"), f"{where}.input"))
-            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
-                if last.get("content") == "":
-                    last["content"] = None
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            _join_call(messages, _call_of(item, where, kind))
         elif kind in ("function_call_output", "custom_tool_call_output"):
-            call_id = item.get("call_id")
-            if not isinstance(call_id, str) or not call_id:
-                raise _bad(f"'{where}.call_id' must be a non-empty string.", f"{where}.call_id")
-            messages.append({"role": "tool", "tool_call_id": call_id,
-                             "content": _output_text(item.get("output"), f"{where}.output")})
+            messages.append(_call_output_of(item, where))
         elif kind == "reasoning":
             continue  # earlier reasoning is not sent back to a chat model (as chat clients do)
         else:
             raise _bad(f"'{where}': input items of type {kind!r} are not supported over a chat-completions "
                        "upstream.", f"{where}.type")
     return messages
+
+
+def _message_of(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """A `message` item as a chat message: user content may hold images, the other roles only text."""
+    role = item.get("role")
+    content = item.get("content")
+    if role == "user":
+        return {"role": "user", "content": _user_content(content, f"{where}.content")}
+    if role in ("system", "developer"):
+        return {"role": "system", "content": _text_of(content, f"{where}.content")}
+    if role == "assistant":
+        return {"role": "assistant", "content": _text_of(content, f"{where}.content")}
+    raise _bad(f"'{where}.role' must be user, assistant, system or developer (got {role!r}).", f"{where}.role")
+
+
+def _call_of(item: dict[str, Any], where: str, kind: str) -> dict[str, Any]:
+    """A `function_call` or `custom_tool_call` item as a chat tool call (a custom tool's input wrapped)."""
+    name, call_id = item.get("name"), item.get("call_id")
+    if not isinstance(name, str) or not name:
+        raise _bad(f"'{where}.name' must be a non-empty string.", f"{where}.name")
+    if not isinstance(call_id, str) or not call_id:
+        raise _bad(f"'{where}.call_id' must be a non-empty string.", f"{where}.call_id")
+    if kind == "function_call":
+        arguments = _arguments(item.get("arguments"), f"{where}.arguments")
+    else:
+        arguments = wrap_input(_arguments(item.get("input"), f"{where}.input"))
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _join_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    """A tool call joins the assistant message just before it (its empty text becomes null), else starts one."""
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+        if last.get("content") == "":
+            last["content"] = None
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _call_output_of(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """A `function_call_output` or `custom_tool_call_output` item as a chat `tool` message."""
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise _bad(f"'{where}.call_id' must be a non-empty string.", f"{where}.call_id")
+    return {"role": "tool", "tool_call_id": call_id, "content": _output_text(item.get("output"), f"{where}.output")}
 
 
 def _tools(tools: list[Any]) -> list[dict[str, Any]]:
@@ -331,6 +365,16 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
     chat: dict[str, Any] = {"messages": messages}
     if isinstance(body.get("model"), str):
         chat["model"] = body["model"]
+    _add_options(body, chat)
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat, conversation
+
+
+def _add_options(body: dict[str, Any], chat: dict[str, Any]) -> None:
+    """The request's sampling, tool and format options as chat fields, in chat's order (each refused
+    with a 400 when chat cannot say it)."""
     for name in ("temperature", "top_p", "parallel_tool_calls", "user"):
         if body.get(name) is not None:
             chat[name] = body[name]
@@ -346,10 +390,6 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and isinstance(reasoning.get("effort"), str):
         chat["reasoning_effort"] = reasoning["effort"]
-    if body.get("stream"):
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
-    return chat, conversation
 
 
 # -- answer: chat -> Responses -------------------------------------------------------------------
