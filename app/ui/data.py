@@ -97,30 +97,66 @@ def _pct(values: list[float], q: float) -> float | None:
 def backends_view(snapshots: list[dict[str, Any]], families: Iterable[Any]) -> dict[str, Any]:
     """Every provider and backend over every worker: health, in-flight, ejections and why, latency, cache hits."""
     metrics = _metric_view(families)
-    workers = len(snapshots)
+    in_flight = _in_flight(snapshots)
+    providers = _merged_providers(snapshots)
+    _add_backend_stats(snapshots, providers)
+    result = []
+    for p in providers.values():
+        backends = [_finished_backend(entry, metrics, in_flight) for entry in p["backends"].values()]
+        # A provider's metrics label is its targets' name.
+        m = _provider_metrics(metrics["providers"], {entry["target"] for entry in backends})
+        result.append({
+            "name": p["name"], "kind": p["kind"], "balance": p["balance"], "backends": backends,
+            "requests": int(m["requests"]), "upstream_errors": {k: int(v) for k, v in m["errors_by_kind"].items()},
+            "latency_avg_ms": _ms(m["duration_sum"] / m["duration_count"]) if m["duration_count"] else None,
+            "latency_p50_ms": _ms(quantile(0.5, m["duration"])), "latency_p99_ms": _ms(quantile(0.99, m["duration"])),
+            "ttfc_p50_ms": _ms(quantile(0.5, m["ttfb"])),
+        })
+    return {"workers": len(snapshots), "providers": result, "echo_mode": not result}
+
+
+def _in_flight(snapshots: list[dict[str, Any]]) -> dict[str, int]:
+    """Requests in flight per backend origin, over every worker's live requests."""
     in_flight: dict[str, int] = {}
     for snap in snapshots:
         for e in snap.get("live", ()):
             if e.get("backend"):
                 in_flight[e["backend"]] = in_flight.get(e["backend"], 0) + 1
+    return in_flight
+
+
+def _merged_providers(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every worker's router view merged: one entry per provider, one per backend origin (`_merge_backend`)."""
     providers: dict[str, Any] = {}
     for snap in snapshots:
         for pname, p in (snap.get("router") or {}).items():
             out = providers.setdefault(pname, {"name": pname, "kind": p.get("kind"), "balance": p.get("balance"),
                                                "backends": {}})
             for b in p.get("backends", ()):
-                origin = b["origin"]
-                entry = out["backends"].setdefault(origin, {
-                    "url": b["url"], "origin": origin, "target": b.get("target"), "weight": b.get("weight"),
-                    "workers": 0, "workers_ejected": 0, "ejected_for_s": 0.0, "consecutive_failures": 0,
-                    "probe": b.get("probe"), "_lat": [], "requests": 0, "failed": 0, "recent_failures": []})
-                entry["workers"] += 1
-                if not b.get("up", True):
-                    entry["workers_ejected"] += 1
-                entry["ejected_for_s"] = max(entry["ejected_for_s"], b.get("ejected_for_s", 0.0))
-                entry["consecutive_failures"] = max(entry["consecutive_failures"], b.get("consecutive_failures", 0))
-                if b.get("probe") == "down":
-                    entry["probe"] = "down"
+                _merge_backend(out["backends"], b)
+    return providers
+
+
+def _merge_backend(backends: dict[str, Any], b: dict[str, Any]) -> None:
+    """One worker's view of a backend into the merged one: ejected while any worker has it out, the worst
+    failure count and ejection time, `down` if any worker's probe says so."""
+    origin = b["origin"]
+    entry = backends.setdefault(origin, {
+        "url": b["url"], "origin": origin, "target": b.get("target"), "weight": b.get("weight"),
+        "workers": 0, "workers_ejected": 0, "ejected_for_s": 0.0, "consecutive_failures": 0,
+        "probe": b.get("probe"), "_lat": [], "requests": 0, "failed": 0, "recent_failures": []})
+    entry["workers"] += 1
+    if not b.get("up", True):
+        entry["workers_ejected"] += 1
+    entry["ejected_for_s"] = max(entry["ejected_for_s"], b.get("ejected_for_s", 0.0))
+    entry["consecutive_failures"] = max(entry["consecutive_failures"], b.get("consecutive_failures", 0))
+    if b.get("probe") == "down":
+        entry["probe"] = "down"
+
+
+def _add_backend_stats(snapshots: list[dict[str, Any]], providers: dict[str, Any]) -> None:
+    """The console's own per-backend counts (latencies, requests, failures) from every worker, added to each
+    provider's entry for that origin."""
     for snap in snapshots:
         for origin, stats in (snap.get("backends") or {}).items():
             for p in providers.values():
@@ -131,47 +167,42 @@ def backends_view(snapshots: list[dict[str, Any]], families: Iterable[Any]) -> d
                 entry["requests"] += stats.get("requests", 0)
                 entry["failed"] += stats.get("failed", 0)
                 entry["recent_failures"].extend(stats.get("recent_failures", ()))
-    result = []
-    for p in providers.values():
-        backends = []
-        targets = set()
-        for entry in p["backends"].values():
-            lat = entry.pop("_lat")
-            targets.add(entry["target"])
-            cache = metrics["backends"].get((entry["target"], entry["origin"]), {})
-            prompt, cached = cache.get("prompt", 0.0), cache.get("cached", 0.0)
-            entry["recent_failures"] = sorted(entry["recent_failures"], key=lambda f: -f.get("at", 0))[:10]
-            entry.update({
-                "healthy": entry["workers_ejected"] == 0 and entry["probe"] != "down",
-                "in_flight": in_flight.get(entry["origin"], 0),
-                "latency_p50_ms": _pct(lat, 0.5), "latency_p99_ms": _pct(lat, 0.99),
-                "cache_hit_rate": round(cached / prompt, 4) if prompt else None,
-                "cached_tokens": int(cached), "prompt_tokens_reported": int(prompt),
-                "up_metric": cache.get("up_metric"),
-            })
-            backends.append(entry)
-        m: dict[str, Any] = {"requests": 0.0, "errors_by_kind": {}, "duration": {}, "ttfb": {},
-                             "duration_sum": 0.0, "duration_count": 0.0}
-        for t in targets:  # a provider's metrics label is its targets' name
-            pm = metrics["providers"].get(t)
-            if pm is None:
-                continue
-            m["requests"] += pm["requests"]
-            for k, v in pm["errors_by_kind"].items():
-                m["errors_by_kind"][k] = m["errors_by_kind"].get(k, 0.0) + v
-            for hist in ("duration", "ttfb"):
-                for le, v in pm[hist].items():
-                    m[hist][le] = m[hist].get(le, 0.0) + v
-            m["duration_sum"] += pm["duration_sum"]
-            m["duration_count"] += pm["duration_count"]
-        result.append({
-            "name": p["name"], "kind": p["kind"], "balance": p["balance"], "backends": backends,
-            "requests": int(m["requests"]), "upstream_errors": {k: int(v) for k, v in m["errors_by_kind"].items()},
-            "latency_avg_ms": _ms(m["duration_sum"] / m["duration_count"]) if m["duration_count"] else None,
-            "latency_p50_ms": _ms(quantile(0.5, m["duration"])), "latency_p99_ms": _ms(quantile(0.99, m["duration"])),
-            "ttfc_p50_ms": _ms(quantile(0.5, m["ttfb"])),
-        })
-    return {"workers": workers, "providers": result, "echo_mode": not result}
+
+
+def _finished_backend(entry: dict[str, Any], metrics: dict[str, Any], in_flight: dict[str, int]) -> dict[str, Any]:
+    """A merged backend entry completed in place for the page: health, latency percentiles, cache hits."""
+    lat = entry.pop("_lat")
+    cache = metrics["backends"].get((entry["target"], entry["origin"]), {})
+    prompt, cached = cache.get("prompt", 0.0), cache.get("cached", 0.0)
+    entry["recent_failures"] = sorted(entry["recent_failures"], key=lambda f: -f.get("at", 0))[:10]
+    entry.update({
+        "healthy": entry["workers_ejected"] == 0 and entry["probe"] != "down",
+        "in_flight": in_flight.get(entry["origin"], 0),
+        "latency_p50_ms": _pct(lat, 0.5), "latency_p99_ms": _pct(lat, 0.99),
+        "cache_hit_rate": round(cached / prompt, 4) if prompt else None,
+        "cached_tokens": int(cached), "prompt_tokens_reported": int(prompt),
+        "up_metric": cache.get("up_metric"),
+    })
+    return entry
+
+
+def _provider_metrics(by_target: dict[str, Any], targets: set[Any]) -> dict[str, Any]:
+    """The metric sums (`_metric_view`) of a provider's targets added together."""
+    m: dict[str, Any] = {"requests": 0.0, "errors_by_kind": {}, "duration": {}, "ttfb": {},
+                         "duration_sum": 0.0, "duration_count": 0.0}
+    for t in targets:
+        pm = by_target.get(t)
+        if pm is None:
+            continue
+        m["requests"] += pm["requests"]
+        for k, v in pm["errors_by_kind"].items():
+            m["errors_by_kind"][k] = m["errors_by_kind"].get(k, 0.0) + v
+        for hist in ("duration", "ttfb"):
+            for le, v in pm[hist].items():
+                m[hist][le] = m[hist].get(le, 0.0) + v
+        m["duration_sum"] += pm["duration_sum"]
+        m["duration_count"] += pm["duration_count"]
+    return m
 
 
 # -- configuration ------------------------------------------------------------
