@@ -141,16 +141,23 @@ class SSEDecoder:
         self.max_event_bytes = max_event_bytes
         """An unterminated event longer than this raises `UpstreamBadResponse` (bounded memory)."""
         self._buf = bytearray()
-        self._event_start = 0   # where the current event begins in _buf
-        self._scan = 0          # where to look for the next line end
-        self._line_start = 0    # where the current line begins
-        self._skip_lf = False   # last chunk ended in \r: a leading \n belongs to it
+        self._event_start = 0  # where the current event begins in _buf
+        self._scan = 0  # where to look for the next line end
+        self._line_start = 0  # where the current line begins
+        self._skip_lf = False  # last chunk ended in \r: a leading \n belongs to it
 
     def feed(self, chunk: bytes) -> list[Event]:
         if not chunk:
             return []
-        if (not self._buf and not self._skip_lf and type(chunk) is bytes and chunk[-2:] == b"\n\n"
-                and chunk.find(b"\n\n") == len(chunk) - 2 and chunk[:1] != b"\n" and b"\r" not in chunk):
+        if (
+            not self._buf
+            and not self._skip_lf
+            and type(chunk) is bytes
+            and chunk[-2:] == b"\n\n"
+            and chunk.find(b"\n\n") == len(chunk) - 2
+            and chunk[:1] != b"\n"
+            and b"\r" not in chunk
+        ):
             # The usual chunk: exactly one whole event, nothing held before it (what the scan below finds).
             return [Event(chunk)]
         return self._feed_scan(chunk)
@@ -168,8 +175,10 @@ class SSEDecoder:
             self._line_start -= self._event_start
             self._event_start = 0
         if self.max_event_bytes is not None and len(buf) > self.max_event_bytes:
-            raise UpstreamBadResponse(f"The upstream sent an event longer than {self.max_event_bytes} bytes "
-                                      "(MAX_SSE_EVENT_BYTES).", code="upstream_event_too_large")
+            raise UpstreamBadResponse(
+                f"The upstream sent an event longer than {self.max_event_bytes} bytes (MAX_SSE_EVENT_BYTES).",
+                code="upstream_event_too_large",
+            )
         return events
 
     def _after_cr(self, chunk: bytes) -> bytes:
@@ -204,7 +213,7 @@ class SSEDecoder:
                     self._skip_lf = True
             if j == self._line_start:  # empty line: the event is complete
                 if j > self._event_start:
-                    events.append(Event(bytes(buf[self._event_start:end])))
+                    events.append(Event(bytes(buf[self._event_start : end])))
                 self._event_start = end
             self._line_start = end
             i = end

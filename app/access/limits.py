@@ -114,8 +114,14 @@ class Circuit:
     call (the probe) is let through: success closes the circuit, failure opens it for twice as long.
     Calls already in flight when it opened do not lengthen the back-off."""
 
-    def __init__(self, name: str, first: float = BACKOFF_FIRST_SECONDS, most: float = BACKOFF_MAX_SECONDS,
-                 clock: Callable[[], float] = time.monotonic, logger: logging.Logger = log) -> None:
+    def __init__(
+        self,
+        name: str,
+        first: float = BACKOFF_FIRST_SECONDS,
+        most: float = BACKOFF_MAX_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+    ) -> None:
         self.name = name
         self.log = logger
         self.first = first
@@ -162,8 +168,7 @@ class Circuit:
             backoff = min(self.first * 2 ** min(self.failures - 1, 30), self.most)
             self.open_until = now + backoff
             self._probe_since = None
-        self.log.warning("%s unreachable (%s: %s); skipping it for %g s", self.name, type(exc).__name__, exc,
-                         backoff)
+        self.log.warning("%s unreachable (%s: %s); skipping it for %g s", self.name, type(exc).__name__, exc, backoff)
 
 
 def redis_client(url: str, timeout: float = REDIS_TIMEOUT_SECONDS) -> Any:
@@ -173,8 +178,12 @@ def redis_client(url: str, timeout: float = REDIS_TIMEOUT_SECONDS) -> Any:
     from redis.retry import Retry
 
     return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False, health_check_interval=30,
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        health_check_interval=30,
     )
 
 
@@ -283,8 +292,7 @@ def _refusal(s: _Subject, limits: Limits, estimate: int, used: int, now: float) 
         if used + estimate > limits.tpm:
             ts = _tokens_to_free(list(s.tokens.values()), used, estimate, limits.tpm)
             retry = int((ts if ts is not None else now) + WINDOW_MS - now)
-            return Decision(False, "tokens", retry, remaining_tokens=max(limits.tpm - used, 0),
-                            reset_tokens_ms=retry)
+            return Decision(False, "tokens", retry, remaining_tokens=max(limits.tpm - used, 0), reset_tokens_ms=retry)
     return None
 
 
@@ -420,8 +428,9 @@ def _num(value: Any) -> int:
 class RedisLimiter(Limiter):
     """Counters in Redis, shared by every worker and replica; exact (atomic scripts)."""
 
-    def __init__(self, url: str, prefix: str = "cot-proxy:", lease_seconds: float = 900.0,
-                 timeout: float = REDIS_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, url: str, prefix: str = "cot-proxy:", lease_seconds: float = 900.0, timeout: float = REDIS_TIMEOUT_SECONDS
+    ) -> None:
         import redis
 
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
@@ -468,22 +477,41 @@ class RedisLimiter(Limiter):
 
     def admit(self, ticket: Ticket) -> Decision:
         lim = ticket.limits
-        args = [lim.rpm or 0, lim.tpm or 0, lim.concurrency or 0, lim.budget or 0, ticket.estimate, ticket.lease,
-                WINDOW_MS, self.lease_ms, ticket.spent_at_lookup, ticket.hold]
+        args = [
+            lim.rpm or 0,
+            lim.tpm or 0,
+            lim.concurrency or 0,
+            lim.budget or 0,
+            ticket.estimate,
+            ticket.lease,
+            WINDOW_MS,
+            self.lease_ms,
+            ticket.spent_at_lookup,
+            ticket.hold,
+        ]
         out = self._call(lambda: self._admit(keys=list(self._keys(ticket.subject)), args=args))
         reason = out[0].decode() if isinstance(out[0], bytes) else out[0]
         retry, rem_req, reset_req, rem_tok, reset_tok, rem_budget = (_num(v) for v in out[1:7])
         return Decision(
-            allowed=reason == "ok", reason=None if reason == "ok" else reason, retry_after_ms=retry,
+            allowed=reason == "ok",
+            reason=None if reason == "ok" else reason,
+            retry_after_ms=retry,
             remaining_budget=None if rem_budget < 0 else rem_budget,
-            remaining_requests=None if rem_req < 0 else rem_req, reset_requests_ms=reset_req,
-            remaining_tokens=None if rem_tok < 0 else rem_tok, reset_tokens_ms=reset_tok,
+            remaining_requests=None if rem_req < 0 else rem_req,
+            reset_requests_ms=reset_req,
+            remaining_tokens=None if rem_tok < 0 else rem_tok,
+            reset_tokens_ms=reset_tok,
         )
 
     def release(self, ticket: Ticket, actual_tokens: int | None) -> None:
         req, tok, conc, spent, reserved = self._keys(ticket.subject)
-        args = [ticket.lease, ticket.estimate, -1 if actual_tokens is None else actual_tokens,
-                1 if ticket.limits.budget else 0, ticket.hold]
+        args = [
+            ticket.lease,
+            ticket.estimate,
+            -1 if actual_tokens is None else actual_tokens,
+            1 if ticket.limits.budget else 0,
+            ticket.hold,
+        ]
         keys = [tok, conc, spent, reserved]
         try:
             self._call(lambda: self._release(keys=keys, args=args))

@@ -273,8 +273,13 @@ def _spool_dir() -> str | None:
 class UsageWriter:
     """Buffers usage records and writes them to the store in batches, from a background thread."""
 
-    def __init__(self, write: Callable[[list[dict[str, Any]]], Any], flush_seconds: float = 1.0,
-                 max_buffer: int = 20_000, spool_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[dict[str, Any]]], Any],
+        flush_seconds: float = 1.0,
+        max_buffer: int = 20_000,
+        spool_dir: str | None = None,
+    ) -> None:
         self._write = write
         self.flush_seconds = max(flush_seconds, 0.05)
         self.max_buffer = max_buffer
@@ -296,8 +301,11 @@ class UsageWriter:
                 self._spool = Spool(directory)
                 self._orphans = Spool.orphans(directory)
             except OSError as exc:  # an unwritable directory: buffer in memory only, as without one
-                log.warning("usage spool in %s unusable (%s): records live in memory until written", directory,
-                            type(exc).__name__)
+                log.warning(
+                    "usage spool in %s unusable (%s): records live in memory until written",
+                    directory,
+                    type(exc).__name__,
+                )
         if self._orphans:
             self._start()
 

@@ -91,8 +91,14 @@ def wants_json(accept: str, query: str = "") -> bool:
 
 
 def _model_entry() -> dict[str, float]:
-    return {"request_count": 0.0, "error_count": 0.0, "total_latency_ms": 0.0, "avg_latency_ms": 0.0,
-            "prompt_tokens": 0.0, "completion_tokens": 0.0}
+    return {
+        "request_count": 0.0,
+        "error_count": 0.0,
+        "total_latency_ms": 0.0,
+        "avg_latency_ms": 0.0,
+        "prompt_tokens": 0.0,
+        "completion_tokens": 0.0,
+    }
 
 
 # Sample name -> (summary field it adds to, scale): one row per counter the summary sums per model.
@@ -175,7 +181,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def metrics_app(
-    get_registry: Callable[[], CollectorRegistry], allowed: Networks | None = None, trusted: Networks | None = None,
+    get_registry: Callable[[], CollectorRegistry],
+    allowed: Networks | None = None,
+    trusted: Networks | None = None,
 ) -> Callable[..., Iterable[bytes]]:
     """A WSGI app answering every GET with the scrape (text, OpenMetrics or JSON); with `allowed`
     (METRICS_ALLOWED_IPS) only to those clients (`X-Forwarded-For` believed from `trusted` proxies only)."""
@@ -184,10 +192,13 @@ def metrics_app(
         if allowed is not None:
             forwarded = [environ["HTTP_X_FORWARDED_FOR"]] if "HTTP_X_FORWARDED_FOR" in environ else []
             if client_address(environ.get("REMOTE_ADDR"), forwarded, trusted) not in allowed:
-                body = b'{"error": {"message": "Metrics are not served to this address.", ' \
-                       b'"type": "invalid_request_error", "param": null, "code": "ip_not_allowed"}}'
-                start_response("403 Forbidden", [("Content-Type", "application/json"),
-                                                 ("Content-Length", str(len(body)))])
+                body = (
+                    b'{"error": {"message": "Metrics are not served to this address.", '
+                    b'"type": "invalid_request_error", "param": null, "code": "ip_not_allowed"}}'
+                )
+                start_response(
+                    "403 Forbidden", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+                )
                 return [body]
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             start_response("405 Method Not Allowed", [("Content-Type", "text/plain"), ("Allow", "GET")])
@@ -200,11 +211,15 @@ def metrics_app(
 
 
 def start_server(
-    host: str, port: int, get_registry: Callable[[], CollectorRegistry],
-    allowed: Networks | None = None, trusted: Networks | None = None,
+    host: str,
+    port: int,
+    get_registry: Callable[[], CollectorRegistry],
+    allowed: Networks | None = None,
+    trusted: Networks | None = None,
 ) -> WSGIServer:
     """Serve metrics on host:port from a daemon thread; returns the server (`shutdown()` stops it)."""
-    server = make_server(host, port, metrics_app(get_registry, allowed, trusted), server_class=_Server,
-                         handler_class=_QuietHandler)
+    server = make_server(
+        host, port, metrics_app(get_registry, allowed, trusted), server_class=_Server, handler_class=_QuietHandler
+    )
     threading.Thread(target=server.serve_forever, name="cot-proxy-metrics", daemon=True).start()
     return server

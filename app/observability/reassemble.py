@@ -104,8 +104,10 @@ class StreamReassembler:
         for index in sorted(self.choices):
             c = self.choices[index]
             if chat:
-                message: dict[str, Any] = {"role": c.role or "assistant",
-                                           "content": "".join(c.texts["content"]) if "content" in c.texts else None}
+                message: dict[str, Any] = {
+                    "role": c.role or "assistant",
+                    "content": "".join(c.texts["content"]) if "content" in c.texts else None,
+                }
                 for key in TEXT_FIELDS[1:]:
                     if key in c.texts:
                         message[key] = "".join(c.texts[key])

@@ -162,24 +162,40 @@ class TagSplitter:
     first held text, checked at each `feed`). `first_tag` and `saw_text` are what the answer
     showed, for learning."""
 
-    __slots__ = ("s", "inside", "pending", "skip_ws", "seen_tag", "released", "holding", "held", "hold_chars",
-                 "hold_seconds", "hold_since", "clock", "first_tag", "saw_text", "late", "late_len")
+    __slots__ = (
+        "s",
+        "inside",
+        "pending",
+        "skip_ws",
+        "seen_tag",
+        "released",
+        "holding",
+        "held",
+        "hold_chars",
+        "hold_seconds",
+        "hold_since",
+        "clock",
+        "first_tag",
+        "saw_text",
+        "late",
+        "late_len",
+    )
 
     def __init__(self, settings: ThinkSettings, plan: Plan | None = None, *, late: bool = False) -> None:
         self.s = settings
         self.inside = settings.prefilled if plan is None else plan.inside
-        self.pending = ""      # a possible tag prefix, never longer than a tag
-        self.skip_ws = False   # drop whitespace right after an end tag
+        self.pending = ""  # a possible tag prefix, never longer than a tag
+        self.skip_ws = False  # drop whitespace right after an end tag
         self.seen_tag = self.inside
         self.released = False  # visible text has gone out
         self.holding = plan is not None and plan.hold and not self.inside
-        self.held = ""         # visible text kept back while holding, at most hold_chars
+        self.held = ""  # visible text kept back while holding, at most hold_chars
         self.hold_chars = plan.hold_chars if plan is not None else 0
         self.hold_seconds = plan.hold_seconds if plan is not None else 0.0
         self.hold_since: float | None = None
         self.clock = plan.clock if plan is not None else time.monotonic
         self.first_tag: str | None = None  # "start" or "end": the first tag in the text
-        self.saw_text = False              # some non-blank text came
+        self.saw_text = False  # some non-blank text came
         self.late: list[str] | None = [] if late and self.inside else None  # stripped text to give back
         self.late_len = 0
 
@@ -187,8 +203,14 @@ class TagSplitter:
         if not self.saw_text and text and not text.isspace():
             self.saw_text = True
         first, first_end = self.s.firsts
-        if (first not in text and first_end not in text and not self.pending and not self.held
-                and not self.holding and self.late is None):
+        if (
+            first not in text
+            and first_end not in text
+            and not self.pending
+            and not self.held
+            and not self.holding
+            and self.late is None
+        ):
             # The usual chunk: no tag can start in it and nothing is held back, so the text is
             # all reasoning or all answer and no state changes (what the loop below would find).
             if self.inside:
@@ -202,8 +224,8 @@ class TagSplitter:
         at_start, at_end = buf.find(self.s.start), buf.find(self.s.end)
         i = self._tags(buf, at_start, at_end, answer, reasoning) if at_start >= 0 or at_end >= 0 else 0
         held = self._held(buf, i)
-        self._emit(buf[i:len(buf) - held], answer, reasoning)
-        self.pending = buf[len(buf) - held:]
+        self._emit(buf[i : len(buf) - held], answer, reasoning)
+        self.pending = buf[len(buf) - held :]
         if self.holding:
             if not self.seen_tag and self._within_hold(answer):
                 self.held = "".join(answer)
@@ -355,8 +377,9 @@ class Think(Transform):
 
     name = "think"
 
-    def __init__(self, config: Config, store: PrefillStore | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: Config, store: PrefillStore | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.table = config.llm_params
         self.default = resolve_settings(config, None)
         self.by_group = {g.name: resolve_settings(config, g) for g in self.table.groups()}
@@ -364,7 +387,8 @@ class Think(Transform):
         specs = config.routing.models if config.routing is not None else {}
         self.by_name = {
             name: resolve_settings(config, self.table.lookup(name), spec.think_prefilled)
-            for name, spec in specs.items() if spec.think_prefilled is not None
+            for name, spec in specs.items()
+            if spec.think_prefilled is not None
         }
         hold = config.prefill_hold
         self.hold_chars, self.hold_seconds, self.hold_models = hold.chars, hold.seconds, hold.models
@@ -374,8 +398,13 @@ class Think(Transform):
 
             labels = ModelLabels.for_config(config)
             access = config.access
-            store = make_store(access.redis_url, access.redis_prefix, access.redis_timeout, multiprocess_dir(),
-                               on_learned=lambda model, pre: _count_learned(labels.label(model), pre))
+            store = make_store(
+                access.redis_url,
+                access.redis_prefix,
+                access.redis_timeout,
+                multiprocess_dir(),
+                on_learned=lambda model, pre: _count_learned(labels.label(model), pre),
+            )
         self.store = store
         self._bound = False
 
@@ -396,8 +425,11 @@ class Think(Transform):
             guard = find_guard(current_app)
             limiter = getattr(guard, "limiter", None)
             settings = getattr(guard, "settings", None)
-            if (getattr(settings, "redis_url", None) == getattr(self.store, "url", None)
-                    and hasattr(limiter, "client") and hasattr(limiter, "circuit")):
+            if (
+                getattr(settings, "redis_url", None) == getattr(self.store, "url", None)
+                and hasattr(limiter, "client")
+                and hasattr(limiter, "circuit")
+            ):
                 adopt(limiter.client, limiter.circuit)
         except Exception:  # sharing is an optimisation: this step's own client still works
             log.debug("think: not sharing the rate limiter's Redis client", exc_info=True)
@@ -431,10 +463,19 @@ class Think(Transform):
         if known is not None:
             return Plan(inside=known, soft=known, learn=model, why="learned")
         sent = ex.body.get("model") if isinstance(ex.body, dict) else None
-        hold = (self.hold_chars > 0 and self.hold_seconds > 0
-                and any(isinstance(m, str) and self.hold_models.search(m) for m in (model, sent)))
-        return Plan(hold=hold, learn=model, why="unknown" if model else "unnamed", hold_chars=self.hold_chars,
-                    hold_seconds=self.hold_seconds, clock=self.clock)
+        hold = (
+            self.hold_chars > 0
+            and self.hold_seconds > 0
+            and any(isinstance(m, str) and self.hold_models.search(m) for m in (model, sent))
+        )
+        return Plan(
+            hold=hold,
+            learn=model,
+            why="unknown" if model else "unnamed",
+            hold_chars=self.hold_chars,
+            hold_seconds=self.hold_seconds,
+            clock=self.clock,
+        )
 
     def response_headers(self, ex: Exchange, status: int, headers: dict[str, str]) -> None:
         st: StreamState | None = ex.state.get(self.name)
@@ -540,8 +581,9 @@ class Think(Transform):
         _put_reasoning(st.settings, holder, reasoning)
         return not _is_empty(st, choice, holder)
 
-    def _flush_choice(self, ex: Exchange, st: StreamState, splitter: TagSplitter, finish: Any, answer: str,
-                      reasoning: str) -> tuple[str, str, bool]:
+    def _flush_choice(
+        self, ex: Exchange, st: StreamState, splitter: TagSplitter, finish: Any, answer: str, reasoning: str
+    ) -> tuple[str, str, bool]:
         """A choice's last chunk carries what its splitter still holds: (answer, reasoning, whether any was
         added). Once per choice, so out of `_stream_choice`'s per-chunk path."""
         tail_answer, tail_reasoning = splitter.finish(completed=finish == "stop")
@@ -569,8 +611,13 @@ class Think(Transform):
 
     def known(self) -> dict[str, Any]:
         """What GET /v1/metadata shows: the store, the hold, and the models learned."""
-        return {"store": self.store.kind, "hold_chars": self.hold_chars, "hold_ms": round(self.hold_seconds * 1000),
-                "hold_models": self.hold_models.pattern, "models": self.store.known()}
+        return {
+            "store": self.store.kind,
+            "hold_chars": self.hold_chars,
+            "hold_ms": round(self.hold_seconds * 1000),
+            "hold_models": self.hold_models.pattern,
+            "models": self.store.known(),
+        }
 
 
 def _count_learned(model: str, prefilled: bool) -> None:

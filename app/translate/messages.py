@@ -43,8 +43,13 @@ log = logging.getLogger("cot_proxy.translate")
 
 ROLES = ("user", "assistant")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
-                "content_filter": "refusal"}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
 IGNORED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 SAMPLING = ("temperature", "top_p", "top_k")
 SHOW_MAX = 60
@@ -352,8 +357,13 @@ def _assistant(content: list[dict[str, Any]], where: str) -> dict[str, Any]:
     for j, block in enumerate(content):
         kind = block["type"]
         if kind == "tool_use":
-            calls.append({"id": block["id"], "type": "function",
-                          "function": {"name": block["name"], "arguments": orjson.dumps(block["input"]).decode()}})
+            calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": orjson.dumps(block["input"]).decode()},
+                }
+            )
         elif kind == "text":
             texts.append(block["text"])
         elif kind not in IGNORED_BLOCKS:
@@ -394,16 +404,19 @@ def _part(block: dict[str, Any], where: str) -> dict[str, Any] | None:
         source = block.get("source")
         if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
             return {"type": "text", "text": source["data"]}
-        raise InvalidRequest(f"{where}: only plain-text documents can be sent to a chat-completions upstream.",
-                             param=where)
+        raise InvalidRequest(
+            f"{where}: only plain-text documents can be sent to a chat-completions upstream.", param=where
+        )
     if kind in IGNORED_BLOCKS:
         return None
     raise _unsupported(where, kind)
 
 
 def _unsupported(where: str, kind: str) -> InvalidRequest:
-    return InvalidRequest(f"{where}: content blocks of type {_show(kind)} cannot be sent to a chat-completions "
-                          "upstream.", param=f"{where}.type")
+    return InvalidRequest(
+        f"{where}: content blocks of type {_show(kind)} cannot be sent to a chat-completions upstream.",
+        param=f"{where}.type",
+    )
 
 
 def _chat_content(parts: list[dict[str, Any]]) -> Any:
@@ -466,8 +479,10 @@ def usage(chat_usage: Any, *, input_estimate: int = 0, output_estimate: int = 0)
     prompt = _count(chat_usage.get("prompt_tokens"))
     details = chat_usage.get("prompt_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
-    out = {"input_tokens": input_estimate if prompt is None else max(prompt - (cached or 0), 0),
-           "output_tokens": _count(chat_usage.get("completion_tokens"), output_estimate)}
+    out = {
+        "input_tokens": input_estimate if prompt is None else max(prompt - (cached or 0), 0),
+        "output_tokens": _count(chat_usage.get("completion_tokens"), output_estimate),
+    }
     if cached is not None:
         out["cache_read_input_tokens"] = cached
     return out
@@ -518,16 +533,27 @@ def from_chat(data: Any, *, model: str | None, stops: Iterable[str] = (), input_
     for call in calls:
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
         name = function.get("name") if isinstance(function.get("name"), str) else ""
-        content.append({"type": "tool_use", "id": _tool_id(call.get("id")), "name": name,
-                        "input": tool_input(function.get("arguments"), name)})
+        content.append(
+            {
+                "type": "tool_use",
+                "id": _tool_id(call.get("id")),
+                "name": name,
+                "input": tool_input(function.get("arguments"), name),
+            }
+        )
     reason, sequence = stop_reason(choice.get("finish_reason"), choice, list(stops), bool(calls))
     out_chars = len(reasoning) + len(text) + sum(len(str(c.get("input"))) for c in content if c["type"] == "tool_use")
     return {
-        "id": message_id(data.get("id")), "type": "message", "role": "assistant",
-        "model": model or str(data.get("model") or ""), "content": content,
-        "stop_reason": reason, "stop_sequence": sequence,
-        "usage": usage(data.get("usage"), input_estimate=input_estimate,
-                       output_estimate=estimate_text_tokens(out_chars)),
+        "id": message_id(data.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": model or str(data.get("model") or ""),
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage(
+            data.get("usage"), input_estimate=input_estimate, output_estimate=estimate_text_tokens(out_chars)
+        ),
     }
 
 
@@ -603,11 +629,15 @@ class MessageStream:
         out.extend(self._close())
         out.extend(self._flush_calls())
         reason, sequence = stop_reason(self.finish, self.choice, self.stops, self.had_calls)
-        counts = usage(chat_usage, input_estimate=self.input_estimate,
-                       output_estimate=estimate_text_tokens(self.out_chars))
-        out.append(sse_event("message_delta", {"type": "message_delta",
-                                               "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                               "usage": counts}))
+        counts = usage(
+            chat_usage, input_estimate=self.input_estimate, output_estimate=estimate_text_tokens(self.out_chars)
+        )
+        out.append(
+            sse_event(
+                "message_delta",
+                {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": counts},
+            )
+        )
         out.append(sse_event("message_stop", {"type": "message_stop"}))
         return out
 
@@ -615,16 +645,26 @@ class MessageStream:
         """`message_start` with the prompt estimate (chat servers report usage only at the end;
         `message_delta` then carries the real counts, which the SDK takes over these)."""
         self.started = True
-        message = {"id": message_id(chunk.get("id") if isinstance(chunk, dict) else None), "type": "message",
-                   "role": "assistant", "model": self.model, "content": [], "stop_reason": None,
-                   "stop_sequence": None, "usage": {"input_tokens": self.input_estimate, "output_tokens": 0}}
-        return [sse_event("message_start", {"type": "message_start", "message": message}),
-                sse_event("ping", {"type": "ping"})]
+        message = {
+            "id": message_id(chunk.get("id") if isinstance(chunk, dict) else None),
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.input_estimate, "output_tokens": 0},
+        }
+        return [
+            sse_event("message_start", {"type": "message_start", "message": message}),
+            sse_event("ping", {"type": "ping"}),
+        ]
 
     def _open(self, block: dict[str, Any]) -> Event:
         self.index += 1
-        return sse_event("content_block_start", {"type": "content_block_start", "index": self.index,
-                                                 "content_block": block})
+        return sse_event(
+            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
+        )
 
     def _close(self) -> list[Event]:
         if self.open is None:
@@ -636,14 +676,21 @@ class MessageStream:
         out = self._flush_calls()
         if self.open != kind:
             out.extend(self._close())
-            out.append(self._open({"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking"
-                                  else {"type": "text", "text": ""}))
+            out.append(
+                self._open(
+                    {"type": "thinking", "thinking": "", "signature": ""}
+                    if kind == "thinking"
+                    else {"type": "text", "text": ""}
+                )
+            )
             self.open = kind
         self.out_chars += len(text)
-        delta = {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta",
-                                                                                          "text": text}
-        out.append(sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index,
-                                                     "delta": delta}))
+        delta = (
+            {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta", "text": text}
+        )
+        out.append(
+            sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+        )
         return out
 
     def _call(self, call: dict[str, Any]) -> list[Event]:
@@ -667,9 +714,16 @@ class MessageStream:
         for call in self.calls.values():
             arguments = orjson.dumps(tool_input("".join(call.arguments), call.name)).decode()
             out.append(self._open({"type": "tool_use", "id": call.id, "name": call.name, "input": {}}))
-            out.append(sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index,
-                                                         "delta": {"type": "input_json_delta",
-                                                                   "partial_json": arguments}}))
+            out.append(
+                sse_event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": self.index,
+                        "delta": {"type": "input_json_delta", "partial_json": arguments},
+                    },
+                )
+            )
             out.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index}))
         self.calls.clear()
         return out

@@ -30,11 +30,25 @@ from ..validation import check_model
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 """chat `finish_reason`s that leave a response `incomplete`, with the reason given."""
-ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_tool_calls", "previous_response_id",
-          "temperature", "top_p", "tool_choice", "tools", "user")
+ECHOED = (
+    "instructions",
+    "max_output_tokens",
+    "metadata",
+    "parallel_tool_calls",
+    "previous_response_id",
+    "temperature",
+    "top_p",
+    "tool_choice",
+    "tools",
+    "user",
+)
 """Request fields a response object repeats."""
-CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"],
-                     "additionalProperties": False}
+CUSTOM_PARAMETERS = {
+    "type": "object",
+    "properties": {"input": {"type": "string"}},
+    "required": ["input"],
+    "additionalProperties": False,
+}
 """What a custom tool takes, as a function: its whole input, one string."""
 TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 MAX_ITEMS = 10_000
@@ -49,8 +63,13 @@ class ResponsesErrors(ErrorShape):
     def event(self, error: ProxyError) -> bytes:
         envelope = self.body(error)
         inner = envelope["error"]
-        data = {"type": "error", "code": inner.get("code") or inner.get("type"), "message": inner.get("message"),
-                "param": inner.get("param"), **envelope}
+        data = {
+            "type": "error",
+            "code": inner.get("code") or inner.get("type"),
+            "message": inner.get("message"),
+            "param": inner.get("param"),
+            **envelope,
+        }
         return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
@@ -84,15 +103,18 @@ def _is_number(value: Any) -> bool:
 
 # (field, accepts its value, what it must be): checked in this order, the first wrong one refused.
 _TypeChecks = tuple[tuple[str, Callable[[Any], bool], str], ...]
-_BOOLEANS: _TypeChecks = tuple((name, lambda v: isinstance(v, bool), "a boolean")
-                              for name in ("stream", "store", "parallel_tool_calls", "background"))
+_BOOLEANS: _TypeChecks = tuple(
+    (name, lambda v: isinstance(v, bool), "a boolean")
+    for name in ("stream", "store", "parallel_tool_calls", "background")
+)
 _SCALARS: _TypeChecks = (
     *((name, lambda v: isinstance(v, str), "a string") for name in ("instructions", "previous_response_id", "user")),
     ("tools", lambda v: isinstance(v, list), "an array"),
     *((name, _is_number, "a number") for name in ("temperature", "top_p")),
 )
-_OBJECTS: _TypeChecks = tuple((name, lambda v: isinstance(v, dict), "an object")
-                             for name in ("text", "reasoning", "metadata"))
+_OBJECTS: _TypeChecks = tuple(
+    (name, lambda v: isinstance(v, dict), "an object") for name in ("text", "reasoning", "metadata")
+)
 
 
 def _check_types(body: dict[str, Any], checks: _TypeChecks) -> None:
@@ -146,8 +168,7 @@ def _text_of(content: Any, param: str) -> str:
                 raise _bad(f"'{param}[{j}].text' must be a string.", f"{param}[{j}].text")
             out.append(text)
         else:
-            raise _bad(f"'{param}[{j}]': content of type {_kind(part)!r} is not supported here.",
-                       f"{param}[{j}].type")
+            raise _bad(f"'{param}[{j}]': content of type {_kind(part)!r} is not supported here.", f"{param}[{j}].type")
     return "".join(out)
 
 
@@ -170,15 +191,20 @@ def _user_content(content: Any, param: str) -> str | list[dict[str, Any]]:
         elif kind == "input_image":
             url = part.get("image_url")
             if not isinstance(url, str) or not url:
-                raise _bad(f"'{where}.image_url' must be a URL or data URL (file_id images are not supported "
-                           "over a chat-completions upstream).", f"{where}.image_url")
+                raise _bad(
+                    f"'{where}.image_url' must be a URL or data URL (file_id images are not supported "
+                    "over a chat-completions upstream).",
+                    f"{where}.image_url",
+                )
             image: dict[str, Any] = {"url": url}
             if isinstance(part.get("detail"), str) and part["detail"] != "auto":
                 image["detail"] = part["detail"]
             parts.append({"type": "image_url", "image_url": image})
         else:
-            raise _bad(f"'{where}': content of type {kind!r} is not supported over a chat-completions upstream.",
-                       f"{where}.type")
+            raise _bad(
+                f"'{where}': content of type {kind!r} is not supported over a chat-completions upstream.",
+                f"{where}.type",
+            )
     return parts
 
 
@@ -215,8 +241,10 @@ def input_messages(given: Any) -> list[dict[str, Any]]:
         elif kind == "reasoning":
             continue  # earlier reasoning is not sent back to a chat model (as chat clients do)
         else:
-            raise _bad(f"'{where}': input items of type {kind!r} are not supported over a chat-completions "
-                       "upstream.", f"{where}.type")
+            raise _bad(
+                f"'{where}': input items of type {kind!r} are not supported over a chat-completions upstream.",
+                f"{where}.type",
+            )
     return messages
 
 
@@ -274,8 +302,11 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
             raise _bad(f"'{where}' must be an object.", where)
         kind = _kind(tool)
         if kind not in ("function", "custom"):
-            raise _bad(f"'{where}': tools of type {kind!r} are not supported over a chat-completions upstream "
-                       "(only function and custom tools).", f"{where}.type")
+            raise _bad(
+                f"'{where}': tools of type {kind!r} are not supported over a chat-completions upstream "
+                "(only function and custom tools).",
+                f"{where}.type",
+            )
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise _bad(f"'{where}.name' must be a non-empty string.", f"{where}.name")
@@ -319,8 +350,11 @@ def unwrap_input(arguments: str) -> str:
 
 def custom_names(tools: Any) -> frozenset[str]:
     """The names of the custom tools of a request: their calls come back as `custom_tool_call`s."""
-    return frozenset(t["name"] for t in _list(tools)
-                     if isinstance(t, dict) and _kind(t) == "custom" and isinstance(t.get("name"), str))
+    return frozenset(
+        t["name"]
+        for t in _list(tools)
+        if isinstance(t, dict) and _kind(t) == "custom" and isinstance(t.get("name"), str)
+    )
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -328,8 +362,11 @@ def _tool_choice(choice: Any) -> Any:
         return choice
     if isinstance(choice, dict) and _kind(choice) in ("function", "custom") and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    raise _bad("'tool_choice' must be auto, none, required or {\"type\": \"function\" or \"custom\", \"name\": ...} "
-               "over a chat-completions upstream.", "tool_choice")
+    raise _bad(
+        '\'tool_choice\' must be auto, none, required or {"type": "function" or "custom", "name": ...} '
+        "over a chat-completions upstream.",
+        "tool_choice",
+    )
 
 
 def _response_format(text: dict[str, Any]) -> dict[str, Any] | None:
@@ -411,32 +448,60 @@ class Skeleton:
 
     @classmethod
     def of(cls, body: dict[str, Any], model: str | None) -> Skeleton:
-        return cls(model=model, echoed={k: body.get(k) for k in ECHOED}, store=body.get("store") is not False,
-                   reasoning=body.get("reasoning"), text=body.get("text"), custom=custom_names(body.get("tools")))
+        return cls(
+            model=model,
+            echoed={k: body.get(k) for k in ECHOED},
+            store=body.get("store") is not False,
+            reasoning=body.get("reasoning"),
+            text=body.get("text"),
+            custom=custom_names(body.get("tools")),
+        )
 
-    def call(self, item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
-             ) -> dict[str, Any]:
+    def call(self, item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
         """The output item of a tool call: a custom tool's, or a function's."""
         if name in self.custom:
-            return {"type": "custom_tool_call", "id": item_id, "call_id": call_id, "name": name,
-                    "input": unwrap_input(arguments) if arguments else "", "status": status}
+            return {
+                "type": "custom_tool_call",
+                "id": item_id,
+                "call_id": call_id,
+                "name": name,
+                "input": unwrap_input(arguments) if arguments else "",
+                "status": status,
+            }
         return call_item(item_id, call_id, name, arguments, status)
 
-    def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
-                 error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
+    def response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        incomplete: str | None = None,
+    ) -> dict[str, Any]:
         e = self.echoed
         return {
-            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
-            "error": error, "incomplete_details": {"reason": incomplete} if incomplete else None,
-            "instructions": e.get("instructions"), "max_output_tokens": e.get("max_output_tokens"),
-            "model": self.model, "output": output,
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": error,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "instructions": e.get("instructions"),
+            "max_output_tokens": e.get("max_output_tokens"),
+            "model": self.model,
+            "output": output,
             "parallel_tool_calls": e.get("parallel_tool_calls") is not False,
             "previous_response_id": e.get("previous_response_id"),
             "reasoning": {"effort": (self.reasoning or {}).get("effort"), "summary": None},
-            "store": self.store, "temperature": e.get("temperature"),
+            "store": self.store,
+            "temperature": e.get("temperature"),
             "text": self.text or {"format": {"type": "text"}},
-            "tool_choice": e.get("tool_choice") or "auto", "tools": e.get("tools") or [],
-            "top_p": e.get("top_p"), "truncation": "disabled", "usage": usage, "user": e.get("user"),
+            "tool_choice": e.get("tool_choice") or "auto",
+            "tools": e.get("tools") or [],
+            "top_p": e.get("top_p"),
+            "truncation": "disabled",
+            "usage": usage,
+            "user": e.get("user"),
             "metadata": e.get("metadata") or {},
         }
 
@@ -457,14 +522,20 @@ def usage_of(chat_usage: Any) -> dict[str, Any] | None:
         "input_tokens_details": {"cached_tokens": count(chat_usage.get("prompt_tokens_details"), "cached_tokens")},
         "output_tokens": completion,
         "output_tokens_details": {
-            "reasoning_tokens": count(chat_usage.get("completion_tokens_details"), "reasoning_tokens")},
+            "reasoning_tokens": count(chat_usage.get("completion_tokens_details"), "reasoning_tokens")
+        },
         "total_tokens": total,
     }
 
 
 def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    return {"type": "reasoning", "id": item_id, "summary": [], "status": status,
-            "content": [{"type": "reasoning_text", "text": text}] if text or status == "completed" else []}
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [],
+        "status": status,
+        "content": [{"type": "reasoning_text", "text": text}] if text or status == "completed" else [],
+    }
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -472,13 +543,24 @@ def text_part(text: str) -> dict[str, Any]:
 
 
 def message_item(item_id: str, text: str | None, status: str = "completed") -> dict[str, Any]:
-    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
-            "content": [] if text is None else [text_part(text)]}
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": [] if text is None else [text_part(text)],
+    }
 
 
 def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
-    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
-            "status": status}
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
 
 
 def _list(value: Any) -> list[Any]:
@@ -505,11 +587,18 @@ def from_chat(data: Any, sk: Skeleton) -> dict[str, Any]:
         fn = call.get("function") if isinstance(call, dict) else None
         if isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]:
             args = fn.get("arguments")
-            output.append(sk.call(new_id("fc"), str(call.get("id") or new_id("call")), fn["name"],
-                                  args if isinstance(args, str) else "{}"))
+            output.append(
+                sk.call(
+                    new_id("fc"),
+                    str(call.get("id") or new_id("call")),
+                    fn["name"],
+                    args if isinstance(args, str) else "{}",
+                )
+            )
     incomplete = INCOMPLETE.get(str(choice.get("finish_reason")))
-    return sk.response("incomplete" if incomplete else "completed", output, usage_of(data.get("usage")),
-                       incomplete=incomplete)
+    return sk.response(
+        "incomplete" if incomplete else "completed", output, usage_of(data.get("usage")), incomplete=incomplete
+    )
 
 
 def history_of(conversation: list[Any], response: dict[str, Any]) -> list[Any]:
@@ -522,8 +611,9 @@ def history_of(conversation: list[Any], response: dict[str, Any]) -> list[Any]:
             texts.extend(p.get("text", "") for p in item.get("content") or () if p.get("type") == "output_text")
         elif item.get("type") in ("function_call", "custom_tool_call"):
             arguments = item["arguments"] if item["type"] == "function_call" else wrap_input(item["input"])
-            calls.append({"id": item["call_id"], "type": "function",
-                          "function": {"name": item["name"], "arguments": arguments}})
+            calls.append(
+                {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": arguments}}
+            )
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         reply["tool_calls"] = calls
@@ -579,8 +669,10 @@ class StreamState:
             return []
         self.started = True
         snapshot = self.sk.response("in_progress", [])
-        return [self._event("response.created", response=snapshot),
-                self._event("response.in_progress", response=snapshot)]
+        return [
+            self._event("response.created", response=snapshot),
+            self._event("response.in_progress", response=snapshot),
+        ]
 
     def _add(self, item: dict[str, Any]) -> tuple[_Item, list[dict[str, Any]]]:
         opened = _Item(self._next_index, item)
@@ -599,11 +691,19 @@ class StreamState:
             return []
         text = "".join(r.text)
         item_id = r.item["id"]
-        return [self._event("response.reasoning_text.done", item_id=item_id, output_index=r.index, content_index=0,
-                            text=text),
-                self._event("response.content_part.done", item_id=item_id, output_index=r.index, content_index=0,
-                            part={"type": "reasoning_text", "text": text}),
-                self._done(r, reasoning_item(item_id, text))]
+        return [
+            self._event(
+                "response.reasoning_text.done", item_id=item_id, output_index=r.index, content_index=0, text=text
+            ),
+            self._event(
+                "response.content_part.done",
+                item_id=item_id,
+                output_index=r.index,
+                content_index=0,
+                part={"type": "reasoning_text", "text": text},
+            ),
+            self._done(r, reasoning_item(item_id, text)),
+        ]
 
     def _close_message(self) -> list[dict[str, Any]]:
         m, self._message = self._message, None
@@ -611,11 +711,24 @@ class StreamState:
             return []
         text = "".join(m.text)
         item_id = m.item["id"]
-        return [self._event("response.output_text.done", item_id=item_id, output_index=m.index, content_index=0,
-                            text=text, logprobs=[]),
-                self._event("response.content_part.done", item_id=item_id, output_index=m.index, content_index=0,
-                            part=text_part(text)),
-                self._done(m, message_item(item_id, text))]
+        return [
+            self._event(
+                "response.output_text.done",
+                item_id=item_id,
+                output_index=m.index,
+                content_index=0,
+                text=text,
+                logprobs=[],
+            ),
+            self._event(
+                "response.content_part.done",
+                item_id=item_id,
+                output_index=m.index,
+                content_index=0,
+                part=text_part(text),
+            ),
+            self._done(m, message_item(item_id, text)),
+        ]
 
     def _close_calls(self) -> list[dict[str, Any]]:
         out = []
@@ -629,8 +742,15 @@ class StreamState:
                 out.append(self._event("response.custom_tool_call_input.delta", **where, delta=final["input"]))
                 out.append(self._event("response.custom_tool_call_input.done", **where, input=final["input"]))
             else:
-                out.append(self._event("response.function_call_arguments.done", item_id=it["id"],
-                                       output_index=c.index, name=it["name"], arguments=args))
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.done",
+                        item_id=it["id"],
+                        output_index=c.index,
+                        name=it["name"],
+                        arguments=args,
+                    )
+                )
             out.append(self._done(c, final))
         self._calls.clear()
         return out
@@ -664,13 +784,22 @@ class StreamState:
             out += self._close_message()
             self._reasoning, added = self._add(reasoning_item(new_id("rs"), "", status="in_progress"))
             out += added
-            out.append(self._event("response.content_part.added", item_id=self._reasoning.item["id"],
-                                   output_index=self._reasoning.index, content_index=0,
-                                   part={"type": "reasoning_text", "text": ""}))
+            out.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=self._reasoning.item["id"],
+                    output_index=self._reasoning.index,
+                    content_index=0,
+                    part={"type": "reasoning_text", "text": ""},
+                )
+            )
         r = self._reasoning
         r.text.append(text)
-        out.append(self._event("response.reasoning_text.delta", item_id=r.item["id"], output_index=r.index,
-                               content_index=0, delta=text))
+        out.append(
+            self._event(
+                "response.reasoning_text.delta", item_id=r.item["id"], output_index=r.index, content_index=0, delta=text
+            )
+        )
         return out
 
     def _text_delta(self, text: str) -> list[dict[str, Any]]:
@@ -678,12 +807,27 @@ class StreamState:
         if self._message is None:
             self._message, added = self._add(message_item(new_id("msg"), None, status="in_progress"))
             out += added
-            out.append(self._event("response.content_part.added", item_id=self._message.item["id"],
-                                   output_index=self._message.index, content_index=0, part=text_part("")))
+            out.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=self._message.item["id"],
+                    output_index=self._message.index,
+                    content_index=0,
+                    part=text_part(""),
+                )
+            )
         m = self._message
         m.text.append(text)
-        out.append(self._event("response.output_text.delta", item_id=m.item["id"], output_index=m.index,
-                               content_index=0, delta=text, logprobs=[]))
+        out.append(
+            self._event(
+                "response.output_text.delta",
+                item_id=m.item["id"],
+                output_index=m.index,
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            )
+        )
         return out
 
     def _call_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
@@ -704,8 +848,11 @@ class StreamState:
         if isinstance(args, str) and args:
             c.text.append(args)
             if c.item["type"] == "function_call":
-                out.append(self._event("response.function_call_arguments.delta", item_id=c.item["id"],
-                                       output_index=c.index, delta=args))
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.delta", item_id=c.item["id"], output_index=c.index, delta=args
+                    )
+                )
         return out
 
     def finish(self, chat_usage: Any) -> list[dict[str, Any]]:

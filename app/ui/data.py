@@ -33,17 +33,27 @@ def router_state(router: Any) -> dict[str, Any]:
     for name, provider in getattr(router, "providers", {}).items():
         backends = []
         for b in provider.backends:
-            backends.append({
-                "url": b.target.public_url, "origin": b.target.origin, "target": b.target.name,
-                "weight": b.weight, "up": b.healthy(now), "in_flight": b.in_flight,
-                "consecutive_failures": b.failures, "failure_threshold": b.failure_threshold,
-                "ejected_for_s": round(max(0.0, b.down_until - now), 1),
-                "probe": {None: "unknown", True: "up", False: "down"}[b.probe_up],
-            })
+            backends.append(
+                {
+                    "url": b.target.public_url,
+                    "origin": b.target.origin,
+                    "target": b.target.name,
+                    "weight": b.weight,
+                    "up": b.healthy(now),
+                    "in_flight": b.in_flight,
+                    "consecutive_failures": b.failures,
+                    "failure_threshold": b.failure_threshold,
+                    "ejected_for_s": round(max(0.0, b.down_until - now), 1),
+                    "probe": {None: "unknown", True: "up", False: "down"}[b.probe_up],
+                }
+            )
         spec = getattr(provider, "spec", None)
-        out[name] = {"kind": getattr(provider, "kind", getattr(spec, "type", "openai")),
-                     "balance": getattr(spec, "balance", None), "retries": getattr(provider, "retries", None),
-                     "backends": backends}
+        out[name] = {
+            "kind": getattr(provider, "kind", getattr(spec, "type", "openai")),
+            "balance": getattr(spec, "balance", None),
+            "retries": getattr(provider, "retries", None),
+            "backends": backends,
+        }
     return out
 
 
@@ -53,8 +63,17 @@ def _metric_view(families: Iterable[Any]) -> dict[str, Any]:
     backends: dict[tuple[str, str], dict[str, Any]] = {}
 
     def prov(name: str) -> dict[str, Any]:
-        return providers.setdefault(name, {"requests": 0.0, "errors_by_kind": {}, "duration": {}, "ttfb": {},
-                                           "duration_sum": 0.0, "duration_count": 0.0})
+        return providers.setdefault(
+            name,
+            {
+                "requests": 0.0,
+                "errors_by_kind": {},
+                "duration": {},
+                "ttfb": {},
+                "duration_sum": 0.0,
+                "duration_count": 0.0,
+            },
+        )
 
     for family in families:
         for s in family.samples:
@@ -105,13 +124,20 @@ def backends_view(snapshots: list[dict[str, Any]], families: Iterable[Any]) -> d
         backends = [_finished_backend(entry, metrics, in_flight) for entry in p["backends"].values()]
         # A provider's metrics label is its targets' name.
         m = _provider_metrics(metrics["providers"], {entry["target"] for entry in backends})
-        result.append({
-            "name": p["name"], "kind": p["kind"], "balance": p["balance"], "backends": backends,
-            "requests": int(m["requests"]), "upstream_errors": {k: int(v) for k, v in m["errors_by_kind"].items()},
-            "latency_avg_ms": _ms(m["duration_sum"] / m["duration_count"]) if m["duration_count"] else None,
-            "latency_p50_ms": _ms(quantile(0.5, m["duration"])), "latency_p99_ms": _ms(quantile(0.99, m["duration"])),
-            "ttfc_p50_ms": _ms(quantile(0.5, m["ttfb"])),
-        })
+        result.append(
+            {
+                "name": p["name"],
+                "kind": p["kind"],
+                "balance": p["balance"],
+                "backends": backends,
+                "requests": int(m["requests"]),
+                "upstream_errors": {k: int(v) for k, v in m["errors_by_kind"].items()},
+                "latency_avg_ms": _ms(m["duration_sum"] / m["duration_count"]) if m["duration_count"] else None,
+                "latency_p50_ms": _ms(quantile(0.5, m["duration"])),
+                "latency_p99_ms": _ms(quantile(0.99, m["duration"])),
+                "ttfc_p50_ms": _ms(quantile(0.5, m["ttfb"])),
+            }
+        )
     return {"workers": len(snapshots), "providers": result, "echo_mode": not result}
 
 
@@ -130,8 +156,9 @@ def _merged_providers(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     providers: dict[str, Any] = {}
     for snap in snapshots:
         for pname, p in (snap.get("router") or {}).items():
-            out = providers.setdefault(pname, {"name": pname, "kind": p.get("kind"), "balance": p.get("balance"),
-                                               "backends": {}})
+            out = providers.setdefault(
+                pname, {"name": pname, "kind": p.get("kind"), "balance": p.get("balance"), "backends": {}}
+            )
             for b in p.get("backends", ()):
                 _merge_backend(out["backends"], b)
     return providers
@@ -141,10 +168,24 @@ def _merge_backend(backends: dict[str, Any], b: dict[str, Any]) -> None:
     """One worker's view of a backend into the merged one: ejected while any worker has it out, the worst
     failure count and ejection time, `down` if any worker's probe says so."""
     origin = b["origin"]
-    entry = backends.setdefault(origin, {
-        "url": b["url"], "origin": origin, "target": b.get("target"), "weight": b.get("weight"),
-        "workers": 0, "workers_ejected": 0, "ejected_for_s": 0.0, "consecutive_failures": 0,
-        "probe": b.get("probe"), "_lat": [], "requests": 0, "failed": 0, "recent_failures": []})
+    entry = backends.setdefault(
+        origin,
+        {
+            "url": b["url"],
+            "origin": origin,
+            "target": b.get("target"),
+            "weight": b.get("weight"),
+            "workers": 0,
+            "workers_ejected": 0,
+            "ejected_for_s": 0.0,
+            "consecutive_failures": 0,
+            "probe": b.get("probe"),
+            "_lat": [],
+            "requests": 0,
+            "failed": 0,
+            "recent_failures": [],
+        },
+    )
     entry["workers"] += 1
     if not b.get("up", True):
         entry["workers_ejected"] += 1
@@ -175,21 +216,31 @@ def _finished_backend(entry: dict[str, Any], metrics: dict[str, Any], in_flight:
     cache = metrics["backends"].get((entry["target"], entry["origin"]), {})
     prompt, cached = cache.get("prompt", 0.0), cache.get("cached", 0.0)
     entry["recent_failures"] = sorted(entry["recent_failures"], key=lambda f: -f.get("at", 0))[:10]
-    entry.update({
-        "healthy": entry["workers_ejected"] == 0 and entry["probe"] != "down",
-        "in_flight": in_flight.get(entry["origin"], 0),
-        "latency_p50_ms": _pct(lat, 0.5), "latency_p99_ms": _pct(lat, 0.99),
-        "cache_hit_rate": round(cached / prompt, 4) if prompt else None,
-        "cached_tokens": int(cached), "prompt_tokens_reported": int(prompt),
-        "up_metric": cache.get("up_metric"),
-    })
+    entry.update(
+        {
+            "healthy": entry["workers_ejected"] == 0 and entry["probe"] != "down",
+            "in_flight": in_flight.get(entry["origin"], 0),
+            "latency_p50_ms": _pct(lat, 0.5),
+            "latency_p99_ms": _pct(lat, 0.99),
+            "cache_hit_rate": round(cached / prompt, 4) if prompt else None,
+            "cached_tokens": int(cached),
+            "prompt_tokens_reported": int(prompt),
+            "up_metric": cache.get("up_metric"),
+        }
+    )
     return entry
 
 
 def _provider_metrics(by_target: dict[str, Any], targets: set[Any]) -> dict[str, Any]:
     """The metric sums (`_metric_view`) of a provider's targets added together."""
-    m: dict[str, Any] = {"requests": 0.0, "errors_by_kind": {}, "duration": {}, "ttfb": {},
-                         "duration_sum": 0.0, "duration_count": 0.0}
+    m: dict[str, Any] = {
+        "requests": 0.0,
+        "errors_by_kind": {},
+        "duration": {},
+        "ttfb": {},
+        "duration_sum": 0.0,
+        "duration_count": 0.0,
+    }
     for t in targets:
         pm = by_target.get(t)
         if pm is None:
@@ -217,8 +268,11 @@ def mask_url(url: str) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(":" + parts.password + "@", ":" + MASK + "@", 1)
-    query = "&".join(f"{q.split('=', 1)[0]}={MASK}" if "=" in q else q for q in parts.query.split("&")) \
-        if parts.query else ""
+    query = (
+        "&".join(f"{q.split('=', 1)[0]}={MASK}" if "=" in q else q for q in parts.query.split("&"))
+        if parts.query
+        else ""
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
@@ -237,8 +291,7 @@ def masked(value: Any, *, depth: int = 0, secret: bool = False) -> Any:
             out[f.name] = masked(getattr(value, f.name), depth=depth + 1, secret=hidden)
         return out
     if isinstance(value, dict):
-        return {str(k): masked(v, depth=depth + 1, secret=bool(SECRET_NAME.search(str(k))))
-                for k, v in value.items()}
+        return {str(k): masked(v, depth=depth + 1, secret=bool(SECRET_NAME.search(str(k)))) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [masked(v, depth=depth + 1) for v in value]
     if isinstance(value, str):
