@@ -101,7 +101,7 @@ class StreamReassembler:
             if key in self.envelope:
                 out[key] = self.envelope[key]
         choices = []
-        for index in sorted(self.choices):
+        for index in sorted(self.choices, key=_index_order):
             c = self.choices[index]
             if chat:
                 message: dict[str, Any] = {
@@ -112,7 +112,7 @@ class StreamReassembler:
                     if key in c.texts:
                         message[key] = "".join(c.texts[key])
                 if c.tool_calls:
-                    message["tool_calls"] = [c.tool_calls[i] for i in sorted(c.tool_calls)]
+                    message["tool_calls"] = [c.tool_calls[i] for i in sorted(c.tool_calls, key=_index_order)]
                 if c.function_call is not None:
                     message["function_call"] = c.function_call
                 choices.append({"index": index, "message": message, "finish_reason": c.finish_reason})
@@ -142,3 +142,9 @@ def _add_tool_calls(choice: _Choice, calls: list[Any]) -> None:
                 target["name"] += function["name"]
             if isinstance(function.get("arguments"), str):
                 target["arguments"] += function["arguments"]
+
+
+def _index_order(index: Any) -> tuple[bool, Any]:
+    """Numbers first, in order, then anything else an upstream sent as an `index` (mixing them is not
+    comparable, and a recorder must not fail on a malformed stream)."""
+    return (False, index) if isinstance(index, int) and not isinstance(index, bool) else (True, str(index))
