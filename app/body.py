@@ -42,6 +42,7 @@ class RequestBody:
         self.limit = bounds.max_request_bytes
         self.timeout = bounds.request_body_timeout
         self._deadline: float | None = None
+        self._whole: bytes | None = None
         raw_length = (environ.get("CONTENT_LENGTH") or "").strip()
         self.length: int | None = None
         if raw_length:
@@ -54,7 +55,12 @@ class RequestBody:
             raise self._too_large()
 
     def read(self) -> bytes:
-        """All of it, or 413 / 408 / 400."""
+        """All of it, or 413 / 408 / 400; read once, the same bytes on every call."""
+        if self._whole is None:
+            self._whole = self._read_whole()
+        return self._whole
+
+    def _read_whole(self) -> bytes:
         if not self.present:
             return b""
         parts: list[bytes] = []

@@ -212,13 +212,14 @@ class Relay:
     ) -> Reply:
         if isinstance(body, SizedStream):
             plan = plan[:1]  # a streamed upload cannot be replayed
-        # Any answer may need reading (errors, streams): ask only for encodings this worker decodes.
-        again = len(plan) > 1 or self.pipeline.may_resend
+        # A later attempt re-parses the client's JSON bytes (read once, kept by RequestBody): nothing
+        # is copied or serialised for the usual single attempt. Any answer may need reading (errors,
+        # streams): ask only for encodings this worker decodes.
         sent = _Sent(
             ex.family,
             ex.path,
             ex.query,
-            dump_json(ex.body) if again and ex.body is not None else None,
+            client.body.read() if ex.body is not None else None,
             accept_decodable(ex.headers),
         )
         retry_after: str | None = None

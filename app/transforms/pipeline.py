@@ -19,8 +19,6 @@ class Pipeline:
         self._authenticate = [t for t in self.transforms if overrides(t, "authenticate")]
         self._admit = [t for t in self.transforms if overrides(t, "admit")]
         self._attempt = [t for t in self.transforms if overrides(t, "attempt")]
-        self.may_resend = any(overrides(t, "resend") for t in self.transforms)
-        """Whether an attempt may be sent twice (the relay then keeps the client's body)."""
         self._done = [t for t in self.transforms if overrides(t, "done")]
 
     def authenticate(self, ex: Exchange) -> None:
