@@ -335,19 +335,18 @@ class AccessGuard(Transform):
             if state.slot:  # last: a free slot means this request is fully released
                 state.slot = False
                 self.queue.release()
-        if self.writer is not None and state.admitted and not state.recorded:
-            self.writer.record(self._usage_record(ex, state.identity, prompt, completion, total, estimated))
+        self.record_usage(ex, (prompt, completion, total, estimated))
 
-    def stream_end(self, ex: Exchange) -> Iterable[Event]:
-        """A stream's usage row is queued before its `[DONE]` reaches the client: a replica killed
-        after that can no longer leave a finished stream unrecorded (or recorded twice after the
-        client's retry)."""
+    def record_usage(self, ex: Exchange, used: tuple[int, int, int, bool] | None = None) -> None:
+        """Queue the request's usage row, once: in `done`, or for a stream from `OutputCount.stream_end`,
+        before its `[DONE]` reaches the client (a replica killed after that can no longer leave a
+        finished stream unrecorded, or recorded twice after the client's retry)."""
         state: Admission | None = ex.state.get(self.name)
-        if self.writer is not None and state is not None and state.admitted and not state.recorded:
-            state.recorded = True
-            prompt, completion, total, estimated = tokens_used(ex, state.estimate)
-            self.writer.record(self._usage_record(ex, state.identity, prompt, completion, total, estimated))
-        return ()
+        if self.writer is None or state is None or not state.admitted or state.recorded:
+            return
+        state.recorded = True
+        prompt, completion, total, estimated = used or tokens_used(ex, state.estimate)
+        self.writer.record(self._usage_record(ex, state.identity, prompt, completion, total, estimated))
 
     def _release(self, ticket: Ticket, tokens: int | None) -> None:
         try:
@@ -419,6 +418,9 @@ class OutputCount(Transform):
 
     name = "access_output"
 
+    def __init__(self, guard: AccessGuard) -> None:
+        self.guard = guard
+
     def applies(self, ex: Exchange) -> bool:
         return ex.family in GENERATION and self.name in ex.state
 
@@ -433,7 +435,13 @@ class OutputCount(Transform):
             ex.state[self.name] += output_chars(obj)
         return (event,)
 
+    def stream_end(self, ex: Exchange) -> Iterable[Event]:
+        """The generated text is all counted here: the usage row can be queued (see `record_usage`)."""
+        self.guard.record_usage(ex)
+        return ()
+
 
 def access_transforms(config: Config) -> list[Transform]:
     """The transforms to put first in the pipeline."""
-    return [AccessGuard(config), OutputCount()]
+    guard = AccessGuard(config)
+    return [guard, OutputCount(guard)]
