@@ -105,6 +105,11 @@ class Call:
         self.connection: HTTPConnection | None = None
         self.aborted = False
 
+    def release(self) -> None:
+        """The reply is closed and its connection may serve another call from the pool: an
+        `abort` from now on must not touch it."""
+        self.connection = None
+
     def abort(self) -> None:
         self.aborted = True
         sock = getattr(self.connection, "sock", None)
@@ -210,8 +215,10 @@ class Upstream:
         token = _CALL.set(call)
         try:
             with mapped_errors(target):
-                return UpstreamReply(self.adapter.send(prepared, stream=True, timeout=timeout), target, watch)
+                return UpstreamReply(self.adapter.send(prepared, stream=True, timeout=timeout), target, watch, call)
         except BaseException:
+            if call is not None:
+                call.release()
             if watch is not None:
                 watch.stop()
             raise
@@ -222,13 +229,20 @@ class Upstream:
 class UpstreamReply:
     """An upstream response whose body is read once: decoded, raw, or whole."""
 
-    def __init__(self, resp: requests.Response, target: Target, watch: DisconnectWatch | None = None) -> None:
+    def __init__(
+        self,
+        resp: requests.Response,
+        target: Target,
+        watch: DisconnectWatch | None = None,
+        call: Call | None = None,
+    ) -> None:
         self.resp = resp
         self.target = target
         self.status = resp.status_code
         self.reason = resp.reason or ""
         self.headers = {k.lower(): v for k, v in resp.headers.items()}
         self._watch = watch
+        self._call = call
         self._closed = False
 
     def chunks(self) -> Iterator[bytes]:
@@ -269,10 +283,12 @@ class UpstreamReply:
         return b"".join(parts)
 
     def close(self) -> None:
-        """Idempotent: the connection and the disconnect watch both end here."""
+        """Idempotent: the connection, its `Call` and the disconnect watch all end here."""
         if self._closed:
             return
         self._closed = True
+        if self._call is not None:
+            self._call.release()
         try:
             self.resp.close()
         finally:

@@ -162,3 +162,20 @@ def test_done_passes_the_stream_steps_after_stream_end(upstream):
         .get_data()
     )
     assert body.endswith(b'data: {"the":"end"}\n\n') and b"[DONE]" not in body
+
+
+def test_an_abort_after_close_leaves_the_pooled_connection_alone(upstream):
+    """The connection of a closed reply goes back to the pool: a late cancel must not cut the call
+    that reuses it."""
+    from app.upstream import Call, Target, Upstream
+
+    client, target = Upstream(), Target(base_url=upstream.base_url)
+    call = Call()
+    client.send(target, "GET", target.url("models"), {}, None, call=call).read_all(1 << 20)
+    upstream.reset()
+    upstream.enqueue(json_reply({"ok": True}, before_first=0.5))
+    late = threading.Thread(target=lambda: upstream.arrived.wait(10) and call.abort())
+    late.start()  # the operator's cancel of the first call, while the second waits on the same connection
+    second = client.send(target, "GET", target.url("models"), {}, None)
+    late.join(10)
+    assert second.status == 200 and second.read_all(1 << 20) == b'{"ok": true}'
