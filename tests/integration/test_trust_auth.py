@@ -45,6 +45,9 @@ ROUTES = (
     "/v1/files",
     "/v1/files/file-1",
     "/v1/responses",
+    "/v1/responses/resp_1",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
     "/v1/moderations",
     "/v1/images/generations",
     "/v1/audio/transcriptions",
@@ -176,5 +179,11 @@ def test_auth_table(proxy, up, path, method, credential):
     else:
         assert r.status in (401, 404, 405), where
     if r.status == 401 and method != "HEAD":
-        assert r.error()["code"] == "invalid_api_key", where
+        if path.startswith("/v1/messages") and method == "POST":  # Anthropic's routes, Anthropic's shape
+            assert r.json() == {
+                "type": "error",
+                "error": {"type": "authentication_error", "message": r.json()["error"]["message"]},
+            }, where
+        else:
+            assert r.error()["code"] == "invalid_api_key", where
     assert not up.seen, f"{where}: the upstream received {up.seen}"
