@@ -31,7 +31,7 @@ def create_app(config: Config | None = None) -> Flask:
     from .relay import Relay
     from .routing.router import Router
     from .transforms import build_pipeline
-    from .upstream import Upstream
+    from .upstream import Upstream, pick_transport
 
     config = config or Config.from_env()
     app = Flask("cot_proxy")
@@ -45,7 +45,9 @@ def create_app(config: Config | None = None) -> Flask:
     router = Router(config)
     router.start()
     app.extensions["cot_proxy.router"] = router
-    upstream = Upstream()
+    tracing = config.observability.otel_endpoint is not None
+    upstream = Upstream(transport=pick_transport(config.upstream_transport, tracing=tracing))
+    log.info("upstream transport: %s", upstream.transport)
     app.extensions["cot_proxy.relay"] = Relay(config, router, upstream, build_pipeline(config))
 
     request_id.init_app(app)

@@ -26,6 +26,9 @@ from .routing.settings import RoutingSettings, single_provider
 from .routing.settings import load as load_routing
 from .translate.settings import StoreBounds
 
+TRANSPORTS = ("auto", "gevent", "requests")
+"""UPSTREAM_TRANSPORT (app/upstream.py `pick_transport`)."""
+
 REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
 
 
@@ -102,6 +105,8 @@ class Config:
     port: int = 5000
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    upstream_transport: str = "auto"
+    """UPSTREAM_TRANSPORT: `auto`, `gevent` or `requests` (app/upstream.py `pick_transport`)."""
     bounds: Bounds = field(default_factory=Bounds)
     """Size and time limits on request and response bodies (app/bounds.py)."""
     health_cache_seconds: float = 2.0
@@ -193,6 +198,7 @@ class Config:
             port=port,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            upstream_transport=choice(env, "UPSTREAM_TRANSPORT", TRANSPORTS, "auto"),
             bounds=Bounds.from_env(env),
             access=access,
             observability=observability,

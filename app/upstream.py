@@ -168,8 +168,24 @@ def _wraps(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
+def pick_transport(choice: str, *, tracing: bool = False) -> str:
+    """`gevent` or `requests` for UPSTREAM_TRANSPORT's `choice` in this process: `auto` is
+    `gevent` where sockets are gevent's and tracing is off."""
+    if choice != "auto":
+        return choice
+    if tracing:
+        return "requests"  # client spans come from the urllib3 instrumentation
+    try:
+        import geventhttpclient  # noqa: F401 - not on Python 3.10 (requirements.txt)
+        from gevent import monkey
+    except ImportError:
+        return "requests"
+    return "gevent" if monkey.is_module_patched("socket") else "requests"
+
+
 class Upstream:
-    """The worker's HTTP client: one pooled `requests` adapter (keep-alive).
+    """The worker's HTTP client: one pooled adapter (keep-alive), `requests`' own or the gevent
+    transport (app/transport.py) behind the same interface.
 
     `send` hands a prepared request straight to the adapter. `Session.request`
     would re-merge settings, cookies, hooks and proxy environment on every call,
@@ -177,11 +193,17 @@ class Upstream:
     the client's headers and body go upstream as they are.
     """
 
-    def __init__(self, pool_size: int = 1024) -> None:
+    def __init__(self, pool_size: int = 1024, transport: str = "requests") -> None:
         session = requests.Session()
         session.trust_env = False
         session.headers.clear()
-        self.adapter = _Adapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+        self.transport = transport
+        if transport == "gevent":
+            from .transport import GeventAdapter
+
+            self.adapter: HTTPAdapter | GeventAdapter = GeventAdapter()
+        else:
+            self.adapter = _Adapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
         session.mount("http://", self.adapter)
         session.mount("https://", self.adapter)
         self.session = session
