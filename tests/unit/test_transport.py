@@ -1,0 +1,252 @@
+"""Both upstream transports behave alike: `requests`' own adapter and the gevent one
+(app/transport.py), driven through `Upstream.send` against a raw-socket upstream.
+
+Every case runs on both, so a difference between them fails here: keep-alive reuse, bodies
+framed by length, chunks or close, bodies cut short, 1xx answers, timeouts, `Call.abort()`
+from another thread, content decoding, header injection, and the same error for each fault.
+The gevent transport runs here without monkey-patching (gevent sockets in the main thread);
+under Gunicorn the trust tests in tests/integration run it patched."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from app.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from app.upstream import Call, Target, Upstream, pick_transport
+from tests.fakes.hostile_upstream import Conn, HostileUpstream, RawRequest, json_answer, write_response
+from tests.support import free_port
+
+pytest.importorskip("geventhttpclient")
+
+TRANSPORTS = ["requests", "gevent"]
+BODY = b'{"model":"m","messages":[]}'
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[HostileUpstream]:
+    server = HostileUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def up(upstream: HostileUpstream) -> HostileUpstream:
+    upstream.reset()
+    return upstream
+
+
+@pytest.fixture(params=TRANSPORTS)
+def client(request: pytest.FixtureRequest) -> Iterator[Upstream]:
+    u = Upstream(transport=request.param)
+    assert u.transport == request.param
+    yield u
+    u.adapter.close()
+
+
+def target(up: HostileUpstream, read_timeout: float = 5.0) -> Target:
+    return Target(base_url=up.url("/v1/"), connect_timeout=2.0, read_timeout=read_timeout)
+
+
+def post(client: Upstream, t: Target, call: Call | None = None, headers: dict[str, str] | None = None):
+    h = {"content-type": "application/json", **(headers or {})}
+    return client.send(t, "POST", t.url("chat/completions"), h, BODY, call=call)
+
+
+def peer_port(ports: list[int]):
+    """An answer that records the client's port (one per connection), then answers `{}`."""
+
+    def answer(req: RawRequest, conn: Conn) -> None:
+        ports.append(conn.sock.getpeername()[1])
+        write_response(conn, req, 200, {"Content-Type": "application/json"}, [b"{}"])
+
+    return answer
+
+
+def test_keep_alive_reuses_one_connection(client, up):
+    ports: list[int] = []
+    up.enqueue(peer_port(ports), peer_port(ports), peer_port(ports))
+    t = target(up)
+    for _ in range(3):
+        assert post(client, t).read_all(1000) == b"{}"
+    assert len(ports) == 3 and len(set(ports)) == 1, ports
+    assert up.requests[0].body == BODY
+
+
+def test_every_framing_is_read_whole(client, up):
+    big = b"x" * 200_000
+
+    def close_delimited(req: RawRequest, conn: Conn) -> None:
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + big)
+        conn.close_after = True
+
+    up.enqueue(
+        lambda req, conn: write_response(conn, req, 200, {}, [big]),
+        lambda req, conn: write_response(conn, req, 200, {}, [big[:1000], big[1000:]], chunked=True),
+        close_delimited,
+    )
+    t = target(up)
+    for _ in range(3):
+        assert post(client, t).read_all(1 << 20) == big
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_cut_short_is_an_error(client, up, chunked):
+    def cut(req: RawRequest, conn: Conn) -> None:
+        if chunked:
+            conn.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly-some")
+        else:
+            conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-some")
+        conn.close_after = True
+
+    up.enqueue(cut)
+    reply = post(client, target(up))
+    with pytest.raises(UpstreamBadResponse):
+        reply.read_all(1000)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [b"", b"HTTP/1.1 2OO OK\r\n\r\n", b"NOT HTTP AT ALL\r\n\r\n"],
+    ids=["closed-without-answer", "bad-status", "not-http"],
+)
+def test_no_answer_or_garbage_is_a_bad_response(client, up, wire):
+    def answer(req: RawRequest, conn: Conn) -> None:
+        if wire:
+            conn.write(wire)
+        conn.close_after = True
+
+    up.enqueue(answer)
+    with pytest.raises(UpstreamBadResponse):
+        post(client, target(up)).read_all(1000)
+
+
+def test_connection_refused_is_unavailable(client):
+    t = Target(base_url=f"http://127.0.0.1:{free_port()}/v1/", connect_timeout=2.0)
+    with pytest.raises(UpstreamUnavailable):
+        post(client, t)
+
+
+def test_informational_answers_are_skipped(client, up):
+    def hints(req: RawRequest, conn: Conn) -> None:
+        conn.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
+        conn.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+        write_response(conn, req, 201, {"Content-Type": "application/json", "X-Final": "yes"}, [b'{"ok":1}'])
+
+    up.enqueue(hints)
+    reply = post(client, target(up))
+    assert (reply.status, reply.headers.get("x-final"), "link" in reply.headers) == (201, "yes", False)
+    assert reply.read_all(1000) == b'{"ok":1}'
+
+
+def test_duplicate_headers_are_joined(client, up):
+    def answer(req: RawRequest, conn: Conn) -> None:
+        conn.write(b"HTTP/1.1 200 OK\r\nX-Many: a\r\nX-Many: b\r\nContent-Length: 2\r\n\r\n{}")
+
+    up.enqueue(answer)
+    reply = post(client, target(up))
+    assert reply.headers["x-many"] == "a, b"
+    reply.close()
+
+
+def test_read_timeout_before_the_head_and_mid_body(client, up):
+    release = threading.Event()
+
+    def silent(req: RawRequest, conn: Conn) -> None:
+        release.wait(5)
+        conn.close_after = True
+
+    def stalls(req: RawRequest, conn: Conn) -> None:
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nsome")
+        release.wait(5)
+        conn.close_after = True
+
+    up.enqueue(silent, stalls)
+    t = target(up, read_timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            post(client, t)
+        reply = post(client, t)
+        with pytest.raises(UpstreamTimeout):
+            reply.read_all(1000)
+        assert time.monotonic() - started < 4
+    finally:
+        release.set()
+
+
+def test_abort_from_another_thread_ends_a_read_mid_body(client, up):
+    release = threading.Event()
+
+    def stalls(req: RawRequest, conn: Conn) -> None:
+        conn.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nsome\r\n")
+        release.wait(5)
+        conn.close_after = True
+
+    up.enqueue(stalls)
+    call = Call()
+    reply = post(client, target(up), call=call)
+    chunks = reply.chunks()
+    assert next(chunks) == b"some"
+    timer = threading.Timer(0.2, call.abort)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamBadResponse):
+            next(chunks)
+        assert time.monotonic() - started < 3
+    finally:
+        release.set()
+        timer.cancel()
+        reply.close()
+
+
+def test_a_late_abort_leaves_the_pooled_connection_alone(client, up):
+    ports: list[int] = []
+    up.enqueue(peer_port(ports), peer_port(ports))
+    t = target(up)
+    first = Call()
+    assert post(client, t, call=first).read_all(1000) == b"{}"
+    first.abort()  # after its reply closed: the connection is back in the pool
+    assert post(client, t).read_all(1000) == b"{}"
+    assert len(set(ports)) == 1, ports
+
+
+def test_gzip_is_decoded_by_chunks_and_kept_by_raw_chunks(client, up):
+    packed = gzip.compress(b'{"hello":"world"}' * 100)
+    answer = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    up.enqueue(
+        lambda req, conn: write_response(conn, req, 200, answer, [packed], chunked=True),
+        lambda req, conn: write_response(conn, req, 200, answer, [packed]),
+    )
+    t = target(up)
+    assert post(client, t).read_all(1 << 20) == b'{"hello":"world"}' * 100
+    raw = post(client, t)
+    assert b"".join(raw.raw_chunks()) == packed
+    raw.close()
+
+
+def test_a_header_with_a_line_break_never_reaches_the_upstream(client, up):
+    up.enqueue(json_answer({}))
+    with pytest.raises(Exception):  # noqa: B017 - either transport's own refusal
+        post(client, target(up), headers={"x-note": "a\r\nx-injected: 1"})
+    assert not any(b"x-injected" in line.lower() for line in up.seen)
+    assert all(r.header("x-injected") is None for r in up.requests)
+
+
+def test_pick_transport():
+    assert pick_transport("requests") == "requests"
+    assert pick_transport("gevent") == "gevent"
+    assert pick_transport("auto") == "requests"  # this process's sockets are not gevent's
+    code = "from gevent import monkey; monkey.patch_all(); from app.upstream import pick_transport; "
+    code += "print(pick_transport('auto'), pick_transport('auto', tracing=True))"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["gevent", "requests"], out.stderr
