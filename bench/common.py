@@ -249,8 +249,11 @@ def start_nginx(upstream: Proc, tmp: Path, name: str = "nginx", workers: int = W
 
 
 def proxy_env(upstream: Proc, extra: dict[str, str]) -> dict[str, str]:
-    """The proxy pointed at the fake upstream, plus `extra` (harness.Gunicorn adds the parent's environment)."""
-    return {"TARGET_BASE_URL": f"http://{HOST}:{upstream.port}/v1/", **extra}
+    """The proxy pointed at the fake upstream, plus `extra` (harness.Gunicorn adds the parent's environment).
+
+    Worker recycling (GUNICORN_MAX_REQUESTS, 10,000 by default) is off, as in the naive relay: a worker
+    replaced mid-run would take its CPU time with it and spoil the per-request figures."""
+    return {"TARGET_BASE_URL": f"http://{HOST}:{upstream.port}/v1/", "GUNICORN_MAX_REQUESTS": "0", **extra}
 
 
 def gunicorn_settings(env: dict[str, str]) -> dict[str, Any]:
