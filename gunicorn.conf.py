@@ -124,6 +124,9 @@ def post_fork(server: Any, worker: Any) -> None:
     except Exception:  # the queue is empty (queue.Empty), or not a queue in this Gunicorn
         pass
     _obs.post_fork(server, worker)
+    from app import wire
+
+    wire.install()  # the response head goes out with the first body bytes
 
 
 def _exit_while_booting(*_: object) -> None:

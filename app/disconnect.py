@@ -29,10 +29,13 @@ def gevent_active() -> bool:
 
 
 class DisconnectWatch:
-    """Start after the request body is consumed; always `stop()` before returning."""
+    """Start after the request body is consumed; always `stop()` before returning.
+
+    A libev read watcher on the client's socket, not a greenlet: its callback runs in the hub only
+    if the socket turns readable, so a request whose client stays costs one watcher start and stop."""
 
     def __init__(self) -> None:
-        self._greenlet: Any = None
+        self._watcher: Any = None
 
     @classmethod
     def start(cls, environ: dict[str, Any], *, watch_client: bool = True) -> DisconnectWatch:
@@ -43,22 +46,27 @@ class DisconnectWatch:
         if sock is not None and watch_client and gevent_active():
             import gevent
 
-            watch._greenlet = gevent.spawn(_watch, sock, gevent.getcurrent())
+            watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
+            watcher.start(_readable, watch, getattr(sock, "_sock", sock), gevent.getcurrent())
+            watch._watcher = watcher
         return watch
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
 
 
-def _watch(sock: socket.socket, request_greenlet: Any) -> None:
+def _readable(watch: DisconnectWatch, sock: socket.socket, request_greenlet: Any) -> None:
+    """In the hub: readable after the body means the client closed (or pipelined; then it stays)."""
     import gevent
-    from gevent.socket import wait_read
 
+    watch.stop()
     try:
-        wait_read(sock.fileno())
-        gone = sock.recv(1, socket.MSG_PEEK) == b""
+        gone = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return
     except OSError:
         gone = True
     if gone:

@@ -78,9 +78,11 @@ ANSWERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def proxy(upstream) -> Iterator[Gunicorn]:
-    g = Gunicorn({"TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "REQUEST_TIMEOUT_SECONDS": "10"}, workers=1)
+@pytest.fixture(scope="module", params=["gevent", "requests"])
+def proxy(upstream, request) -> Iterator[Gunicorn]:
+    """The proxy on each upstream transport (app/transport.py, and requests' own adapter)."""
+    env = {"TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "REQUEST_TIMEOUT_SECONDS": "10"}
+    g = Gunicorn({**env, "UPSTREAM_TRANSPORT": request.param}, workers=1)
     yield g
     g.stop()
 

@@ -64,9 +64,11 @@ JSON_ROUTES = {
 }
 
 
-@pytest.fixture(scope="module")
-def proxy(upstream) -> Iterator[Gunicorn]:
-    g = Gunicorn({**ENV, "TARGET_BASE_URL": upstream.url("/tenant-a/v1/")}, workers=1)
+@pytest.fixture(scope="module", params=["gevent", "requests"])
+def proxy(upstream, request) -> Iterator[Gunicorn]:
+    """The proxy on each upstream transport (app/transport.py, and requests' own adapter)."""
+    env = {**ENV, "TARGET_BASE_URL": upstream.url("/tenant-a/v1/"), "UPSTREAM_TRANSPORT": request.param}
+    g = Gunicorn(env, workers=1)
     yield g
     g.stop()
 
