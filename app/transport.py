@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,14 +34,14 @@ from geventhttpclient.response import HTTPParseError, HTTPResponse
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3 import HTTPHeaderDict
-from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from urllib3.response import HTTPResponse as Urllib3Response
 
 from .upstream import _CALL
 
 BLOCK = 64 * 1024
-POOL_SIZE = 10_000
-"""Sockets per origin: a bound on concurrent calls per worker and origin (urllib3's does not block)."""
+IDLE_PER_ORIGIN = 1024
+"""Idle keep-alive sockets kept per origin (urllib3's pool_maxsize here before)."""
 _ILLEGAL = ("\r", "\n", "\0")
 
 
@@ -68,15 +68,20 @@ class _Head(HTTPResponse):
 
 
 class _Body:
-    """One answer's body, de-chunked, as it arrives: the `fp` urllib3's response reads.
+    """One answer's body, de-chunked, as it arrives.
+
+    Without a Content-Encoding it is the response's `raw` itself: the few urllib3 response methods
+    `requests` and `UpstreamReply` call (`read1`, `read`, `stream`, `close`), with urllib3's
+    exceptions. With one, it is the `fp` a `urllib3.HTTPResponse` decodes (and bounds) from.
 
     The socket goes back to the pool only once the whole message was read (else it is closed),
     and `sock` is cleared then, so a late `Call.abort()` cannot touch a connection in reuse."""
 
+    chunked = False
     _head: _Head
     _buf: bytearray
 
-    def __init__(self, sock: socket.socket, pool: ConnectionPool) -> None:
+    def __init__(self, sock: socket.socket, pool: _Pool) -> None:
         self.sock: socket.socket | None = sock
         self._pool = pool
 
@@ -84,19 +89,17 @@ class _Body:
         self._head = head
         self._buf = head._body_buffer
 
-    def read1(self, amt: int | None = -1) -> bytes:
+    def read1(self, amt: int | None = -1, decode_content: bool = True) -> bytes:
         buf = self._buf
-        while not buf:
-            sock = self.sock
-            if sock is None or self._head.message_complete:
-                return b""
-            data = sock.recv(BLOCK)
+        if not buf:
             try:
-                self._head.feed(data)
-            except HTTPParseError as exc:
-                raise ProtocolError(f"Malformed response body: {exc}") from exc
-            if not data and not self._head.message_complete:
-                raise ProtocolError("Connection broken: the body ended early.")
+                self._fill()
+            except BaseException:
+                self.close()
+                raise
+            if not buf:
+                self.close()  # the whole message was read: the socket may serve the next call
+                return b""
         if amt is None or amt < 0 or amt >= len(buf):
             out = bytes(buf)
             buf.clear()
@@ -105,10 +108,46 @@ class _Body:
             del buf[:amt]
         return out
 
-    read = read1  # urllib3's read(amt) / stream() take what has arrived, as read1 does
+    def _fill(self) -> None:
+        head, buf = self._head, self._buf
+        while not buf and not head.message_complete and self.sock is not None:
+            try:
+                data = self.sock.recv(BLOCK)
+            except TimeoutError as exc:
+                raise ReadTimeoutError(None, "", "Read timed out.") from exc  # type: ignore[arg-type]
+            except OSError as exc:
+                raise ProtocolError(f"Connection broken: {exc!r}", exc) from exc
+            try:
+                head.feed(data)
+            except HTTPParseError as exc:
+                raise ProtocolError(f"Malformed response body: {exc}") from exc
+            if not data and not head.message_complete:
+                raise ProtocolError("Connection broken: the body ended early.")
+
+    def read(self, amt: int | None = None, decode_content: bool = True) -> bytes:
+        if amt is not None:
+            return self.read1(amt)  # what has arrived, up to amt: urllib3 stream()s this way too
+        parts = []
+        while data := self.read1():
+            parts.append(data)
+        return b"".join(parts)
+
+    def stream(self, amt: int = BLOCK, decode_content: bool = True) -> Iterator[bytes]:
+        while data := self.read1(amt):
+            yield data
+
+    def supports_chunked_reads(self) -> bool:
+        return False
 
     def isclosed(self) -> bool:
         return self.sock is None
+
+    @property
+    def closed(self) -> bool:
+        return self.sock is None
+
+    def release_conn(self) -> None:
+        """`close` returns or closes the connection; nothing is left to release."""
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
@@ -117,7 +156,55 @@ class _Body:
         if self._head.message_complete and not self._head.should_close():
             self._pool.return_socket(sock)
         else:
-            self._pool.release_socket(sock)
+            sock.close()
+
+
+class _Pool:
+    """Idle keep-alive sockets of one origin, newest first; no bound on calls at once (as urllib3's
+    non-blocking pool). Mixed in before geventhttpclient's pool, whose connect, DNS and TLS it keeps."""
+
+    _idle: list[socket.socket]
+
+    def get_socket(self) -> socket.socket:
+        idle = self._idle
+        while idle:
+            sock = idle.pop()
+            if _idle_alive(sock):
+                return sock
+            sock.close()
+        return self._create_socket()  # type: ignore[attr-defined]
+
+    def return_socket(self, sock: socket.socket) -> None:
+        if len(self._idle) < IDLE_PER_ORIGIN:
+            self._idle.append(sock)
+        else:
+            sock.close()
+
+    def release_socket(self, sock: socket.socket) -> None:
+        sock.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+class _HTTPPool(_Pool, ConnectionPool):
+    pass
+
+
+class _HTTPSPool(_Pool, SSLConnectionPool):
+    pass
+
+
+def _idle_alive(sock: socket.socket) -> bool:
+    """An idle keep-alive socket has nothing to read: readable means closed by the server (or junk)."""
+    try:
+        getattr(sock, "_sock", sock).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class GeventAdapter(BaseAdapter):
@@ -126,7 +213,7 @@ class GeventAdapter(BaseAdapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pools: dict[tuple[str, str, int, Any, float], ConnectionPool] = {}
+        self._pools: dict[tuple[str, str, int, Any, float], _Pool] = {}
 
     def send(
         self,
@@ -168,27 +255,28 @@ class GeventAdapter(BaseAdapter):
             pool.close()
         self._pools.clear()
 
-    def _pool(self, scheme: str, host: str, port: int, verify: Any, connect_timeout: float | None) -> ConnectionPool:
+    def _pool(self, scheme: str, host: str, port: int, verify: Any, connect_timeout: float | None) -> _Pool:
         key = (scheme, host, port, verify, connect_timeout or 0.0)
         pool = self._pools.get(key)
         if pool is None:
-            common = {"size": POOL_SIZE, "connection_timeout": connect_timeout, "network_timeout": None}
+            common = {"connection_timeout": connect_timeout, "network_timeout": None}
             if scheme == "https":
                 bundle = verify if isinstance(verify, str) else certifi.where()
-                pool = SSLConnectionPool(
+                pool = _HTTPSPool(
                     host, port, host, port, insecure=verify is False, ssl_options={"ca_certs": bundle}, **common
                 )
                 if verify is False:
                     pool.ssl_context.verify_mode = ssl.CERT_NONE
             elif scheme == "http":
-                pool = ConnectionPool(host, port, host, port, **common)
+                pool = _HTTPPool(host, port, host, port, **common)
             else:
                 raise requests.exceptions.InvalidURL(f"Unsupported scheme {scheme!r}.")
+            pool._idle = []
             self._pools[key] = pool
         return pool
 
 
-def _connect(pool: ConnectionPool) -> socket.socket:
+def _connect(pool: _Pool) -> socket.socket:
     try:
         return pool.get_socket()
     except ssl.SSLError as exc:
@@ -253,23 +341,28 @@ def _mapped(exc: BaseException) -> BaseException:
 
 def _response(request: requests.PreparedRequest, head: _Head, body: _Body, stream: bool) -> requests.Response:
     headers = HTTPHeaderDict()
+    encoded = False
     for name, value in head._headers_index:
         headers.add(name, value)
-    raw = Urllib3Response(
-        body=body,
-        headers=headers,
-        status=head.status_code,
-        reason=head.status_message,
-        preload_content=False,
-        decode_content=True,
-        request_method=request.method,
-        request_url=request.url,
-    )
+        if name.lower() == "content-encoding" and value.strip().lower() != "identity":
+            encoded = True
     response = requests.Response()
-    response.status_code = raw.status
+    response.status_code = head.status_code
+    response.reason = head.status_message
     response.headers = CaseInsensitiveDict(headers)
-    response.raw = raw
-    response.reason = raw.reason
+    if encoded:  # urllib3 decodes, bounded per read (a compression bomb cannot grow the worker)
+        response.raw = Urllib3Response(
+            body=body,
+            headers=headers,
+            status=head.status_code,
+            reason=head.status_message,
+            preload_content=False,
+            decode_content=True,
+            request_method=request.method,
+            request_url=request.url,
+        )
+    else:
+        response.raw = body
     response.encoding = requests.utils.get_encoding_from_headers(response.headers)
     response.url = request.url or ""
     response.request = request
