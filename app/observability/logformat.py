@@ -1,7 +1,7 @@
 """Log formatting: one JSON object per line, or text for humans; secret masking.
 
-Standard library only: gunicorn.conf.py loads this in the master so that
-Gunicorn's own lines come out in the same format as the app's.
+Standard library and orjson only: gunicorn.conf.py loads this in the master so
+that Gunicorn's own lines come out in the same format as the app's.
 
 A record's structured fields travel in `extra={"fields": {...}}`: the JSON
 formatter puts them at the top level, the text one appends them as key=value.
@@ -14,6 +14,8 @@ import logging
 import re
 import time
 from typing import Any
+
+import orjson
 
 from ..redact import hint
 
@@ -51,7 +53,10 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, ensure_ascii=False, default=str, separators=(",", ":"))
+        try:  # orjson: a tenth of json.dumps' time, on every access line
+            return orjson.dumps(out, default=str).decode()
+        except TypeError:  # an int beyond 64 bits, say
+            return json.dumps(out, ensure_ascii=False, default=str, separators=(",", ":"))
 
 
 class TextFormatter(logging.Formatter):
