@@ -43,7 +43,7 @@ class Inbound:
 
 
 def exchange(family: Family) -> Exchange:
-    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers = request_headers(request.environ)
     headers["x-request-id"] = g.request_id
     return Exchange(
         request_id=g.request_id,
@@ -53,6 +53,23 @@ def exchange(family: Family) -> Exchange:
         query=request.query_string.decode("latin-1"),
         headers=headers,
     )
+
+
+def request_headers(environ: dict) -> dict[str, str]:
+    """The request's headers, names lower-cased: werkzeug's `EnvironHeaders` rule, read from the
+    environ in one pass (it would title-case each name first)."""
+    out = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key not in _BODY_KEYS_HTTP:
+                out[key[5:].replace("_", "-").lower()] = value
+        elif key in _BODY_KEYS and value:
+            out[key.replace("_", "-").lower()] = value
+    return out
+
+
+_BODY_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
+_BODY_KEYS_HTTP = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
 
 
 def serve(family: Family) -> Response:

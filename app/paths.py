@@ -26,6 +26,8 @@ _ENCODED_BACKSLASH = re.compile(r"%5c", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENCODED_CONTROL = re.compile(r"%(0[0-9a-f]|1[0-9a-f]|7f)", re.IGNORECASE)
 _DECODE_ROUNDS = 3  # a doubly or triply encoded dot segment is still one
+_PLAIN = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@/-]*")
+"""No `%`, `.`, backslash or control character: only `//` could make such a path a problem."""
 
 
 def raw_path(environ: dict[str, Any]) -> str:
@@ -40,6 +42,8 @@ def raw_path(environ: dict[str, Any]) -> str:
 
 def problem(path: str) -> str | None:
     """Why `path` (raw, still percent-encoded) may not be relayed, or None."""
+    if _PLAIN.fullmatch(path) and "//" not in path:
+        return None  # the common case, in one C call
     if "\\" in path:
         return "a backslash"
     if _ENCODED_BACKSLASH.search(path):

@@ -33,7 +33,8 @@ class RequestIdFilter(logging.Filter):
 def init_app(app: Flask) -> None:
     @app.before_request
     def _assign() -> None:
-        given = request.headers.get(HEADER) or request.headers.get(ALIAS, "")
+        environ = request.environ
+        given = environ.get("HTTP_X_REQUEST_ID") or environ.get("HTTP_REQUEST_ID", "")
         g.request_id = given if _SANE.match(given) else str(uuid.uuid4())
 
     @app.after_request

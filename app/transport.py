@@ -340,20 +340,27 @@ def _mapped(exc: BaseException) -> BaseException:
 
 
 def _response(request: requests.PreparedRequest, head: _Head, body: _Body, stream: bool) -> requests.Response:
-    headers = HTTPHeaderDict()
-    encoded = False
+    lower: dict[str, str] = {}  # repeated names joined with ", ", as urllib3 does
+    names: dict[str, str] = {}
     for name, value in head._headers_index:
-        headers.add(name, value)
-        if name.lower() == "content-encoding" and value.strip().lower() != "identity":
-            encoded = True
+        key = name.lower()
+        if key in lower:
+            lower[key] += ", " + value
+        else:
+            lower[key] = value
+            names[key] = name
+    headers = CaseInsensitiveDict()
+    headers._store = {key: (names[key], value) for key, value in lower.items()}  # what its __setitem__ makes
     response = requests.Response()
     response.status_code = head.status_code
     response.reason = head.status_message
-    response.headers = CaseInsensitiveDict(headers)
-    if encoded:  # urllib3 decodes, bounded per read (a compression bomb cannot grow the worker)
+    response.headers = headers
+    response.lower_headers = lower  # type: ignore[attr-defined] - UpstreamReply's, read once
+    encoding = lower.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":  # urllib3 decodes, bounded per read (a compression bomb cannot grow the worker)
         response.raw = Urllib3Response(
             body=body,
-            headers=headers,
+            headers=HTTPHeaderDict(lower),
             status=head.status_code,
             reason=head.status_message,
             preload_content=False,

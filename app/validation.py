@@ -20,6 +20,7 @@ these checks; tests/fuzz/ holds it to them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .errors import InvalidRequest
@@ -44,9 +45,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control(text: str) -> bool:
     """C0 controls (CR, LF, NUL, ...), DEL and C1 controls: never part of a name."""
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+    return _CONTROL.search(text) is not None
 
 
 def check_model(body: dict[str, Any]) -> None:

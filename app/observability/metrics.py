@@ -114,3 +114,16 @@ sink_errors = Counter(names.SINK_ERRORS, "Completion records a sink failed to ha
 
 def scrape_registry() -> CollectorRegistry:
     return names.scrape_registry(REGISTRY)
+
+
+_children: dict[tuple[object, tuple[str, ...]], object] = {}
+
+
+def child(metric: prometheus_client.metrics.MetricWrapperBase, *labels: str):  # noqa: ANN201 - the metric's child
+    """`metric.labels(*labels)`, looked up once per label set: `labels()` validates and locks on every call.
+    Label values are bounded (labels.py), so this is no larger than the metric's own table of children."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found

@@ -134,7 +134,7 @@ class Observer(Transform):
     def admit(self, ex: Exchange) -> None:
         st = self._state(ex)
         st.admitted = True
-        metrics.requests_in_flight.labels(label_value(ex.api)).inc()
+        metrics.child(metrics.requests_in_flight, label_value(ex.api)).inc()
         if self.copy_request and ex.body is not None:
             st.request_body = orjson.loads(orjson.dumps(ex.body, default=str))  # before transforms edit it
         if self.tracing:
@@ -161,7 +161,7 @@ class Observer(Transform):
         st = self._state(ex)
         route = label_value(ex.api)
         if st.admitted:
-            metrics.requests_in_flight.labels(route).dec()
+            metrics.child(metrics.requests_in_flight, route).dec()
         if st.stream:
             metrics.streams_in_flight.dec()
         try:
@@ -191,10 +191,10 @@ class Observer(Transform):
         target = ex.target
         provider = label_value(getattr(target, "name", None)) if target is not None else NONE
         status = o.status or 0
-        metrics.requests.labels(route, model, provider, str(status)).inc()
-        metrics.duration.labels(route, model, provider).observe(o.duration)
+        metrics.child(metrics.requests, route, model, provider, str(status)).inc()
+        metrics.child(metrics.duration, route, model, provider).observe(o.duration)
         if o.streamed and o.ttfb is not None:
-            metrics.ttfb.labels(route, model, provider).observe(o.ttfb)
+            metrics.child(metrics.ttfb, route, model, provider).observe(o.ttfb)
         if status >= 400 or o.error:
             kind = o.error if o.error and _KIND.match(o.error) else (f"http_{status}" if not o.error else "other")
             metrics.request_errors.labels(route, model, kind).inc()
