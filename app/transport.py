@@ -21,6 +21,7 @@ slow one as `ReadTimeout`; mid-body, urllib3's own `ProtocolError`/`ReadTimeoutE
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
@@ -42,7 +43,7 @@ from .upstream import _CALL
 BLOCK = 64 * 1024
 IDLE_PER_ORIGIN = 1024
 """Idle keep-alive sockets kept per origin (urllib3's pool_maxsize here before)."""
-_ILLEGAL = ("\r", "\n", "\0")
+_ILLEGAL = re.compile("[\r\n\0]")
 
 
 class _Headers(list):
@@ -298,11 +299,10 @@ def _request_bytes(request: requests.PreparedRequest, parts: Any, host: str, por
         lines.append(f"Host: {host if port == default else f'{host}:{port}'}")
     if "accept-encoding" not in headers:
         lines.append("Accept-Encoding: identity")
-    for name, value in headers.items():
-        value = str(value)
-        if any(c in name or c in value for c in _ILLEGAL):
-            raise ValueError(f"Invalid header {name!r}")
-        lines.append(f"{name}: {value}")
+    fields = [f"{name}: {value}" for name, value in headers.items()]
+    if _ILLEGAL.search("".join(fields)):  # no line break of ours is in there yet
+        raise ValueError("Invalid header: CR, LF or NUL in a name or value")
+    lines += fields
     lines.append("\r\n")
     return "\r\n".join(lines).encode("latin-1")
 
