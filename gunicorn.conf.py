@@ -16,6 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the app package beside this file
 
+from app import fair_accept  # noqa: E402
 from app.config import Config, ConfigError  # noqa: E402
 from app.observability import gunicorn_hooks as _obs  # noqa: E402
 
@@ -107,7 +108,15 @@ control_socket_disable = True
 # Metrics summed over workers (PROMETHEUS_MULTIPROC_DIR), the OBSERVABILITY_PORT
 # listener in the master, and Gunicorn's own lines in LOG_FORMAT.
 logger_class = _obs.logger_class()
-child_exit = _obs.child_exit
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    fair_accept.release(worker)
+    _obs.child_exit(server, worker)
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    fair_accept.assign(server, worker)  # its slot in the connection counts (app/fair_accept.py)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -127,6 +136,8 @@ def post_fork(server: Any, worker: Any) -> None:
     from app import wire
 
     wire.install()  # the response head goes out with the first body bytes
+    if worker_class == "gevent":
+        fair_accept.install(worker)  # new connections go to the least loaded worker
 
 
 def _exit_while_booting(*_: object) -> None:
@@ -143,6 +154,7 @@ _drain_dir: str | None = None
 def on_starting(server: Any) -> None:
     global _drain_dir
     _obs.on_starting(server)
+    fair_accept.create(max(64, 2 * server.cfg.workers))  # TTIN may add workers later
     # Always the master's own: internal plumbing to its workers, not a setting.
     _drain_dir = tempfile.mkdtemp(prefix="cot-proxy-drain-")
     os.environ[DRAIN_FILE_VAR] = os.path.join(_drain_dir, "draining")

@@ -175,6 +175,9 @@ class _Pool:
             sock.close()
         return self._create_socket()  # type: ignore[attr-defined]
 
+    def after_connect(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3: no Nagle wait
+
     def return_socket(self, sock: socket.socket) -> None:
         if len(self._idle) < IDLE_PER_ORIGIN:
             self._idle.append(sock)
