@@ -186,12 +186,17 @@ def start_upstream(name: str = "upstream") -> Proc:
 
 
 def start_naive(upstream: Proc, name: str = "naive", workers: int = WORKERS) -> Proc:
-    """bench/naive_relay.py (a 30-line Flask + requests relay) under Gunicorn gevent, as the proxy runs."""
+    """bench/naive_relay.py (a 30-line Flask + requests relay) under stock Gunicorn with the proxy's worker
+    settings (gevent, 2 workers, connections): before, Gunicorn read the repository's gunicorn.conf.py from
+    the working directory, so the naive relay ran cot-proxy's hooks (head coalescing, fair accept, worker
+    recycling that spoilt its CPU figures)."""
     port = free_port()
     argv = [
         sys.executable,
         "-m",
         "gunicorn",
+        "-c",
+        os.devnull,  # stock Gunicorn: not ./gunicorn.conf.py (cot-proxy's hooks, recycling, logging)
         "-k",
         "gevent",
         "-w",
