@@ -5,7 +5,8 @@ Every case runs on both, so a difference between them fails here: keep-alive reu
 framed by length, chunks or close, bodies cut short, 1xx answers, timeouts, `Call.abort()`
 from another thread, content decoding, header injection, and the same error for each fault.
 The gevent transport runs here without monkey-patching (gevent sockets in the main thread);
-under Gunicorn the trust tests in tests/integration run it patched."""
+under Gunicorn the other trust tests here run it patched. `upstream` and `up` are this folder's
+conftest's raw-socket upstream."""
 
 from __future__ import annotations
 
@@ -28,19 +29,6 @@ pytest.importorskip("geventhttpclient")
 
 TRANSPORTS = ["requests", "gevent"]
 BODY = b'{"model":"m","messages":[]}'
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[HostileUpstream]:
-    server = HostileUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def up(upstream: HostileUpstream) -> HostileUpstream:
-    upstream.reset()
-    return upstream
 
 
 @pytest.fixture(params=TRANSPORTS)
