@@ -177,10 +177,11 @@ def pick_transport(choice: str, *, tracing: bool = False) -> str:
         return "requests"  # client spans come from the urllib3 instrumentation
     try:
         import geventhttpclient  # noqa: F401 - not on Python 3.10 (requirements.txt)
-        from gevent import monkey
     except ImportError:
         return "requests"
-    return "gevent" if monkey.is_module_patched("socket") else "requests"
+    from .disconnect import gevent_active
+
+    return "gevent" if gevent_active() else "requests"
 
 
 def _cooperative_yield() -> Any:
