@@ -44,6 +44,8 @@ BLOCK = 64 * 1024
 IDLE_PER_ORIGIN = 1024
 """Idle keep-alive sockets kept per origin (urllib3's pool_maxsize here before)."""
 _ILLEGAL = re.compile("[\r\n\0]")
+_NAMES = re.compile(r"[^:\s][^:\r\n]*(?:\n[^:\s][^:\r\n]*)*")
+"""Header names one per line, each as http.client allows one: no colon, no leading space."""
 
 
 class _Headers(list):
@@ -293,7 +295,7 @@ def _connect(pool: _Pool) -> socket.socket:
 
 def _request_bytes(request: requests.PreparedRequest, parts: Any, host: str, port: int) -> bytes:
     """The request head, as http.client would write it (a default Host and Accept-Encoding);
-    CR, LF or NUL in a header is refused, as http.client refuses it."""
+    CR, LF or NUL in a header, or a name http.client would refuse, is refused."""
     target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     lines = [f"{request.method} {target} HTTP/1.1"]
     headers = request.headers
@@ -305,6 +307,8 @@ def _request_bytes(request: requests.PreparedRequest, parts: Any, host: str, por
     fields = [f"{name}: {value}" for name, value in headers.items()]
     if _ILLEGAL.search("".join(fields)):  # no line break of ours is in there yet
         raise ValueError("Invalid header: CR, LF or NUL in a name or value")
+    if headers and not _NAMES.fullmatch("\n".join(headers)):
+        raise ValueError("Invalid header name")
     lines += fields
     lines.append("\r\n")
     return "\r\n".join(lines).encode("latin-1")

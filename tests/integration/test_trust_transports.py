@@ -229,6 +229,14 @@ def test_a_header_with_a_line_break_never_reaches_the_upstream(client, up):
     assert all(r.header("x-injected") is None for r in up.requests)
 
 
+@pytest.mark.parametrize("name", ["x-a: b", " x-lead", ":x", "x-a\tb: c"])
+def test_a_header_name_http_client_refuses_never_reaches_the_upstream(client, up, name):
+    up.enqueue(json_answer({}))
+    with pytest.raises(Exception):  # noqa: B017 - either transport's own refusal
+        post(client, target(up), headers={name: "1"})
+    assert not up.seen
+
+
 def test_pick_transport():
     assert pick_transport("requests") == "requests"
     assert pick_transport("gevent") == "gevent"
