@@ -41,6 +41,9 @@ from urllib3.response import HTTPResponse as Urllib3Response
 from .upstream import _CALL
 
 BLOCK = 64 * 1024
+MAX_HEAD_BYTES = 256 * 1024
+"""Status line and headers (with any 1xx before them) beyond this are refused: llhttp sets no bound,
+and a header value that never ends would grow the worker (http.client: 64 KiB a line, 100 lines)."""
 IDLE_PER_ORIGIN = 1024
 """Idle keep-alive sockets kept per origin (urllib3's pool_maxsize here before)."""
 _ILLEGAL = re.compile("[\r\n\0]")
@@ -60,13 +63,15 @@ class _Head(HTTPResponse):
 
     def __init__(self, sock: socket.socket, method: str) -> None:
         super().__init__(method=method, headers_type=_Headers)
-        first = True
+        seen = 0
         while not self.headers_complete or self.get_code() < 200:  # 1xx: the final answer follows
             data = sock.recv(BLOCK)
             if not data:
-                why = "closed the connection without an answer" if first else "closed the connection mid-answer"
+                why = "closed the connection mid-answer" if seen else "closed the connection without an answer"
                 raise requests.exceptions.ConnectionError(ProtocolError(f"Upstream {why}."))
-            first = False
+            seen += len(data)
+            if seen > MAX_HEAD_BYTES and not self.headers_complete:
+                raise requests.exceptions.ConnectionError(ProtocolError("Upstream sent an oversized head."))
             self.feed(data)
 
 

@@ -237,6 +237,38 @@ def test_a_header_name_http_client_refuses_never_reaches_the_upstream(client, up
     assert not up.seen
 
 
+def endless(prefix: bytes, line: bytes, limit: int = 64 * 1024 * 1024):
+    """An answer that sends `prefix`, then `line` over and over (bounded: 64 MiB or the peer leaving)."""
+
+    def answer(req: RawRequest, conn: Conn) -> None:
+        conn.write(prefix)
+        block = line * max(1, 65536 // len(line))
+        sent = 0
+        while sent < limit:
+            conn.write(block)  # PeerGone once the client closed: the answer ends there
+            sent += len(block)
+        conn.close_after = True
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        endless(b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"a" * 100 + b"\r\n"),
+        endless(b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"),
+        endless(b"HTTP/1.1 200 OK\r\nX-Long: ", b"b" * 4096),
+    ],
+    ids=["endless-headers", "endless-1xx", "endless-header-line"],
+)
+def test_an_endless_head_is_refused_early(client, up, answer):
+    up.enqueue(answer)
+    started = time.monotonic()
+    with pytest.raises(UpstreamBadResponse):
+        post(client, target(up, read_timeout=30)).read_all(1000)
+    assert time.monotonic() - started < 10
+
+
 def test_pick_transport():
     assert pick_transport("requests") == "requests"
     assert pick_transport("gevent") == "gevent"
