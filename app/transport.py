@@ -74,6 +74,23 @@ class _Head(HTTPResponse):
                 raise requests.exceptions.ConnectionError(ProtocolError("Upstream sent an oversized head."))
             self.feed(data)
 
+    _fields_size = 0
+
+    def _on_header_field(self, string: str) -> None:
+        self._bound(string)
+        super()._on_header_field(string)
+
+    def _on_header_value(self, string: str) -> None:
+        self._bound(string)
+        super()._on_header_value(string)
+
+    def _bound(self, string: str) -> None:
+        """Header and trailer fields together stay within MAX_HEAD_BYTES (trailers arrive after the body,
+        where the loop above no longer counts)."""
+        self._fields_size += len(string)
+        if self._fields_size > MAX_HEAD_BYTES:
+            raise HTTPParseError("header or trailer fields larger than MAX_HEAD_BYTES")
+
 
 class _Body:
     """One answer's body, de-chunked, as it arrives.

@@ -258,10 +258,14 @@ def endless(prefix: bytes, line: bytes, limit: int = 64 * 1024 * 1024):
         endless(b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"a" * 100 + b"\r\n"),
         endless(b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"),
         endless(b"HTTP/1.1 200 OK\r\nX-Long: ", b"b" * 4096),
+        endless(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-T: ", b"t" * 4096),
+        endless(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n", b"X-T: 1\r\n"),
     ],
-    ids=["endless-headers", "endless-1xx", "endless-header-line"],
+    ids=["endless-headers", "endless-1xx", "endless-header-line", "endless-trailer-line", "endless-trailers"],
 )
-def test_an_endless_head_is_refused_early(client, up, answer):
+def test_an_endless_head_or_trailer_is_refused_early(client, up, answer, request):
+    if client.transport == "requests" and request.node.callspec.id.endswith("endless-trailers"):
+        pytest.xfail("urllib3 reads trailer lines without a bound (the gevent transport counts them)")
     up.enqueue(answer)
     started = time.monotonic()
     with pytest.raises(UpstreamBadResponse):
