@@ -341,7 +341,12 @@ class UpstreamReply:
 
 
 class _FinalResponse(http.client.HTTPResponse):
-    """Skips informational answers (102, 103 Early Hints) as http.client does for 100."""
+    """Skips informational answers (102, 103 Early Hints) as http.client does for 100; reads its
+    socket through `_BoundedLines`."""
+
+    def __init__(self, sock: socket.socket, *args: object, **kwargs: object) -> None:
+        super().__init__(sock, *args, **kwargs)  # type: ignore[arg-type]
+        self.fp = _BoundedLines(self.fp)  # type: ignore[assignment]
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:
@@ -349,6 +354,40 @@ class _FinalResponse(http.client.HTTPResponse):
             if not 101 < status < 200:
                 return version, status, reason
             http.client._read_headers(self.fp)  # type: ignore[attr-defined]
+
+
+class _BoundedLines:
+    """A response's socket file that refuses a run of more than MAX_LINES lines with no body read
+    between them. urllib3 reads a chunked body's trailer lines, and http.client a run of 1xx
+    answers, with no bound: an upstream sending either forever would hold the request (a chunk-size
+    line is always followed by its chunk's read, and a head is at most 102 lines)."""
+
+    MAX_LINES = 1000
+
+    def __init__(self, fp: IO[bytes]) -> None:
+        self._fp = fp
+        self._lines = 0
+
+    def readline(self, *args: int) -> bytes:
+        self._lines += 1
+        if self._lines > self.MAX_LINES:
+            raise http.client.LineTooLong(f"more than {self.MAX_LINES} lines in a row (trailers or 1xx answers)")
+        return self._fp.readline(*args)
+
+    def read(self, *args: int) -> bytes:
+        self._lines = 0
+        return self._fp.read(*args)
+
+    def read1(self, *args: int) -> bytes:
+        self._lines = 0
+        return self._fp.read1(*args)  # type: ignore[attr-defined]
+
+    def readinto(self, b: bytearray) -> int:
+        self._lines = 0
+        return self._fp.readinto(b)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._fp, name)
 
 
 class _Registering:
