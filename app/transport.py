@@ -22,6 +22,7 @@ slow one as `ReadTimeout`; mid-body, urllib3's own `ProtocolError`/`ReadTimeoutE
 from __future__ import annotations
 
 import re
+import select
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 
 import certifi
 import requests
+from gevent.monkey import get_original
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 from requests.adapters import BaseAdapter
@@ -40,6 +42,7 @@ from urllib3.response import HTTPResponse as Urllib3Response
 
 from .upstream import _CALL
 
+_poll = get_original("select", "poll")
 BLOCK = 64 * 1024
 MAX_HEAD_BYTES = 256 * 1024
 """Status line and headers (with any 1xx before them) beyond this are refused: llhttp sets no bound,
@@ -225,14 +228,21 @@ class _HTTPSPool(_Pool, SSLConnectionPool):
 
 
 def _idle_alive(sock: socket.socket) -> bool:
-    """An idle keep-alive socket has nothing to read: readable means closed by the server (or junk)."""
+    """An idle keep-alive socket has nothing to read: readable means closed by the server (or junk).
+    Asked of the file descriptor with the real (unpatched) poll, one syscall, so it works for TLS
+    sockets too (whose `recv` takes no flags), plus no TLS record already buffered."""
     try:
-        getattr(sock, "_sock", sock).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
+        fd = sock.fileno()
+        if fd < 0:
+            return False
+        poller = _poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        if poller.poll(0):
+            return False
+        pending = getattr(sock, "pending", None)
+        return not (pending is not None and pending())
+    except (OSError, ValueError):
         return False
-    return False
 
 
 class GeventAdapter(BaseAdapter):
