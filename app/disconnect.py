@@ -47,7 +47,7 @@ class DisconnectWatch:
             import gevent
 
             watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
-            watcher.start(_readable, watch, getattr(sock, "_sock", sock), gevent.getcurrent())
+            watcher.start(_readable, watch, sock.fileno(), gevent.getcurrent())
             watch._watcher = watcher
         return watch
 
@@ -58,16 +58,23 @@ class DisconnectWatch:
             watcher.close()
 
 
-def _readable(watch: DisconnectWatch, sock: socket.socket, request_greenlet: Any) -> None:
-    """In the hub: readable after the body means the client closed (or pipelined; then it stays)."""
+def _readable(watch: DisconnectWatch, fd: int, request_greenlet: Any) -> None:
+    """In the hub: readable after the body means the client closed (or pipelined; then it stays).
+
+    Peeks at the TCP stream under any TLS (a TLS socket's `recv` takes no flags) through a real
+    socket object that does not own the descriptor (gevent's would wait on EAGAIN, in the hub)."""
     import gevent
+    from gevent.monkey import get_original
 
     watch.stop()
+    peek = get_original("socket", "socket")(fileno=fd)
     try:
-        gone = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        gone = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return
     except OSError:
         gone = True
+    finally:
+        peek.detach()
     if gone:
         gevent.kill(request_greenlet, ClientDisconnected)
