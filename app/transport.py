@@ -279,7 +279,10 @@ class GeventAdapter(BaseAdapter):
                 if call.aborted:
                     raise ConnectionAbortedError("the call was aborted")
             sock.settimeout(read_timeout)
-            _send(sock, wire, request.body)
+            try:
+                _send(sock, wire, request.body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the upstream may have answered before reading it all (a 413, say): read that
             head = _Head(sock, request.method or "GET")
         except BaseException as exc:
             body.sock = None

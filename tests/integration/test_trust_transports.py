@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -269,6 +270,30 @@ def test_an_endless_head_or_trailer_is_refused_early(client, up, answer):
     with pytest.raises(UpstreamBadResponse):
         post(client, target(up, read_timeout=30)).read_all(1000)
     assert time.monotonic() - started < 10
+
+
+def test_an_answer_sent_before_the_body_was_read_is_relayed(client):
+    """An upstream that refuses a large body at once (413, then close, the body unread): the client gets
+    that answer, not a broken-pipe 502 (urllib3 reads it too)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            conn.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)  # the peer's unread body makes this close a reset
+        listener.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    t = Target(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1/", connect_timeout=2.0, read_timeout=5.0)
+    big = b"x" * (32 * 1024 * 1024)
+    reply = client.send(t, "POST", t.url("files"), {"content-type": "application/octet-stream"}, big)
+    assert (reply.status, reply.read_all(1000)) == (413, b"{}")
 
 
 def test_pick_transport():
