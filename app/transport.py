@@ -336,7 +336,8 @@ def _request_bytes(request: requests.PreparedRequest, parts: Any, host: str, por
     headers = request.headers
     if "host" not in headers:
         default = 443 if parts.scheme == "https" else 80
-        lines.append(f"Host: {host if port == default else f'{host}:{port}'}")
+        name = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed, as in the URL
+        lines.append(f"Host: {name if port == default else f'{name}:{port}'}")
     if "accept-encoding" not in headers:
         lines.append("Accept-Encoding: identity")
     fields = [f"{name}: {value}" for name, value in headers.items()]

@@ -296,6 +296,31 @@ def test_an_answer_sent_before_the_body_was_read_is_relayed(client):
     assert (reply.status, reply.read_all(1000)) == (413, b"{}")
 
 
+def test_an_ipv6_upstream_gets_a_bracketed_host(client):
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    seen: list[bytes] = []
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                head += conn.recv(4096)
+            seen.append(head)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        listener.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    port = listener.getsockname()[1]
+    t = Target(base_url=f"http://[::1]:{port}/v1/", connect_timeout=2.0, read_timeout=5.0)
+    assert post(client, t).read_all(100) == b"{}"
+    assert f"\r\nHost: [::1]:{port}\r\n".encode() in seen[0].replace(b"host:", b"Host:"), seen
+
+
 def test_pick_transport():
     assert pick_transport("requests") == "requests"
     assert pick_transport("gevent") == "gevent"
