@@ -272,6 +272,17 @@ def test_an_endless_head_or_trailer_is_refused_early(client, up, answer):
     assert time.monotonic() - started < 10
 
 
+def read_head(conn: socket.socket) -> bytes:
+    """A request's head off a raw server socket (bounded: 64 KiB)."""
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 65536:
+        data = conn.recv(4096)
+        if not data:
+            break
+        head += data
+    return head
+
+
 def test_an_answer_sent_before_the_body_was_read_is_relayed(client):
     """An upstream that refuses a large body at once (413, then close, the body unread): the client gets
     that answer, not a broken-pipe 502 (urllib3 reads it too)."""
@@ -281,9 +292,7 @@ def test_an_answer_sent_before_the_body_was_read_is_relayed(client):
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(5)
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < 65536:
-                head += conn.recv(4096)
+            read_head(conn)  # the body stays unread
             conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
             conn.shutdown(socket.SHUT_WR)
             time.sleep(0.2)  # the peer's unread body makes this close a reset
@@ -307,9 +316,7 @@ def test_an_ipv6_upstream_gets_a_bracketed_host(client):
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(5)
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < 65536:
-                head += conn.recv(4096)
+            head = read_head(conn)
             seen.append(head)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
         listener.close()
