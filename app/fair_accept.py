@@ -108,5 +108,7 @@ class _Fair:
         SLOT.pack_into(_shm, self.cot_slot * SLOT.size, 1, self._open)
 
     def _heavier(self) -> bool:
+        if self._open <= MARGIN:  # no worker holds fewer than none: no need to read the others
+            return False
         lightest = min((n for n in counts() if n is not None), default=self._open)
         return self._open > lightest + MARGIN
