@@ -398,7 +398,7 @@ def _response(request: requests.PreparedRequest, head: _Head, body: _Body, strea
     response.status_code = head.status_code
     response.reason = head.status_message
     response.headers = headers
-    response.lower_headers = lower  # type: ignore[attr-defined] - UpstreamReply's, read once
+    response.lower_headers = lower  # type: ignore[attr-defined] - UpstreamReply takes it over (no other reader)
     encoding = lower.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":  # urllib3 decodes, bounded per read (a compression bomb cannot grow the worker)
         response.raw = Urllib3Response(

@@ -284,7 +284,7 @@ class UpstreamReply:
         self.status = resp.status_code
         self.reason = resp.reason or ""
         lower = getattr(resp, "lower_headers", None)  # the gevent transport has them ready
-        self.headers = dict(lower) if lower is not None else {k.lower(): v for k, v in resp.headers.items()}
+        self.headers = lower if lower is not None else {k.lower(): v for k, v in resp.headers.items()}
         self._watch = watch
         self._call = call
         self._closed = False
