@@ -109,11 +109,15 @@ class Stream:
 
 
 def refused(port: int) -> bool:
+    """Nothing listens on `port` any more. A connect that races a killed listener's close is reset:
+    not refused yet, so the caller polls again."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False
 
 
 def wait_until(condition: Any, seconds: float, what: str, step: float = 0.02) -> float:
