@@ -72,13 +72,15 @@ def _worker_class() -> str:
 # thousands of slow SSE streams (bench/: 1,000 streams on 2 cores, no errors).
 # A sync worker would hold one stream per process; gthread one per thread, with
 # far slower time-to-first-chunk under load (shared/reference/baseline.md).
-worker_class = _worker_class()
+WORKER = _worker_class()
+# Gunicorn's gevent worker, but with gevent imported after the fork only (app/gevent_worker.py).
+worker_class = "app.gevent_worker.GeventWorker" if WORKER == "gevent" else WORKER
 # One worker per core: the proxy is I/O-bound and gevent multiplexes inside a worker.
 workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count())
 # Open connections per gevent worker; above it new clients wait in the accept backlog.
 worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 2000)
-# Used only with GUNICORN_WORKER_CLASS=gthread.
-threads = _int("GUNICORN_THREADS", 64)
+# Threads per gthread worker. Not for sync: Gunicorn turns a sync worker with threads > 1 into gthread.
+threads = _int("GUNICORN_THREADS", 64 if WORKER == "gthread" else 1)
 # Heartbeat timeout. Async workers beat independently of requests, so long
 # streams are safe; only a worker stuck on CPU this long is restarted.
 timeout = _int("GUNICORN_TIMEOUT", 120)
@@ -136,7 +138,7 @@ def post_fork(server: Any, worker: Any) -> None:
     from app import wire
 
     wire.install()  # the response head goes out with the first body bytes
-    if worker_class == "gevent":
+    if WORKER == "gevent":
         fair_accept.install(worker)  # new connections go to the least loaded worker
 
 

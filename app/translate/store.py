@@ -9,16 +9,14 @@ One store per process, in one of three forms:
 - `RedisResponseStore` (REDIS_URL set): one key per response, `<REDIS_PREFIX>response:<id>`, with the
   TTL; shared by every worker and replica. Calls are bounded by REDIS_TIMEOUT_SECONDS and skipped
   for a back-off after a failure (`app.access.limits.Circuit`); then a read misses and a write is lost.
-- `FileResponseStore` (PROMETHEUS_MULTIPROC_DIR set, as under Gunicorn): an SQLite file there, shared
-  by the workers of one host (a follow-up request may reach another worker).
+- `SharedFileStore` (PROMETHEUS_MULTIPROC_DIR set, as under Gunicorn): an SQLite file there, shared
+  by the workers of one host (a follow-up request may reach another worker), opened on first use.
 - `MemoryResponseStore`: this process's memory, an LRU.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -30,8 +28,6 @@ import orjson
 from .settings import MAX_BYTES, MAX_ITEMS, TTL_SECONDS, StoreBounds
 
 log = logging.getLogger("cot_proxy.translate")
-
-SHARED_FILE = "cot_proxy_responses.sqlite"
 
 
 class ResponseStore:
@@ -121,66 +117,46 @@ class MemoryResponseStore(ResponseStore):
             self._drop(response_id)
 
 
-class FileResponseStore(ResponseStore):
-    """SQLite in a directory the workers share. Each call opens its own connection (gevent-safe)."""
+class SharedFileStore(ResponseStore):
+    """The SQLite file of this host's workers (app/translate/sqlite_store.py), opened on the first call:
+    `sqlite3` costs a worker about 1.3 MiB of RSS, which a proxy that never stores a response need not
+    pay. A file that cannot be used then is logged once, and this worker keeps responses in memory."""
 
     kind = "file"
 
     def __init__(self, directory: str, **kw: Any) -> None:
         super().__init__(**kw)
-        self.path = os.path.join(directory, SHARED_FILE)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, expires REAL, used REAL, "
-                "size INTEGER, data BLOB)"
-            )
+        self.directory = directory
+        self._limits = kw
+        self._opened: ResponseStore | None = None
+        self._lock = threading.Lock()
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+    def opened(self) -> ResponseStore:
+        if self._opened is None:
+            with self._lock:
+                if self._opened is None:
+                    self._opened = self._open()
+        return self._opened
+
+    def _open(self) -> ResponseStore:
+        from .sqlite_store import FileResponseStore, sqlite3
+
+        try:
+            return FileResponseStore(self.directory, **self._limits)
+        except sqlite3.Error as exc:
+            log.warning(
+                "response store: cannot use %s (%s); keeping responses in this worker's memory", self.directory, exc
+            )
+            return MemoryResponseStore(**self._limits)
 
     def _put(self, response_id: str, raw: bytes) -> bool:
-        now = self.clock()
-        try:
-            with self._connect() as db:
-                db.execute("BEGIN IMMEDIATE")
-                db.execute(
-                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                    (response_id, now + self.ttl, now, len(raw), raw),
-                )
-                db.execute("DELETE FROM responses WHERE expires <= ?", (now,))
-                # Least recently used first, until within both bounds (one statement: bounded work).
-                db.execute(
-                    "DELETE FROM responses WHERE id IN (SELECT id FROM (SELECT id, "
-                    "ROW_NUMBER() OVER (ORDER BY used DESC) AS n, SUM(size) OVER (ORDER BY used DESC) AS total "
-                    "FROM responses) WHERE n > ? OR total > ?)",
-                    (self.max_items, self.max_bytes),
-                )
-                db.execute("COMMIT")
-            return True
-        except sqlite3.Error as exc:
-            log.warning("response %s not stored: %s", response_id, exc)
-            return False
+        return self.opened()._put(response_id, raw)
 
     def _get(self, response_id: str) -> bytes | None:
-        try:
-            with self._connect() as db:
-                row = db.execute(
-                    "SELECT data FROM responses WHERE id = ? AND expires > ?", (response_id, self.clock())
-                ).fetchone()
-                if row is not None:
-                    db.execute("UPDATE responses SET used = ? WHERE id = ?", (self.clock(), response_id))
-        except sqlite3.Error as exc:
-            log.warning("reading stored response %s failed: %s", response_id, exc)
-            return None
-        return None if row is None else bytes(row[0])
+        return self.opened()._get(response_id)
 
     def _delete(self, response_id: str) -> None:
-        try:
-            with self._connect() as db:
-                db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
-        except sqlite3.Error as exc:
-            log.warning("deleting stored response %s failed: %s", response_id, exc)
+        self.opened()._delete(response_id)
 
 
 class RedisResponseStore(ResponseStore):
@@ -237,10 +213,5 @@ def make_store(
     if redis_url:
         return RedisResponseStore(redis_url, redis_prefix, redis_timeout, **limits)
     if shared_dir:
-        try:
-            return FileResponseStore(shared_dir, **limits)
-        except sqlite3.Error as exc:
-            log.warning(
-                "response store: cannot use %s (%s); keeping responses in this worker's memory", shared_dir, exc
-            )
+        return SharedFileStore(shared_dir, **limits)
     return MemoryResponseStore(**limits)

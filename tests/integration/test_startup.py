@@ -5,9 +5,11 @@ refused in one line, and an access log without query strings or credentials."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from packaging.version import Version
 
 from app.config import Config, ConfigError
 from app.listen import ListenAddressError, bind, listen_address, probe_url
-from tests.support import ISOLATED, ROOT, Gunicorn, failed_start, free_port
+from tests.support import ISOLATED, ROOT, Gunicorn, failed_start, free_port, worker_pids
 
 README_COMMAND = ["gunicorn", "-c", "gunicorn.conf.py", "cot_proxy:app"]
 LISTEN_VARS = ("HOST", "PORT", "GATEWAY_HOST", "GATEWAY_PORT", "PROXY_ADDR")
@@ -219,6 +221,21 @@ def test_dockerfile_installs_the_pinned_set_and_runs_the_readme_command():
     assert cmd and json.loads(cmd.group(1)) == README_COMMAND
 
 
+def test_dockerfile_writes_the_bytecode_the_workers_would_otherwise_compile_at_each_boot(tmp_path):
+    """The image sets PYTHONDONTWRITEBYTECODE: without bytecode from the build every worker compiles app/."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "PYTHONDONTWRITEBYTECODE=1" in text
+    run = re.search(r"^RUN (python -m compileall .*)$", text, re.M)
+    assert run and text.index(run.group(0)) > text.index("COPY app/ app/")
+    shutil.copytree(ROOT / "app", tmp_path / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("cot_proxy.py", "gunicorn.conf.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    argv = run.group(1).split()
+    subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, check=True, timeout=120)
+    sources = sorted(tmp_path.glob("app/**/*.py"))
+    assert sources and all(Path(importlib.util.cache_from_source(str(src))).exists() for src in sources)
+
+
 # -- Gunicorn's own settings -------------------------------------------------------------------------------
 
 
@@ -238,6 +255,38 @@ def test_worker_class_by_its_full_path():
     finally:
         out = g.stop()
     assert "Using worker: gthread" in out
+
+
+@pytest.mark.parametrize("value", ["sync", "gunicorn.workers.sync.SyncWorker"])
+def test_sync_is_the_sync_worker_not_gthread(value):
+    """Gunicorn runs a sync worker with threads > 1 as gthread: the thread default applies to gthread only."""
+    g = Gunicorn({"GUNICORN_WORKER_CLASS": value}, workers=1)
+    try:
+        assert requests.get(g.url + "/v1/models", timeout=10).status_code == 200
+    finally:
+        out = g.stop()
+    assert "Using worker: sync" in out
+
+
+def _maps_gevent(pid: int) -> bool:
+    return "/gevent/" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_gevent_is_loaded_in_the_workers_only():
+    """The master supervises; gevent's extension modules (about 5.7 MiB) are mapped in the workers alone,
+    which still run Gunicorn's own gevent worker (a stream survives the keep-alive timeout)."""
+    g = Gunicorn({"GUNICORN_KEEPALIVE": "1"}, workers=2)
+    try:
+        workers = worker_pids(g)
+        assert len(workers) == 2 and all(_maps_gevent(w) for w in workers)
+        assert not _maps_gevent(g.proc.pid)
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with requests.post(g.url + "/v1/chat/completions", json=body, stream=True, timeout=10) as r:
+            assert r.status_code == 200 and b"data: [DONE]" in r.content
+    finally:
+        out = g.stop()
+    assert "Using worker: app.gevent_worker.GeventWorker" in out
+    assert "Traceback" not in out
 
 
 def test_access_log_has_no_query_string_or_credentials():

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from app.config import Config
 from app.envparse import ConfigError
 from app.translate.settings import StoreBounds
-from app.translate.store import FileResponseStore, MemoryResponseStore, RedisResponseStore, ResponseStore, make_store
+from app.translate.store import MemoryResponseStore, RedisResponseStore, ResponseStore, SharedFileStore, make_store
 from tests.support import TEST_REDIS_URL, redis_or_skip
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Clock:
@@ -31,7 +36,7 @@ def make(request, tmp_path) -> Iterator[Callable[..., ResponseStore]]:
         if request.param == "memory":
             store: ResponseStore = MemoryResponseStore(**kw)
         elif request.param == "file":
-            store = FileResponseStore(str(tmp_path), **kw)
+            store = SharedFileStore(str(tmp_path), **kw)
         else:
             redis_or_skip()
             kw.pop("clock", None)  # Redis keeps its own time
@@ -124,6 +129,38 @@ def test_make_store_picks_the_form(tmp_path):
     bounds = Config.from_env({"RESPONSES_STORE_MAX_ITEMS": "5", "RESPONSES_STORE_TTL_SECONDS": "30"}).responses_store
     bounded = make_store(bounds, None, "p:", 0.2, None)
     assert (bounded.max_items, bounded.ttl) == (5, 30.0)
+
+
+LAZY_SQLITE = """
+import sys
+from app.translate.settings import StoreBounds
+from app.translate.store import make_store
+store = make_store(StoreBounds(), None, "p:", 0.2, sys.argv[1])
+before = "sqlite3" in sys.modules
+assert store.put("r", "a", {"n": 1}) and store.get("r", "a") == {"owner": "a", "n": 1}
+print(before, "sqlite3" in sys.modules)
+"""
+
+
+def test_sqlite_is_loaded_on_the_first_stored_response_not_at_start(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY_SQLITE, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split() == ["False", "True"]
+    assert (tmp_path / "cot_proxy_responses.sqlite").exists()
+
+
+def test_an_unusable_shared_file_keeps_responses_in_memory(tmp_path):
+    (tmp_path / "cot_proxy_responses.sqlite").mkdir()  # a directory where the file should be
+    store = make_store(StoreBounds(), None, "p:", 0.2, str(tmp_path))
+    assert store.put("r", "a", {"n": 1})
+    assert store.get("r", "a") == {"owner": "a", "n": 1}
+    assert store.delete("r", "a") and store.get("r", "a") is None
 
 
 def test_bad_bounds_stop_start_up_with_the_variable_named():
