@@ -5,7 +5,6 @@ here: they (and `app/__init__.py`) are standard-library only, so nothing that op
 sockets or loads `ssl` is imported in the master before gevent patches each worker.
 """
 
-import multiprocessing
 import os
 import shutil
 import signal
@@ -76,7 +75,7 @@ WORKER = _worker_class()
 # Gunicorn's gevent worker, but with gevent imported after the fork only (app/gevent_worker.py).
 worker_class = "app.gevent_worker.GeventWorker" if WORKER == "gevent" else WORKER
 # One worker per core: the proxy is I/O-bound and gevent multiplexes inside a worker.
-workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count())
+workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1)  # not multiprocessing: 0.5 MiB in each process
 # Open connections per gevent worker; above it new clients wait in the accept backlog.
 worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 2000)
 # Threads per gthread worker. Not for sync: Gunicorn turns a sync worker with threads > 1 into gthread.

@@ -30,10 +30,11 @@ class Inbound:
     bounds, and a watch on the client's socket."""
 
     def __init__(self, relay: Relay) -> None:
-        self._environ = request.environ
-        self.mimetype = request.mimetype
-        self.content_type = request.headers.get("content-type", "")
-        self.body = RequestBody(self._environ, relay.bounds)
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        self._environ = environ = req.environ
+        self.mimetype = req.mimetype
+        self.content_type = environ.get("CONTENT_TYPE", "")
+        self.body = RequestBody(environ, relay.bounds)
 
     def json_object(self) -> dict:
         return read_json_object(self.body, self.mimetype)
@@ -43,14 +44,15 @@ class Inbound:
 
 
 def exchange(family: Family) -> Exchange:
-    headers = request_headers(request.environ)
-    headers["x-request-id"] = g.request_id
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    headers = request_headers(req.environ)
+    headers["x-request-id"] = request_id = g.request_id
     return Exchange(
-        request_id=g.request_id,
+        request_id=request_id,
         family=family.name,
-        method=request.method,
-        path=quote(request.path.removeprefix("/v1/"), safe=_PATH_SAFE),
-        query=request.query_string.decode("latin-1"),
+        method=req.method,
+        path=quote(req.path.removeprefix("/v1/"), safe=_PATH_SAFE),
+        query=req.query_string.decode("latin-1"),
         headers=headers,
     )
 

@@ -117,12 +117,12 @@ class Event:
         if not self._parsed:
             self._parsed = True
             data = self._parse()[0]
-            if data is not None and data[:1] in (b"{", b"["):
+            if data is not None and data[:1] in (b"{", b"[") and not data.startswith(b"[DONE]"):
                 try:
                     self._json = orjson.loads(data)  # bytes: no decoding first
                 except orjson.JSONDecodeError:
                     try:  # not UTF-8: parse it as `data` reads it (invalid bytes replaced)
-                        self._json = orjson.loads(self.data)
+                        self._json = None if data.isascii() else orjson.loads(self.data)
                     except orjson.JSONDecodeError:
                         self._json = None
         return self._json

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from .. import request_id
 from ..clientip import allow_only, client_text
@@ -43,12 +43,11 @@ def setup_logging(config: Any) -> None:
     root.setLevel(level.upper())
 
 
-def _client_info() -> ClientInfo:
-    headers = request.headers
-    credential = headers.get("Authorization") or headers.get("X-Api-Key") or headers.get("Api-Key")
-    access = getattr(current_app.config.get("COT"), "access", None)
-    trusted = getattr(access, "trusted_proxies", None)  # TRUSTED_PROXIES: the client behind them
-    return ClientInfo(address=client_text(request, trusted), key_hint=hint(credential))
+def _client_info(req: Any, trusted: Any) -> ClientInfo:
+    """`trusted`: TRUSTED_PROXIES, whose X-Forwarded-For names the client behind them."""
+    environ = req.environ
+    credential = environ.get("HTTP_AUTHORIZATION") or environ.get("HTTP_X_API_KEY") or environ.get("HTTP_API_KEY")
+    return ClientInfo(address=client_text(req, trusted), key_hint=hint(credential))
 
 
 def _metrics_allowlist(config: Any) -> Any:
@@ -58,10 +57,11 @@ def _metrics_allowlist(config: Any) -> Any:
 def init_app(app: Flask, config: Any) -> None:
     settings = config.observability
     setup_logging(config)
+    trusted = getattr(getattr(config, "access", None), "trusted_proxies", None)
 
     @app.before_request
     def _observe_client() -> None:
-        g.cot_proxy_client = info = _client_info()
+        g.cot_proxy_client = info = _client_info(request._get_current_object(), trusted)  # type: ignore[attr-defined]
         CLIENT.set(info)  # for `Observer.done`, which runs after this request context is gone
 
     @app.after_request
@@ -72,8 +72,9 @@ def init_app(app: Flask, config: Any) -> None:
         info: ClientInfo | None = g.get("cot_proxy_client")
         if info is None:
             return response
-        quiet = request.blueprint in QUIET_BLUEPRINTS or request.endpoint == METRICS_ENDPOINT
-        method, path, status, rid = request.method, request.path, response.status_code, request_id.current()
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        quiet = req.blueprint in QUIET_BLUEPRINTS or req.endpoint == METRICS_ENDPOINT
+        method, path, status, rid = req.method, req.path, response.status_code, request_id.current()
 
         def line() -> None:
             if info.fields is not None:  # relayed: the observer's fields, complete after the last byte

@@ -79,3 +79,12 @@ def test_set_json_reserialises():
 def test_non_json_data():
     assert Event(b"data: ping\n\n").json() is None
     assert Event(b"data: {broken\n\n").json() is None
+    assert Event(b"data: [DONE]\n\n").json() is None
+    assert Event(b"data: [DONE]\n\n").is_done
+
+
+def test_json_that_is_not_utf8_is_read_as_data_reads_it():
+    """Invalid bytes become U+FFFD, as `data` decodes them; the JSON is not lost."""
+    e = Event(b'data: {"content":"caf\xe9"}\n\n')
+    assert e.json() == {"content": "caf\ufffd"}
+    assert Event(b"data: [1, 2, 3]\n\n").json() == [1, 2, 3]
