@@ -358,6 +358,23 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size: each shared page split between the processes that map it."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_pss_mb(master: int) -> float:
+    """PSS of the Gunicorn master plus its workers, MiB: what they take together (RSS counts a page
+    shared by three processes three times)."""
+    return (pss_kb(master) + sum(pss_kb(c) for c in children(master))) / 1024
+
+
 def tree_rss_mb(master: int) -> float:
     """RSS of the Gunicorn master plus its workers, MiB."""
     return (rss_kb(master) + sum(rss_kb(c) for c in children(master))) / 1024

@@ -67,6 +67,7 @@ from common import (  # noqa: E402
     start_proxy,
     start_proxy_at,
     start_upstream,
+    tree_pss_mb,
     tree_rss_mb,
     worktree,
     write_json,
@@ -376,6 +377,7 @@ def main() -> int:
                 asyncio.run(run_streams(t.port, 50, 5, 0.0, args.think_content, expect_all=False))
             time.sleep(1.0)  # let the warm-up's connections close before idle RSS is read
             idle = {t.name: round(tree_rss_mb(t.server.proc.pid), 1) for t in targets if t.name != "direct"}
+            idle_pss = {t.name: round(tree_pss_mb(t.server.proc.pid), 1) for t in targets if t.name != "direct"}
             rounds: list[dict[str, Any]] = []
             for r in range(args.repeat):
                 one: dict[str, Any] = {}
@@ -394,6 +396,7 @@ def main() -> int:
                     )
                     if t.name in idle:
                         one[t.name]["idle_rss_mb"] = idle[t.name]
+                        one[t.name]["idle_pss_mb"] = idle_pss[t.name]
                 rounds.append({t.name: one[t.name] for t in targets})
             res = rounds[0]
             problems = {t.name: log_problems(t.server) for t in targets if t.name != "direct"}
@@ -408,6 +411,9 @@ def main() -> int:
     for i, one in enumerate(rounds):
         print(f"\nround {i + 1} of {len(rounds)} (TTFC added, gap extra: vs direct in this run)")
         print_table(rows(one, labels, args.streams))
+    pss = {labels[n]: r["idle_pss_mb"] for n, r in res.items() if r.get("idle_pss_mb") is not None}
+    shares = ", ".join(f"{k} {v}" for k, v in pss.items())
+    print(f"\nidle PSS, MiB (shared pages split between master and workers): {shares}")
     v = verdicts(res, args.streams)
     print(
         "\ntargets (round 1, cot-proxy default row): "
