@@ -337,3 +337,33 @@ def test_pick_transport():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["gevent", "requests"], out.stderr
+
+
+def _no_lookup(*args: object, **kwargs: object) -> list:
+    raise AssertionError(f"getaddrinfo{args}")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_an_ip_literal_upstream_is_connected_without_a_lookup(monkeypatch, host):
+    """gevent's getaddrinfo hands each lookup to a native thread; an address needs none."""
+    import gevent.socket
+
+    from app.transport import _HTTPPool
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, 0), family=family)
+    except OSError:
+        pytest.skip(f"no {host} here")
+    port = listener.getsockname()[1]
+    monkeypatch.setattr(gevent.socket, "getaddrinfo", _no_lookup)
+    pool = _HTTPPool(host, port, host, port, connection_timeout=2.0, network_timeout=None)
+    pool._idle = []
+    with listener:
+        sock = pool.get_socket()
+        assert sock.getpeername()[:2] == (host, port)
+        sock.close()
+        name = _HTTPPool("localhost", port, "localhost", port, connection_timeout=2.0, network_timeout=None)
+        name._idle = []
+        with pytest.raises(AssertionError, match="getaddrinfo"):
+            name.get_socket()  # a name is still looked up
