@@ -234,6 +234,10 @@ def test_dockerfile_writes_the_bytecode_the_workers_would_otherwise_compile_at_e
     subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, check=True, timeout=120)
     sources = sorted(tmp_path.glob("app/**/*.py"))
     assert sources and all(Path(importlib.util.cache_from_source(str(src))).exists() for src in sources)
+    # A checkout's own bytecode (another Python's, or stale) stays out of the image: Docker's patterns
+    # match from the context's root, so only `**/` reaches app/__pycache__.
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "**/__pycache__" in ignored and "**/*.pyc" in ignored
 
 
 # -- Gunicorn's own settings -------------------------------------------------------------------------------
