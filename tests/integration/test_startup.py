@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -290,6 +291,24 @@ def test_gevent_is_loaded_in_the_workers_only():
     finally:
         out = g.stop()
     assert "Using worker: app.gevent_worker.GeventWorker" in out
+    assert "Traceback" not in out
+
+
+def test_a_reload_brings_new_gevent_workers_and_the_master_stays_without_gevent():
+    """SIGHUP: Gunicorn builds new workers from the reloaded settings; each becomes a gevent worker again."""
+    g = Gunicorn({}, workers=2)
+    try:
+        before = set(worker_pids(g))
+        g.proc.send_signal(signal.SIGHUP)
+        after = _wait_for(
+            lambda: (now := set(worker_pids(g))) and len(now) == 2 and not now & before and now, "two new workers"
+        )
+        _wait_for(lambda: all(_maps_gevent(w) for w in after), "gevent in the new workers")
+        assert not _maps_gevent(g.proc.pid)
+        for _ in range(4):
+            assert requests.get(g.url + "/v1/models", timeout=10).status_code == 200
+    finally:
+        out = g.stop()
     assert "Traceback" not in out
 
 
