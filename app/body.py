@@ -246,6 +246,13 @@ def json_depth(obj: Any) -> int:
 def dump_json(obj: Any) -> bytes:
     """orjson refuses what it cannot write (nesting over 254 levels, huge integers): the client's fault."""
     try:
-        return orjson.dumps(obj)
+        return right_sized(orjson.dumps(obj))
     except (orjson.JSONEncodeError, TypeError) as exc:
         raise InvalidRequest(f"The request body cannot be relayed: {exc}.", code="invalid_json") from None
+
+
+def right_sized(raw: bytes) -> bytes:
+    """A copy in memory of its own size. orjson (3.12 on) leaves its output in its write buffer, at least
+    4 KiB and grown by powers of two; a relayed body stays referenced until the answer ends (8 KiB per open
+    stream for a 1 KB request), a stored response until it expires. The copy costs about 0.2 us per KB."""
+    return bytes(memoryview(raw))

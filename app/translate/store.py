@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from ..body import right_sized
 from .settings import MAX_BYTES, MAX_ITEMS, TTL_SECONDS, StoreBounds
 
 log = logging.getLogger("cot_proxy.translate")
@@ -49,7 +50,7 @@ class ResponseStore:
 
     def put(self, response_id: str, owner: str, record: dict[str, Any]) -> bool:
         """Keep `record`; False when it was not kept (too large, or the shared store is down)."""
-        raw = orjson.dumps({"owner": owner, **record})
+        raw = right_sized(orjson.dumps({"owner": owner, **record}))  # kept: its length is what the bounds count
         if len(raw) > self.max_bytes:
             log.warning("response %s not stored: %d bytes, over RESPONSES_STORE_MAX_BYTES", response_id, len(raw))
             return False
