@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,36 +348,38 @@ def app_label() -> str:
 # -- /proc ----------------------------------------------------------------------
 
 
-def rss_kb(pid: int) -> int:
+def _kb(pid: int, file: str, field: str) -> int:
+    """A `field: N kB` line of /proc/<pid>/<file> (0 once the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    return _kb(pid, "status", "VmRSS:")
 
 
 def pss_kb(pid: int) -> int:
     """Proportional set size: each shared page split between the processes that map it."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _kb(pid, "smaps_rollup", "Pss:")
 
 
-def tree_pss_mb(master: int) -> float:
-    """PSS of the Gunicorn master plus its workers, MiB: what they take together (RSS counts a page
-    shared by three processes three times)."""
-    return (pss_kb(master) + sum(pss_kb(c) for c in children(master))) / 1024
+def tree_mb(master: int, kb: Callable[[int], int] = rss_kb) -> float:
+    """RSS (or with `pss_kb`, PSS: RSS counts a page the master shares with its workers once per process)
+    of the Gunicorn master plus its workers, MiB."""
+    return (kb(master) + sum(kb(c) for c in children(master))) / 1024
 
 
 def tree_rss_mb(master: int) -> float:
-    """RSS of the Gunicorn master plus its workers, MiB."""
-    return (rss_kb(master) + sum(rss_kb(c) for c in children(master))) / 1024
+    return tree_mb(master)
+
+
+def tree_pss_mb(master: int) -> float:
+    return tree_mb(master, pss_kb)
 
 
 def cpu_times(pids: Iterable[int]) -> tuple[float, float]:
