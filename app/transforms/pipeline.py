@@ -50,32 +50,53 @@ class BoundPipeline:
     def __init__(self, ex: Exchange, transforms: list[Transform]) -> None:
         self.ex = ex
         self.transforms = transforms
-        self._stream = [t for t in transforms if _hooks(t) & {"stream_event", "stream_end"}]
-        self._resend = [t for t in transforms if "resend" in _hooks(t)]
-        self.touches_errors = any("error_json" in _hooks(t) for t in transforms)
+        # Each hook's list, in order, of the transforms that define it: no call to a base no-op.
+        self._request: list[Transform] = []
+        self._resend: list[Transform] = []
+        self._headers: list[Transform] = []
+        self._json: list[Transform] = []
+        self._errors: list[Transform] = []
+        self._stream: list[Transform] = []
+        self._wants: list[Transform] = []
+        for t in transforms:
+            hooks = _hooks(t)
+            for hook, into in (
+                ("request", self._request),
+                ("resend", self._resend),
+                ("response_headers", self._headers),
+                ("response_json", self._json),
+                ("error_json", self._errors),
+            ):
+                if hook in hooks:
+                    into.append(t)
+            if "stream_event" in hooks or "stream_end" in hooks:
+                self._stream.append(t)
+            if "response_json" in hooks or type(t).wants_json is not Transform.wants_json:
+                self._wants.append(t)
+        self.touches_errors = bool(self._errors)
 
     def request(self) -> None:
-        for t in self.transforms:
+        for t in self._request:
             t.request(self.ex)
 
     def resend(self, status: int) -> bool:
         return any(t.resend(self.ex, status) for t in self._resend)
 
     def response_headers(self, status: int, headers: dict[str, str]) -> None:
-        for t in self.transforms:
+        for t in self._headers:
             t.response_headers(self.ex, status, headers)
 
     @property
     def wants_json(self) -> bool:
-        return any(t.wants_json(self.ex) for t in self.transforms)
+        return any(t.wants_json(self.ex) for t in self._wants)
 
     def response_json(self, data: Any) -> Any:
-        for t in self.transforms:
+        for t in self._json:
             data = t.response_json(self.ex, data)
         return data
 
     def error_json(self, status: int, data: Any) -> Any:
-        for t in self.transforms:
+        for t in self._errors:
             data = t.error_json(self.ex, status, data)
         return data
 
