@@ -50,11 +50,11 @@ class ResponseStore:
 
     def put(self, response_id: str, owner: str, record: dict[str, Any]) -> bool:
         """Keep `record`; False when it was not kept (too large, or the shared store is down)."""
-        raw = right_sized(orjson.dumps({"owner": owner, **record}))  # kept: its length is what the bounds count
+        raw = orjson.dumps({"owner": owner, **record})
         if len(raw) > self.max_bytes:
             log.warning("response %s not stored: %d bytes, over RESPONSES_STORE_MAX_BYTES", response_id, len(raw))
             return False
-        return self._put(response_id, raw)
+        return self._put(response_id, right_sized(raw))  # kept: its length is what the bounds count
 
     def get(self, response_id: str, owner: str) -> dict[str, Any] | None:
         raw = self._get(response_id)
