@@ -6,7 +6,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +13,7 @@ from app.config import Config
 from app.envparse import ConfigError
 from app.translate.settings import StoreBounds
 from app.translate.store import MemoryResponseStore, RedisResponseStore, ResponseStore, SharedFileStore, make_store
-from tests.support import TEST_REDIS_URL, redis_or_skip
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, TEST_REDIS_URL, redis_or_skip
 
 
 class Clock:
