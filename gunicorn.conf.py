@@ -1,8 +1,9 @@
 """Gunicorn settings, read from the environment through the app's own `Config`.
 
-Only `app.config`, `app.listen` and `app.observability.gunicorn_hooks` are imported
-here: they (and `app/__init__.py`) are standard-library only, so nothing that opens
-sockets or loads `ssl` is imported in the master before gevent patches each worker.
+Only `app.config`, `app.listen`, `app.fair_accept` and `app.observability.gunicorn_hooks`
+are imported here: they (and `app/__init__.py`) need the standard library and orjson only, so
+nothing that opens sockets or loads `ssl` is imported in the master before gevent patches each
+worker, and gevent itself is imported in the workers only (`app/gevent_worker.py`).
 """
 
 import os
