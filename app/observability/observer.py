@@ -197,20 +197,20 @@ class Observer(Transform):
             metrics.child(metrics.ttfb, route, model, provider).observe(o.ttfb)
         if status >= 400 or o.error:
             kind = o.error if o.error and _KIND.match(o.error) else (f"http_{status}" if not o.error else "other")
-            metrics.request_errors.labels(route, model, kind).inc()
+            metrics.child(metrics.request_errors, route, model, kind).inc()
         self._upstream_health(ex, provider)
         if len(o.attempts) > 1:
-            metrics.fallbacks.labels(route, provider).inc(len(o.attempts) - 1)
+            metrics.child(metrics.fallbacks, route, provider).inc(len(o.attempts) - 1)
         if status == 429 and not o.attempts:
-            metrics.rate_limited.labels(route).inc()
+            metrics.child(metrics.rate_limited, route).inc()
         prompt, completion, _ = token_counts(ex.usage)
         if prompt:
-            metrics.tokens.labels(model, "prompt").inc(prompt)
+            metrics.child(metrics.tokens, model, "prompt").inc(prompt)
         if completion:
-            metrics.tokens.labels(model, "completion").inc(completion)
+            metrics.child(metrics.tokens, model, "completion").inc(completion)
         blocks, mode = think_blocks(ex)
         if blocks:
-            metrics.think_blocks.labels(model, mode).inc(blocks)
+            metrics.child(metrics.think_blocks, model, mode).inc(blocks)
 
     @staticmethod
     def _upstream_health(ex: Exchange, provider: str) -> None:
@@ -218,16 +218,17 @@ class Observer(Transform):
         o, target = ex.outcome, ex.target
         upstream = upstream_error_kind(ex)
         if upstream is not None:
-            metrics.upstream_errors.labels(provider, upstream).inc()
+            metrics.child(metrics.upstream_errors, provider, upstream).inc()
         if target is not None and o.attempts:
             backend = label_value(getattr(target, "origin", None))
-            metrics.backend_up.labels(provider, backend).set(0 if upstream in ("connect", "timeout", "5xx") else 1)
+            down = upstream in ("connect", "timeout", "5xx")
+            metrics.child(metrics.backend_up, provider, backend).set(0 if down else 1)
         for failed, code in o.failures:  # attempts that failed before a fallback or retry answered
             failed_provider = label_value(getattr(failed, "name", None))
             kind = UPSTREAM_KINDS.get(code) or ("5xx" if code.startswith("http_5") else None)
             if kind is not None:
-                metrics.upstream_errors.labels(failed_provider, kind).inc()
-                metrics.backend_up.labels(failed_provider, label_value(getattr(failed, "origin", None))).set(0)
+                metrics.child(metrics.upstream_errors, failed_provider, kind).inc()
+                metrics.child(metrics.backend_up, failed_provider, label_value(getattr(failed, "origin", None))).set(0)
 
     def _fields(self, ex: Exchange, st: _State) -> dict[str, Any]:
         o = ex.outcome
